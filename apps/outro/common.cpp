@@ -1,0 +1,53 @@
+#include "common.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "core/error.h"
+#include "tokenizer/chat_template.h"
+
+namespace outro::cli {
+
+const std::set<std::string> kLoadFlags = {"model", "device", "threads"};
+
+Loaded load(const Args& a, bool need_tokenizer) {
+  Loaded l;
+  l.dir = model_dir(a);
+  if (a.has("threads")) setenv("OUTRO_THREADS", a.str("threads").c_str(), 1);
+  l.model = Model::load(l.dir);
+  const std::string dev = a.str("device", "auto");
+  if (dev == "cuda" || dev == "auto") {
+    std::string why;
+    l.backend = make_cuda_backend(0, &why);
+    if (!l.backend && dev == "cuda") fail("--device cuda: ", why);
+  } else if (dev != "cpu") {
+    fail("--device: expected cpu, cuda or auto, found '", dev, "'");
+  }
+  if (!l.backend) l.backend = make_cpu_backend();
+  namespace fs = std::filesystem;
+  if (fs::exists(fs::path(l.dir) / "tokenizer.json")) {
+    l.tokenizer = Tokenizer::load(l.dir);
+  } else if (need_tokenizer) {
+    fail(l.dir, ": no tokenizer.json in the model folder (use --tokens to give token ids)");
+  }
+  return l;
+}
+
+std::vector<int32_t> prompt_tokens(const Args& a, const Loaded& l) {
+  if (a.has("tokens") && a.has("prompt")) fail("give either --prompt or --tokens, not both");
+  if (a.has("tokens")) return parse_token_list(a.str("tokens"));
+  if (!a.has("prompt")) fail("one of --prompt TEXT or --tokens 1,2,3 is required");
+  if (!l.tokenizer) fail(l.dir, ": no tokenizer.json in the model folder; --prompt needs one (use --tokens)");
+  std::string text = a.str("prompt");
+  const bool chat = !a.flag("raw") && l.tokenizer->token_id("<|im_start|>").has_value();
+  if (chat) {
+    std::vector<ChatMessage> msgs;
+    if (a.has("system")) msgs.push_back({"system", a.str("system")});
+    msgs.push_back({"user", text});
+    text = apply_chat_template(msgs, true);
+  }
+  auto ids = l.tokenizer->encode(text, true);
+  return std::vector<int32_t>(ids.begin(), ids.end());
+}
+
+}  // namespace outro::cli

@@ -1,0 +1,53 @@
+// outro: run, inspect and steer omni-modal language models from Hugging Face checkpoint folders.
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "core/error.h"
+
+namespace {
+
+void usage() {
+  std::fputs(
+      "usage: outro <command> [flags]\n"
+      "\n"
+      "commands:\n"
+      "  generate  --model DIR (--prompt TEXT | --tokens 1,2,3) [--max-new-tokens N] [--greedy]\n"
+      "            [--temperature T --top-k K --top-p P --seed S] [--stop STR] [--raw] [--json]\n"
+      "            [--strategy NAME] [--outro-config FILE] [--explain] [--device cpu|cuda]\n"
+      "  forward   --model DIR --tokens 1,2,3 --out FILE.safetensors [--hooks NAME[,NAME...]]\n"
+      "            [--strategy NAME] [--outro-config FILE]\n"
+      "  info      --model DIR          print the model's configuration\n"
+      "  hooks     --model DIR          list the hook point names\n"
+      "\n"
+      "Without --model the embedded demo model (models/outro-demo) is used.\n",
+      stderr);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    usage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    for (const auto& c : outro::cli::commands())
+      if (cmd == c.name) return c.run(argc, argv);
+    std::fprintf(stderr, "outro: unknown command '%s'\n", cmd.c_str());
+    usage();
+    return 2;
+  } catch (const outro::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

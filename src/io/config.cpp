@@ -1,0 +1,214 @@
+#include "io/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace outro {
+
+using json = nlohmann::json;
+
+const char* arch_name(Arch a) {
+  switch (a) {
+    case Arch::Qwen2: return "Qwen2ForCausalLM";
+    case Arch::Llama: return "LlamaForCausalLM";
+    case Arch::Qwen2_5OmniThinker: return "Qwen2_5OmniThinkerForConditionalGeneration";
+    case Arch::Qwen2_5_VL: return "Qwen2_5_VLForConditionalGeneration";
+  }
+  return "?";
+}
+
+namespace {
+
+struct Reader {
+  const json& text;  // the decoder's section
+  const json& top;   // the whole file
+  const std::string& src;
+  const std::string& section;
+
+  const json* lookup(const char* key) const {
+    if (text.contains(key) && !text[key].is_null()) return &text[key];
+    if (top.contains(key) && !top[key].is_null()) return &top[key];
+    return nullptr;
+  }
+  std::string where(const char* key) const { return src + ": field " + section + key; }
+  int req_int(const char* key, int lo) const {
+    const json* v = lookup(key);
+    if (!v) fail(where(key), " is missing (expected an integer >= ", lo, ")");
+    if (!v->is_number_integer()) fail(where(key), ": expected an integer, found ", v->dump());
+    long long x = v->get<long long>();
+    if (x < lo || x > (1LL << 31) - 1) fail(where(key), ": expected an integer >= ", lo, ", found ", x);
+    return int(x);
+  }
+  int opt_int(const char* key, int def, int lo) const { return lookup(key) ? req_int(key, lo) : def; }
+  double opt_num(const char* key, double def, double lo_excl) const {
+    const json* v = lookup(key);
+    if (!v) return def;
+    if (!v->is_number()) fail(where(key), ": expected a number, found ", v->dump());
+    double x = v->get<double>();
+    if (!(x > lo_excl) || !std::isfinite(x)) fail(where(key), ": expected a number > ", lo_excl, ", found ", x);
+    return x;
+  }
+  bool opt_bool(const char* key, bool def) const {
+    const json* v = lookup(key);
+    if (!v) return def;
+    if (!v->is_boolean()) fail(where(key), ": expected true or false, found ", v->dump());
+    return v->get<bool>();
+  }
+};
+
+void read_token_ids(const json& v, std::vector<int>* out, const std::string& what) {
+  if (v.is_number_integer()) {
+    out->push_back(v.get<int>());
+  } else if (v.is_array()) {
+    for (const auto& x : v) {
+      if (!x.is_number_integer()) fail(what, ": expected integer token ids, found ", x.dump());
+      out->push_back(x.get<int>());
+    }
+  } else if (!v.is_null()) {
+    fail(what, ": expected an integer or a list of integers, found ", v.dump());
+  }
+}
+
+}  // namespace
+
+ModelConfig parse_config(const std::string& body, const std::string& source) {
+  json top;
+  try {
+    top = json::parse(body);
+  } catch (const json::exception& e) {
+    fail(source, ": not valid JSON (", e.what(), ")");
+  }
+  if (!top.is_object()) fail(source, ": expected a JSON object");
+  ModelConfig c;
+  c.source = source;
+  if (top.contains("architectures") && top["architectures"].is_array() && !top["architectures"].empty() &&
+      top["architectures"][0].is_string())
+    c.architecture = top["architectures"][0].get<std::string>();
+  if (top.contains("model_type") && top["model_type"].is_string()) c.model_type = top["model_type"].get<std::string>();
+
+  const json* text = &top;
+  std::string section;
+  if (c.architecture == "Qwen2ForCausalLM" || (c.architecture.empty() && c.model_type == "qwen2")) {
+    c.arch = Arch::Qwen2;
+  } else if (c.architecture == "LlamaForCausalLM" || (c.architecture.empty() && c.model_type == "llama")) {
+    c.arch = Arch::Llama;
+  } else if (c.architecture == "Qwen2_5OmniThinkerForConditionalGeneration" ||
+             c.architecture == "Qwen2_5OmniForConditionalGeneration" ||
+             c.model_type == "qwen2_5_omni_thinker" || c.model_type == "qwen2_5_omni") {
+    c.arch = Arch::Qwen2_5OmniThinker;
+    if (top.contains("thinker_config") && top["thinker_config"].is_object()) {
+      text = &top["thinker_config"];
+      section = "thinker_config.";
+    }
+    if (text->contains("text_config") && (*text)["text_config"].is_object()) {
+      text = &(*text)["text_config"];
+      section += "text_config.";
+    }
+  } else if (c.architecture == "Qwen2_5_VLForConditionalGeneration" || c.model_type == "qwen2_5_vl") {
+    c.arch = Arch::Qwen2_5_VL;
+    if (top.contains("text_config") && top["text_config"].is_object()) {
+      text = &top["text_config"];
+      section = "text_config.";
+    }
+  } else {
+    fail(source, ": field architectures: unsupported architecture '",
+         c.architecture.empty() ? c.model_type : c.architecture,
+         "' (expected Qwen2ForCausalLM, LlamaForCausalLM, Qwen2_5OmniThinkerForConditionalGeneration or "
+         "Qwen2_5_VLForConditionalGeneration)");
+  }
+  Reader r{*text, top, source, section};
+  c.hidden = r.req_int("hidden_size", 1);
+  c.intermediate = r.req_int("intermediate_size", 1);
+  c.layers = r.req_int("num_hidden_layers", 1);
+  c.heads = r.req_int("num_attention_heads", 1);
+  c.kv_heads = r.opt_int("num_key_value_heads", c.heads, 1);
+  c.vocab = r.req_int("vocab_size", 1);
+  c.max_positions = r.opt_int("max_position_embeddings", 4096, 1);
+  if (r.lookup("head_dim")) {
+    c.head_dim = r.req_int("head_dim", 2);
+  } else {
+    if (c.hidden % c.heads) fail(r.where("hidden_size"), " ", c.hidden, " is not divisible by num_attention_heads ", c.heads);
+    c.head_dim = c.hidden / c.heads;
+  }
+  if (c.head_dim % 2) fail(r.where("head_dim"), ": expected an even head size for rotary embeddings, found ", c.head_dim);
+  if (c.heads % c.kv_heads)
+    fail(r.where("num_key_value_heads"), ": ", c.kv_heads, " does not divide num_attention_heads ", c.heads);
+  c.rope_theta = float(r.opt_num("rope_theta", 10000.0, 0.0));
+  // transformers 5 keeps rope_theta inside rope_parameters
+  if (const json* rp = r.lookup("rope_parameters"); rp && rp->is_object() && rp->contains("rope_theta") &&
+                                                     (*rp)["rope_theta"].is_number())
+    c.rope_theta = (*rp)["rope_theta"].get<float>();
+  c.rms_eps = float(r.opt_num("rms_norm_eps", 1e-6, 0.0));
+  c.tie_embeddings = top.contains("tie_word_embeddings") && top["tie_word_embeddings"].is_boolean()
+                         ? top["tie_word_embeddings"].get<bool>()
+                         : r.opt_bool("tie_word_embeddings", false);
+  if (c.arch == Arch::Llama) {
+    c.qkv_bias = c.o_bias = r.opt_bool("attention_bias", false);
+    c.mlp_bias = r.opt_bool("mlp_bias", false);
+  } else {
+    c.qkv_bias = true;
+  }
+  std::string act = "silu";
+  if (const json* a = r.lookup("hidden_act"); a && a->is_string()) act = a->get<std::string>();
+  if (act != "silu" && act != "swish") fail(r.where("hidden_act"), ": expected silu, found ", act);
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    const json* rs = r.lookup(key);
+    if (!rs || !rs->is_object()) continue;
+    if (rs->contains("mrope_section") && (*rs)["mrope_section"].is_array()) {
+      c.mrope_section.clear();
+      for (const auto& x : (*rs)["mrope_section"]) {
+        if (!x.is_number_integer()) fail(r.where(key), ".mrope_section: expected integers");
+        c.mrope_section.push_back(x.get<int>());
+      }
+    }
+    std::string type;
+    for (const char* tk : {"rope_type", "type"})
+      if (rs->contains(tk) && (*rs)[tk].is_string()) type = (*rs)[tk].get<std::string>();
+    if (!type.empty() && type != "default" && type != "mrope")
+      fail(r.where(key), ": rope type '", type, "' is not supported (expected default or mrope)");
+  }
+  if (const json* b = r.lookup("bos_token_id"); b && b->is_number_integer()) c.bos_token = b->get<int>();
+  if (const json* e = r.lookup("eos_token_id")) read_token_ids(*e, &c.eos_tokens, r.where("eos_token_id"));
+  return c;
+}
+
+ModelConfig load_config(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(dir)) fail(dir, ": model folder does not exist");
+  if (!fs::is_directory(dir)) fail(dir, ": expected a model folder (with config.json), found a file");
+  std::string path = (fs::path(dir) / "config.json").string();
+  std::ifstream f(path);
+  if (!f) fail(path, ": missing (every model folder needs config.json)");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  ModelConfig c = parse_config(ss.str(), path);
+  std::string gpath = (fs::path(dir) / "generation_config.json").string();
+  std::ifstream g(gpath);
+  if (g) {
+    std::stringstream gs;
+    gs << g.rdbuf();
+    json gj;
+    try {
+      gj = json::parse(gs.str());
+    } catch (const json::exception& e) {
+      fail(gpath, ": not valid JSON (", e.what(), ")");
+    }
+    if (gj.is_object() && gj.contains("eos_token_id")) {
+      std::vector<int> ids;
+      read_token_ids(gj["eos_token_id"], &ids, gpath + ": field eos_token_id");
+      for (int id : ids)
+        if (std::find(c.eos_tokens.begin(), c.eos_tokens.end(), id) == c.eos_tokens.end()) c.eos_tokens.push_back(id);
+    }
+  }
+  for (int id : c.eos_tokens)
+    if (id < 0 || id >= c.vocab) fail(path, ": field eos_token_id: id ", id, " is outside the vocabulary of ", c.vocab);
+  return c;
+}
+
+}  // namespace outro

@@ -1,0 +1,41 @@
+// config.json of a Hugging Face checkpoint: the decoder's hyper-parameters, for every supported
+// architecture (Qwen2, LLaMA, and the Qwen2 decoder inside Qwen2.5-Omni thinker / Qwen2.5-VL).
+#pragma once
+#include <string>
+#include <vector>
+
+namespace outro {
+
+enum class Arch { Qwen2, Llama, Qwen2_5OmniThinker, Qwen2_5_VL };
+const char* arch_name(Arch a);
+
+struct ModelConfig {
+  Arch arch = Arch::Llama;
+  std::string architecture;  // the string from config.json
+  std::string model_type;
+  int hidden = 0;
+  int intermediate = 0;
+  int layers = 0;
+  int heads = 0;
+  int kv_heads = 0;
+  int head_dim = 0;
+  int vocab = 0;
+  int max_positions = 0;
+  float rope_theta = 10000.f;
+  float rms_eps = 1e-6f;
+  bool tie_embeddings = false;
+  bool qkv_bias = false;  // Qwen2: q/k/v have biases
+  bool o_bias = false;    // LLaMA attention_bias also gives o_proj a bias
+  bool mlp_bias = false;
+  std::vector<int> mrope_section;  // Qwen2.5-VL/Omni: rotary sections (t, h, w); empty otherwise
+  int bos_token = -1;
+  std::vector<int> eos_tokens;
+  std::string source;  // path of config.json, for messages
+};
+
+// Parses config.json text; `source` names the file in errors.
+ModelConfig parse_config(const std::string& text, const std::string& source);
+// Reads DIR/config.json (and eos ids from DIR/generation_config.json when present).
+ModelConfig load_config(const std::string& dir);
+
+}  // namespace outro

@@ -1,0 +1,94 @@
+// The narrow kernel interface every backend (CPU, CUDA) implements with the same contract.
+// The forward pass (models/) is written once against it; tests compare backends op by op.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace outro {
+
+struct TensorInfo;
+
+// Activations: n elements of the backend's activation type (float32 on CPU) in its memory.
+struct Buf {
+  void* ptr = nullptr;
+  size_t n = 0;
+};
+
+// A weight matrix [rows, cols] (rows = outputs) or vector [cols] as the backend keeps it.
+struct Weight {
+  const TensorInfo* src = nullptr;  // checkpoint tensor it came from
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+  const void* data = nullptr;  // backend memory (CPU: the mmap'd checkpoint bytes)
+  explicit operator bool() const { return data != nullptr; }
+};
+
+// Attention over a KV cache for n_new query rows at absolute positions past .. past+n_new-1.
+// Mask policy: causal, except the listed sink-out rows (absolute positions) that see keys
+// [0, sinkout_end) — OutRo's non-causal sink rows — without building an N x N mask.
+struct AttnParams {
+  int n_heads = 0, n_kv = 0, head_dim = 0;
+  float scale = 1.f;
+  int n_new = 0;
+  int past = 0;
+  const int* sinkout_rows = nullptr;  // host array, sorted ascending
+  int n_sinkout = 0;
+  int sinkout_end = 0;
+  float* pattern_out = nullptr;  // host [n_heads, n_new, past + n_new] when an observer asks
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  virtual Buf alloc(size_t n) = 0;
+  virtual void release(Buf& b) = 0;
+  virtual void upload(Buf dst, size_t offset, const float* src, size_t n) = 0;
+  virtual void download(const Buf& src, size_t offset, float* dst, size_t n) = 0;
+  virtual void copy(Buf dst, size_t dst_off, const Buf& src, size_t src_off, size_t n) = 0;
+  virtual void fill(Buf dst, size_t offset, size_t n, float value) = 0;
+
+  // Makes a checkpoint tensor usable by the kernels (CPU: zero-copy view; GPU: upload once).
+  virtual Weight weight(const TensorInfo& t) = 0;
+
+  // out[i, :] = table[ids[i], :]
+  virtual void embed(Buf out, const Weight& table, const int32_t* ids, int n) = 0;
+  // y[n, rows] = x[n, cols] · wᵀ (+ bias)
+  virtual void matmul(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias) = 0;
+  // y[i] = x[i] / rms(x[i]) * w, rows of length w.cols
+  virtual void rmsnorm(Buf y, const Buf& x, int n, const Weight& w, float eps) = 0;
+  // Rotary embedding, half-split pairs (c, c + d/2), in place on x[n, heads, head_dim];
+  // angle of pair c for row i = pos[i] * inv_freq[c]; pos and inv_freq are host arrays.
+  virtual void rope(Buf x, int n, int heads, int head_dim, const int32_t* pos, const float* inv_freq) = 0;
+  // z[n_new, n_heads * head_dim]; q[n_new, n_heads, hd]; caches [ctx, n_kv, hd].
+  virtual void attention(Buf z, const Buf& q, const Buf& kcache, const Buf& vcache, const AttnParams& p) = 0;
+  // out = silu(gate) * up, elementwise over n
+  virtual void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) = 0;
+  // y += x over n
+  virtual void add(Buf y, const Buf& x, size_t n) = 0;
+
+  // Interventions' ops.
+  // out[c] = mean over the listed rows of x[row, c]; x is [*, dim]
+  virtual void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) = 0;
+  // For each row i of x[n, groups, gdim] with skip[i] == 0 and each group g:
+  //   x ← |x|·normalize((1−λ)·x/|x| + λ·t_g/|t_g|), t = target[groups, gdim]
+  virtual void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
+                          float lambda) = 0;
+  // x[i, col0 .. col0+ncols) = 0 for every row i of x[n, row_len]
+  virtual void zero_cols(Buf x, int n, int row_len, int col0, int ncols) = 0;
+  // In row `row` of x[*, groups, gdim]: for each group, zero the channel with the largest |value|.
+  virtual void zero_top_dim(Buf x, int row, int groups, int gdim) = 0;
+
+  virtual void synchronize() {}
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// nullptr when the CUDA backend is not compiled in or no GPU is present; `why` says which.
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why);
+
+}  // namespace outro

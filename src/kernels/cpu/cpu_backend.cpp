@@ -1,0 +1,250 @@
+// The CPU backend: float32 activations in host memory, weights read in place from the mmap.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/threadpool.h"
+#include "io/safetensors.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/gemm.h"
+
+namespace outro {
+
+namespace {
+
+inline float* F(const Buf& b) { return static_cast<float*>(b.ptr); }
+
+class CpuBackend final : public Backend {
+ public:
+  const char* name() const override { return "cpu"; }
+
+  Buf alloc(size_t n) override {
+    Buf b;
+    b.n = n;
+    b.ptr = n ? ::operator new[](n * sizeof(float), std::align_val_t(64)) : nullptr;
+    if (n) std::memset(b.ptr, 0, n * sizeof(float));
+    return b;
+  }
+  void release(Buf& b) override {
+    if (b.ptr) ::operator delete[](b.ptr, std::align_val_t(64));
+    b = Buf{};
+  }
+  void upload(Buf dst, size_t off, const float* src, size_t n) override {
+    if (n) std::memcpy(F(dst) + off, src, n * 4);
+  }
+  void download(const Buf& src, size_t off, float* dst, size_t n) override {
+    if (n) std::memcpy(dst, F(src) + off, n * 4);
+  }
+  void copy(Buf dst, size_t doff, const Buf& src, size_t soff, size_t n) override {
+    if (n) std::memmove(F(dst) + doff, F(src) + soff, n * 4);
+  }
+  void fill(Buf dst, size_t off, size_t n, float v) override { std::fill(F(dst) + off, F(dst) + off + n, v); }
+
+  Weight weight(const TensorInfo& t) override {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      fail(t.file, ": tensor ", t.name, ": dtype ", dtype_name(t.dtype), " is not supported for weights (expected F32, F16 or BF16)");
+    Weight w;
+    w.src = &t;
+    w.dtype = t.dtype;
+    if (t.shape.size() == 2) {
+      w.rows = t.shape[0];
+      w.cols = t.shape[1];
+    } else if (t.shape.size() == 1) {
+      w.rows = 1;
+      w.cols = t.shape[0];
+    } else {
+      fail(t.file, ": tensor ", t.name, ": expected a matrix or vector, found shape ", t.shape_str());
+    }
+    w.data = t.data;
+    return w;
+  }
+
+  void embed(Buf out, const Weight& table, const int32_t* ids, int n) override {
+    const size_t d = size_t(table.cols);
+    for (int i = 0; i < n; ++i) {
+      const size_t off = size_t(ids[i]) * d;
+      if (table.dtype == DType::F32) {
+        std::memcpy(F(out) + size_t(i) * d, static_cast<const float*>(table.data) + off, d * 4);
+      } else {
+        to_f32(table.dtype, static_cast<const uint8_t*>(table.data) + off * 2, F(out) + size_t(i) * d, d);
+      }
+    }
+  }
+
+  void matmul(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias) override {
+    auto& pool = ThreadPool::global();
+    const int64_t rows = w.rows, cols = w.cols;
+    // Split output rows into blocks of 16 so that every thread streams distinct weight rows.
+    const int64_t blk = 16;
+    const size_t nblk = size_t((rows + blk - 1) / blk);
+    pool.parallel_for(nblk, [&](size_t b0, size_t b1) {
+      int64_t r0 = int64_t(b0) * blk, r1 = std::min<int64_t>(rows, int64_t(b1) * blk);
+      cpu::gemm_rows(F(y), F(x), n, w.data, w.dtype, rows, cols, r0, r1);
+    });
+    if (bias && *bias) {
+      std::vector<float> b(size_t(bias->cols));
+      to_f32(bias->dtype, bias->data, b.data(), b.size());
+      for (int i = 0; i < n; ++i) {
+        float* yr = F(y) + size_t(i) * rows;
+        for (int64_t r = 0; r < rows; ++r) yr[r] += b[size_t(r)];
+      }
+    }
+  }
+
+  void rmsnorm(Buf y, const Buf& x, int n, const Weight& w, float eps) override {
+    const size_t d = size_t(w.cols);
+    std::vector<float> g(d);
+    to_f32(w.dtype, w.data, g.data(), d);
+    ThreadPool::global().parallel_for(size_t(n), [&](size_t i0, size_t i1) {
+      for (size_t i = i0; i < i1; ++i) {
+        const float* xr = F(x) + i * d;
+        float* yr = F(y) + i * d;
+        double ss = 0;
+        for (size_t c = 0; c < d; ++c) ss += double(xr[c]) * xr[c];
+        const float inv = 1.f / std::sqrt(float(ss / double(d)) + eps);
+        for (size_t c = 0; c < d; ++c) yr[c] = g[c] * (xr[c] * inv);
+      }
+    });
+  }
+
+  void rope(Buf x, int n, int heads, int hd, const int32_t* pos, const float* inv_freq) override {
+    const int half = hd / 2;
+    for (int i = 0; i < n; ++i) {
+      for (int c = 0; c < half; ++c) {
+        const float ang = float(pos[i]) * inv_freq[c];
+        const float cs = std::cos(ang), sn = std::sin(ang);
+        for (int h = 0; h < heads; ++h) {
+          float* v = F(x) + (size_t(i) * heads + h) * hd;
+          const float a = v[c], b = v[c + half];
+          v[c] = a * cs - b * sn;
+          v[c + half] = b * cs + a * sn;
+        }
+      }
+    }
+  }
+
+  void attention(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) override {
+    const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
+    const int total = p.past + p.n_new;
+    const size_t tasks = size_t(H) * size_t(p.n_new);
+    ThreadPool::global().parallel_for(tasks, [&](size_t t0, size_t t1) {
+      std::vector<float> s(static_cast<size_t>(total));
+      for (size_t t = t0; t < t1; ++t) {
+        const int h = int(t / size_t(p.n_new)), r = int(t % size_t(p.n_new));
+        const int kvh = h / group;
+        const int pos = p.past + r;
+        int nk = pos + 1;
+        if (p.n_sinkout && std::binary_search(p.sinkout_rows, p.sinkout_rows + p.n_sinkout, pos))
+          nk = std::max(nk, std::min(p.sinkout_end, total));
+        const float* qr = F(q) + (size_t(r) * H + h) * hd;
+        float mx = -INFINITY;
+        for (int j = 0; j < nk; ++j) {
+          const float* kr = F(kc) + (size_t(j) * KV + kvh) * hd;
+          float acc = 0.f;
+          for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
+          s[j] = acc * p.scale;
+          mx = std::max(mx, s[j]);
+        }
+        float sum = 0.f;
+        for (int j = 0; j < nk; ++j) {
+          s[j] = std::exp(s[j] - mx);
+          sum += s[j];
+        }
+        const float inv = 1.f / sum;
+        float* zr = F(z) + (size_t(r) * H + h) * hd;
+        std::fill(zr, zr + hd, 0.f);
+        for (int j = 0; j < nk; ++j) {
+          const float pj = s[j] * inv;
+          const float* vr = F(vc) + (size_t(j) * KV + kvh) * hd;
+          for (int c = 0; c < hd; ++c) zr[c] += pj * vr[c];
+        }
+        if (p.pattern_out) {
+          float* row = p.pattern_out + (size_t(h) * p.n_new + r) * total;
+          for (int j = 0; j < total; ++j) row[j] = j < nk ? s[j] * inv : 0.f;
+        }
+      }
+    });
+  }
+
+  void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) override {
+    ThreadPool::global().parallel_for((n + 4095) / 4096, [&](size_t b0, size_t b1) {
+      for (size_t i = b0 * 4096; i < std::min(n, b1 * 4096); ++i) {
+        const float g = F(gate)[i];
+        F(out)[i] = g / (1.f + std::exp(-g)) * F(up)[i];
+      }
+    });
+  }
+
+  void add(Buf y, const Buf& x, size_t n) override {
+    float* a = F(y);
+    const float* b = F(x);
+    for (size_t i = 0; i < n; ++i) a[i] += b[i];
+  }
+
+  void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {
+    float* o = F(out);
+    std::fill(o, o + dim, 0.f);
+    for (int k = 0; k < n_rows; ++k) {
+      const float* xr = F(x) + size_t(rows[k]) * dim;
+      for (int c = 0; c < dim; ++c) o[c] += xr[c];
+    }
+    if (n_rows)
+      for (int c = 0; c < dim; ++c) o[c] /= float(n_rows);
+  }
+
+  void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
+                  float lambda) override {
+    const float* t = F(target);
+    for (int i = 0; i < n; ++i) {
+      if (skip && skip[i]) continue;
+      for (int g = 0; g < groups; ++g) {
+        float* v = F(x) + (size_t(i) * groups + g) * gdim;
+        const float* tg = t + size_t(g) * gdim;
+        double nv = 0, nt = 0;
+        for (int c = 0; c < gdim; ++c) {
+          nv += double(v[c]) * v[c];
+          nt += double(tg[c]) * tg[c];
+        }
+        if (nv == 0 || nt == 0) continue;
+        const float a = float((1.0 - lambda) / std::sqrt(nv)), b = float(lambda / std::sqrt(nt));
+        double nm = 0;
+        for (int c = 0; c < gdim; ++c) {
+          v[c] = a * v[c] + b * tg[c];
+          nm += double(v[c]) * v[c];
+        }
+        if (nm == 0) continue;
+        const float sc = float(std::sqrt(nv / nm));
+        for (int c = 0; c < gdim; ++c) v[c] *= sc;
+      }
+    }
+  }
+
+  void zero_cols(Buf x, int n, int row_len, int col0, int ncols) override {
+    for (int i = 0; i < n; ++i) std::fill_n(F(x) + size_t(i) * row_len + col0, ncols, 0.f);
+  }
+
+  void zero_top_dim(Buf x, int row, int groups, int gdim) override {
+    for (int g = 0; g < groups; ++g) {
+      float* v = F(x) + (size_t(row) * groups + g) * gdim;
+      int best = 0;
+      for (int c = 1; c < gdim; ++c)
+        if (std::fabs(v[c]) > std::fabs(v[best])) best = c;
+      v[best] = 0.f;
+    }
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+#ifndef OUTRO_HAVE_CUDA
+std::unique_ptr<Backend> make_cuda_backend(int, std::string* why) {
+  if (why) *why = "this build has no CUDA backend (nvcc was not found at configure time)";
+  return nullptr;
+}
+#endif
+
+}  // namespace outro

@@ -1,0 +1,68 @@
+// A session runs one sequence through a model on a backend: prefill, then decode steps over a
+// KV cache. Observers read hook points; interventions edit the forward pass.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "models/model.h"
+#include "runtime/hooks.h"
+#include "runtime/intervention.h"
+
+namespace outro {
+
+class Session {
+ public:
+  // max_ctx: cache capacity in tokens (<= 0: the model's max_position_embeddings).
+  Session(const Model& model, Backend& be, int max_ctx = 0);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void reset();
+  int position() const { return pos_; }
+  int capacity() const { return max_ctx_; }
+  int prompt_len() const { return prompt_len_; }
+  const Model& model() const { return model_; }
+  Backend& backend() { return be_; }
+
+  void add_observer(Observer* o) { observers_.push_back(o); }
+  void clear_observers() { observers_.clear(); }
+  void add_intervention(Intervention* i) { interventions_.push_back(i); }
+  void clear_interventions() { interventions_.clear(); }
+  const std::vector<Intervention*>& interventions() const { return interventions_; }
+
+  // Feeds n tokens at the next positions. logits (when non-null) receives [n, vocab] if all_rows,
+  // else [vocab] for the last token. Throws Error for ids outside the vocabulary or a full cache.
+  void forward(const int32_t* ids, int n, std::vector<float>* logits, bool all_rows = false);
+  void forward(const std::vector<int32_t>& ids, std::vector<float>* logits, bool all_rows = false) {
+    forward(ids.data(), int(ids.size()), logits, all_rows);
+  }
+
+ private:
+  struct LayerW {
+    Weight attn_norm, q, k, v, o, qb, kb, vb, ob, mlp_norm, gate, up, down, gb, ub, db;
+    Buf kcache, vcache;
+  };
+  void ensure_scratch(int n);
+  bool wants(const std::string& name) const;
+  void emit(const std::string& name, int layer, const Buf& b, std::vector<int64_t> shape);
+
+  const Model& model_;
+  Backend& be_;
+  int max_ctx_ = 0;
+  int pos_ = 0;
+  int prompt_len_ = 0;
+  Weight embed_, final_norm_, lm_head_;
+  std::vector<LayerW> layers_;
+  std::vector<std::vector<std::string>> names_;  // per layer hook names
+  int scratch_n_ = 0;
+  Buf x_, xn_, q_, k_, v_, z_, attn_out_, gate_, up_, mlp_out_, logits_buf_;
+  std::vector<Observer*> observers_;
+  std::vector<Intervention*> interventions_;
+  std::vector<float> host_;  // staging for observers
+};
+
+}  // namespace outro

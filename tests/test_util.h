@@ -1,0 +1,65 @@
+// Shared helpers of the tests: fixture paths, reference tensors, error measures, running the CLI.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+
+namespace outro::test {
+
+inline std::string source_dir() { return OUTRO_SOURCE_DIR; }
+inline std::string fixture(const std::string& rel) { return source_dir() + "/tests/fixtures/" + rel; }
+inline std::string shared_model(const std::string& name) { return source_dir() + "/../shared/models/" + name; }
+
+// max |a - b| / max |ref|
+inline double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
+  EXPECT_EQ(a.size(), ref.size());
+  double m = 0, scale = 1e-30;
+  for (size_t i = 0; i < std::min(a.size(), ref.size()); ++i) {
+    m = std::max(m, double(std::fabs(a[i] - ref[i])));
+    scale = std::max(scale, double(std::fabs(ref[i])));
+  }
+  return m / scale;
+}
+
+inline double max_abs_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+struct RunResult {
+  int code = 0;
+  std::string out;  // stdout and stderr together
+};
+
+// Runs the built CLI with the given argument string (shell-quoted by the caller).
+inline RunResult run_cli(const std::string& args) {
+  const char* bin = std::getenv("OUTRO_BIN");
+  std::string b = bin ? bin : std::string(OUTRO_BINARY_DIR) + "/outro";
+  std::string cmd = b + " " + args + " 2>&1";
+  RunResult r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return {-1, "popen failed"};
+  char buf[4096];
+  size_t k;
+  while ((k = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, k);
+  int st = pclose(p);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  return r;
+}
+
+inline std::string tmp_dir(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() / ("outro_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
+
+}  // namespace outro::test
