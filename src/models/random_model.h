@@ -1,0 +1,24 @@
+// Writes a checkpoint folder of random weights in the Hugging Face layout (config.json +
+// model.safetensors) for tests and benchmarks that need a model of a given shape.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "core/dtype.h"
+
+namespace outro {
+
+struct RandomModelSpec {
+  std::string architecture = "Qwen2ForCausalLM";  // or LlamaForCausalLM
+  int hidden = 64, intermediate = 128, layers = 2, heads = 4, kv_heads = 2, vocab = 256;
+  int max_positions = 2048;
+  float rope_theta = 10000.f;
+  bool tied = false;
+  DType dtype = DType::F32;
+  float std = 0.1f;
+  uint64_t seed = 1;
+};
+
+void write_random_model(const std::string& dir, const RandomModelSpec& s);
+
+}  // namespace outro

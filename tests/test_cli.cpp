@@ -1,0 +1,129 @@
+// The `outro` command line end to end: generate/forward on a real trained checkpoint, and every
+// kind of bad input ending in one clear error line and a non-zero exit, never a crash.
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "io/safetensors.h"
+#include "models/random_model.h"
+#include "test_util.h"
+
+namespace outro {
+namespace {
+
+namespace fs = std::filesystem;
+using test::run_cli;
+
+const std::string kStories = test::shared_model("stories260K");
+
+TEST(Cli, GenerateJsonGreedyMatchesReferenceContinuation) {
+  // transformers' greedy continuation of BOS on stories260K (../shared/models/stories260K/README.md)
+  auto r = run_cli("generate --model " + kStories + " --tokens 1 --max-new-tokens 12 --greedy --json --device cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  EXPECT_EQ(j["tokens"].get<std::vector<int>>(), (std::vector<int>{461, 461, 401, 401, 401, 461, 378, 455, 473, 456, 435, 299}));
+  EXPECT_TRUE(j.contains("text"));
+}
+
+TEST(Cli, SeededSamplingIsReproducibleAndDiffersFromGreedy) {
+  auto a = run_cli("generate --model " + kStories + " --tokens 1 --max-new-tokens 20 --temperature 1.0 --top-k 40 --top-p 0.9 --seed 7 --json");
+  auto b = run_cli("generate --model " + kStories + " --tokens 1 --max-new-tokens 20 --temperature 1.0 --top-k 40 --top-p 0.9 --seed 7 --json");
+  auto c = run_cli("generate --model " + kStories + " --tokens 1 --max-new-tokens 20 --temperature 1.0 --top-k 40 --top-p 0.9 --seed 8 --json");
+  ASSERT_EQ(a.code, 0) << a.out;
+  auto ta = nlohmann::json::parse(a.out.substr(a.out.find('{')))["tokens"];
+  auto tb = nlohmann::json::parse(b.out.substr(b.out.find('{')))["tokens"];
+  auto tc = nlohmann::json::parse(c.out.substr(c.out.find('{')))["tokens"];
+  EXPECT_EQ(ta, tb);
+  EXPECT_NE(ta, tc);
+}
+
+TEST(Cli, ForwardWritesLogitsAndHooks) {
+  std::string dir = test::tmp_dir("fwd");
+  auto r = run_cli("forward --model " + kStories + " --tokens 1,200,300,17 --out " + dir +
+                   "/o.safetensors --hooks blocks.1.attn.hook_pattern,blocks.0.hook_resid_pre");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto ws = WeightStore::open(dir + "/o.safetensors");
+  EXPECT_EQ(ws->get("logits").shape, (std::vector<int64_t>{4, 512}));
+  EXPECT_EQ(ws->get("logits").dtype, DType::F32);
+  EXPECT_EQ(ws->get("blocks.1.attn.hook_pattern").shape, (std::vector<int64_t>{8, 4, 4}));
+  EXPECT_EQ(ws->get("blocks.0.hook_resid_pre").shape, (std::vector<int64_t>{4, 64}));
+  fs::remove_all(dir);
+}
+
+struct BadCase {
+  const char* what;
+  std::string args;
+  std::vector<std::string> must_mention;
+};
+
+TEST(Cli, BadInputGivesOneClearErrorLine) {
+  std::string dir = test::tmp_dir("bad");
+  RandomModelSpec spec;
+  write_random_model(dir + "/ok", spec);
+  // a truncated copy of the weights
+  fs::create_directories(dir + "/trunc");
+  fs::copy_file(dir + "/ok/config.json", dir + "/trunc/config.json");
+  {
+    std::ifstream in(dir + "/ok/model.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), {});
+    std::ofstream(dir + "/trunc/model.safetensors", std::ios::binary).write(bytes.data(), long(bytes.size() / 2));
+  }
+  // a config that lies about the shape
+  fs::create_directories(dir + "/shape");
+  fs::copy_file(dir + "/ok/model.safetensors", dir + "/shape/model.safetensors");
+  {
+    std::ifstream in(dir + "/ok/config.json");
+    auto j = nlohmann::json::parse(in);
+    j["intermediate_size"] = 96;
+    std::ofstream(dir + "/shape/config.json") << j.dump();
+  }
+  // an unknown architecture
+  fs::create_directories(dir + "/arch");
+  fs::copy_file(dir + "/ok/model.safetensors", dir + "/arch/model.safetensors");
+  {
+    std::ifstream in(dir + "/ok/config.json");
+    auto j = nlohmann::json::parse(in);
+    j["architectures"] = {"MambaForCausalLM"};
+    std::ofstream(dir + "/arch/config.json") << j.dump();
+  }
+  // a missing tensor
+  fs::create_directories(dir + "/missing");
+  {
+    std::ifstream in(dir + "/ok/config.json");
+    auto j = nlohmann::json::parse(in);
+    j["num_hidden_layers"] = 3;
+    std::ofstream(dir + "/missing/config.json") << j.dump();
+    fs::copy_file(dir + "/ok/model.safetensors", dir + "/missing/model.safetensors");
+  }
+  std::string longp;
+  for (int i = 0; i < 2100; ++i) longp += (i ? ",5" : "5");
+  const std::vector<BadCase> cases = {
+      {"missing folder", "generate --model " + dir + "/nope --tokens 1", {dir + "/nope", "does not exist"}},
+      {"folder without config", "generate --model " + dir + " --tokens 1", {"config.json", "missing"}},
+      {"truncated weights", "generate --model " + dir + "/trunc --tokens 1", {"trunc/model.safetensors"}},
+      {"shape mismatch", "generate --model " + dir + "/shape --tokens 1", {"mlp.gate_proj.weight", "expected shape [96, 64]", "found [128, 64]"}},
+      {"unknown architecture", "generate --model " + dir + "/arch --tokens 1", {"MambaForCausalLM", "unsupported architecture"}},
+      {"missing tensor", "generate --model " + dir + "/missing --tokens 1", {"missing tensor model.layers.2."}},
+      {"token out of range", "generate --model " + dir + "/ok --tokens 1,256", {"token id 256", "vocabulary [0, 256)"}},
+      {"negative token", "forward --model " + dir + "/ok --tokens 1,-3 --out /tmp/x.safetensors", {"--tokens", "-3"}},
+      {"garbage token", "generate --model " + dir + "/ok --tokens 1,abc", {"--tokens", "abc"}},
+      {"prompt too long", "generate --model " + dir + "/ok --tokens " + longp, {"2100 tokens", "context of 2048"}},
+      {"prompt without tokenizer", "generate --model " + dir + "/ok --prompt hi", {"tokenizer.json"}},
+      {"unknown hook", "forward --model " + dir + "/ok --tokens 1 --out /tmp/x.safetensors --hooks blocks.9.nope", {"unknown hook point", "blocks.9.nope"}},
+      {"unknown flag", "generate --model " + dir + "/ok --tokens 1 --frobnicate 3", {"unknown flag --frobnicate"}},
+      {"bad number", "generate --model " + dir + "/ok --tokens 1 --max-new-tokens lots", {"--max-new-tokens", "lots"}},
+      {"bad device", "generate --model " + dir + "/ok --tokens 1 --device tpu", {"--device", "tpu"}},
+  };
+  for (const auto& c : cases) {
+    auto r = run_cli(c.args);
+    EXPECT_EQ(r.code, 1) << c.what << ": " << r.out;
+    EXPECT_EQ(r.out.rfind("error: ", 0), 0u) << c.what << ": " << r.out;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << c.what << ": expected one line, got: " << r.out;
+    for (const auto& m : c.must_mention) EXPECT_NE(r.out.find(m), std::string::npos) << c.what << ": '" << m << "' not in: " << r.out;
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace outro
