@@ -56,7 +56,7 @@ class Parity : public ::testing::TestWithParam<std::string> {};
 TEST_P(Parity, LogitsHiddenStatesAndAttention) {
   const std::string name = GetParam();
   const std::string dir = fixture("models/" + name);
-  ASSERT_TRUE(fs::exists(dir + "/ref.safetensors")) << "missing fixture " << dir << " (make it with tools/make_fixtures.py)";
+  ASSERT_TRUE(fs::exists(dir + "/ref.safetensors")) << "missing fixture " << dir << " (make it with tools/reference_fixtures.py)";
   auto m = Model::load(dir);
   auto be = make_cpu_backend();
   Ref ref = load_ref(name);
