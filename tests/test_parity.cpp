@@ -1,5 +1,5 @@
 // Parity with the reference implementation (transformers), on tiny random checkpoints made by
-// tools/make_fixtures.py: logits, hidden states, q/k/v/z, attention patterns, greedy decoding,
+// tools/reference_fixtures.py: logits, hidden states, q/k/v/z, attention patterns, greedy decoding,
 // head ablation and sink-key dimension zeroing.
 #include <gtest/gtest.h>
 

@@ -76,20 +76,27 @@ class CpuBackend final : public Backend {
   void matmul(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias) override {
     auto& pool = ThreadPool::global();
     const int64_t rows = w.rows, cols = w.cols;
-    // Split output rows into blocks of 16 so that every thread streams distinct weight rows.
+    // Split output rows into blocks of 16 (the kernels' weight tile) so that every thread streams
+    // distinct, contiguous weight rows. Each output element's value does not depend on the split.
+    // Matrices too small to repay waking the pool run on the calling thread.
     const int64_t blk = 16;
     const size_t nblk = size_t((rows + blk - 1) / blk);
-    pool.parallel_for(nblk, [&](size_t b0, size_t b1) {
+    // Waking the pool costs tens of microseconds: a decode step's small projections (k, v of a
+    // GQA model) stream faster on the calling thread than that.
+    const double work = double(rows) * double(cols) * (double(n) + double(dtype_size(w.dtype)));
+    auto body = [&](size_t b0, size_t b1) {
       int64_t r0 = int64_t(b0) * blk, r1 = std::min<int64_t>(rows, int64_t(b1) * blk);
       cpu::gemm_rows(F(y), F(x), n, w.data, w.dtype, rows, cols, r0, r1);
-    });
+    };
+    if (work < 786432.0)
+      body(0, nblk);
+    else
+      pool.parallel_for(nblk, body);
     if (bias && *bias) {
       std::vector<float> b(size_t(bias->cols));
       to_f32(bias->dtype, bias->data, b.data(), b.size());
-      for (int i = 0; i < n; ++i) {
-        float* yr = F(y) + size_t(i) * rows;
-        for (int64_t r = 0; r < rows; ++r) yr[r] += b[size_t(r)];
-      }
+      const auto& K = cpu::kernels();
+      for (int i = 0; i < n; ++i) K.axpy(F(y) + size_t(i) * rows, 1.f, b.data(), rows);  // y += 1·b is exact
     }
   }
 
@@ -97,16 +104,19 @@ class CpuBackend final : public Backend {
     const size_t d = size_t(w.cols);
     std::vector<float> g(d);
     to_f32(w.dtype, w.data, g.data(), d);
-    ThreadPool::global().parallel_for(size_t(n), [&](size_t i0, size_t i1) {
+    const auto& K = cpu::kernels();
+    auto body = [&](size_t i0, size_t i1) {
       for (size_t i = i0; i < i1; ++i) {
         const float* xr = F(x) + i * d;
-        float* yr = F(y) + i * d;
-        double ss = 0;
-        for (size_t c = 0; c < d; ++c) ss += double(xr[c]) * xr[c];
+        const double ss = K.sumsq(xr, int64_t(d));
         const float inv = 1.f / std::sqrt(float(ss / double(d)) + eps);
-        for (size_t c = 0; c < d; ++c) yr[c] = g[c] * (xr[c] * inv);
+        K.scale_mul(F(y) + i * d, xr, g.data(), inv, int64_t(d));
       }
-    });
+    };
+    if (size_t(n) * d < 32768)
+      body(0, size_t(n));
+    else
+      ThreadPool::global().parallel_for(size_t(n), body);
   }
 
   void rope(Buf x, int n, int heads, int hd, const int32_t* pos, const float* inv_freq) override {
@@ -129,7 +139,8 @@ class CpuBackend final : public Backend {
     const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
     const int total = p.past + p.n_new;
     const size_t tasks = size_t(H) * size_t(p.n_new);
-    ThreadPool::global().parallel_for(tasks, [&](size_t t0, size_t t1) {
+    const auto& K = cpu::kernels();
+    auto body = [&](size_t t0, size_t t1) {
       std::vector<float> s(static_cast<size_t>(total));
       for (size_t t = t0; t < t1; ++t) {
         const int h = int(t / size_t(p.n_new)), r = int(t % size_t(p.n_new));
@@ -142,45 +153,46 @@ class CpuBackend final : public Backend {
         float mx = -INFINITY;
         for (int j = 0; j < nk; ++j) {
           const float* kr = F(kc) + (size_t(j) * KV + kvh) * hd;
-          float acc = 0.f;
-          for (int c = 0; c < hd; ++c) acc += qr[c] * kr[c];
-          s[j] = acc * p.scale;
+          s[j] = K.dot(qr, kr, hd) * p.scale;
           mx = std::max(mx, s[j]);
         }
-        float sum = 0.f;
-        for (int j = 0; j < nk; ++j) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
+        const float sum = K.exp_shift(s.data(), nk, mx);
         const float inv = 1.f / sum;
         float* zr = F(z) + (size_t(r) * H + h) * hd;
         std::fill(zr, zr + hd, 0.f);
         for (int j = 0; j < nk; ++j) {
-          const float pj = s[j] * inv;
           const float* vr = F(vc) + (size_t(j) * KV + kvh) * hd;
-          for (int c = 0; c < hd; ++c) zr[c] += pj * vr[c];
+          K.axpy(zr, s[j] * inv, vr, hd);
         }
         if (p.pattern_out) {
           float* row = p.pattern_out + (size_t(h) * p.n_new + r) * total;
           for (int j = 0; j < total; ++j) row[j] = j < nk ? s[j] * inv : 0.f;
         }
       }
-    });
+    };
+    // Decode over a short context is cheaper than waking the pool.
+    if (double(p.n_new) * double(total) * H * hd < 65536.0)
+      body(0, tasks);
+    else
+      ThreadPool::global().parallel_for(tasks, body);
   }
 
   void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) override {
-    ThreadPool::global().parallel_for((n + 4095) / 4096, [&](size_t b0, size_t b1) {
-      for (size_t i = b0 * 4096; i < std::min(n, b1 * 4096); ++i) {
-        const float g = F(gate)[i];
-        F(out)[i] = g / (1.f + std::exp(-g)) * F(up)[i];
-      }
-    });
+    const auto& K = cpu::kernels();
+    const size_t blk = 8192;
+    auto body = [&](size_t b0, size_t b1) {
+      const size_t i0 = b0 * blk, i1 = std::min(n, b1 * blk);
+      if (i0 < i1) K.swiglu(F(out) + i0, F(gate) + i0, F(up) + i0, int64_t(i1 - i0));
+    };
+    const size_t nb = (n + blk - 1) / blk;
+    if (n < 32768)
+      body(0, nb);
+    else
+      ThreadPool::global().parallel_for(nb, body);
   }
 
   void add(Buf y, const Buf& x, size_t n) override {
-    float* a = F(y);
-    const float* b = F(x);
-    for (size_t i = 0; i < n; ++i) a[i] += b[i];
+    cpu::kernels().axpy(F(y), 1.f, F(x), int64_t(n));  // y + 1·x: exact, same as y += x
   }
 
   void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {

@@ -1,5 +1,10 @@
+// Run-time ISA dispatch and the portable kernels (the reference every SIMD set is tested against).
 #include "kernels/cpu/gemm.h"
 
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 namespace outro::cpu {
@@ -37,13 +42,157 @@ void gemm_portable(float* y, const float* x, int n, const void* w, DType wt, int
   }
 }
 
+float dot_portable(const float* a, const float* b, int64_t n) {
+  float acc = 0.f;
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+void axpy_portable(float* y, float a, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+double sumsq_portable(const float* x, int64_t n) {
+  double ss = 0;
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  return ss;
+}
+
+void scale_mul_portable(float* y, const float* x, const float* g, float s, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = g[i] * (x[i] * s);
+}
+
+void swiglu_portable(float* out, const float* gate, const float* up, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.f + std::exp(-g)) * up[i];
+  }
+}
+
+float exp_shift_portable(float* s, int64_t n, float m) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = std::exp(s[i] - m);
+    sum += s[i];
+  }
+  return sum;
+}
+
+void exp_portable(float* y, const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
+}
+
+double sum_portable(const float* x, int64_t n) {
+  float a[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) a[k] += x[i + k];
+  double s = 0;
+  for (; i < n; ++i) s += x[i];
+  for (float v : a) s += v;
+  return s;
+}
+
+const Kernels kPortable = {"portable",         Isa::Portable,      gemm_portable,      dot_portable,
+                           axpy_portable,      sumsq_portable,     scale_mul_portable, swiglu_portable,
+                           exp_shift_portable, exp_portable,       sum_portable};
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl");
+#else
+  return false;
+#endif
+}
+
+const Kernels* choose() {
+  const char* env = std::getenv("OUTRO_ISA");
+  if (env && *env) {
+    Isa want;
+    if (!std::strcmp(env, "portable")) want = Isa::Portable;
+    else if (!std::strcmp(env, "avx2")) want = Isa::Avx2;
+    else if (!std::strcmp(env, "avx512")) want = Isa::Avx512;
+    else {
+      std::fprintf(stderr, "outro: OUTRO_ISA=%s is not one of portable, avx2, avx512; choosing automatically\n", env);
+      want = Isa::Avx512;
+      env = nullptr;
+    }
+    if (env) {
+      if (const Kernels* k = kernels_for(want)) return k;
+      std::fprintf(stderr, "outro: OUTRO_ISA=%s is not supported by this CPU; choosing automatically\n", env);
+    }
+  }
+  if (const Kernels* k = kernels_for(Isa::Avx512)) return k;
+  if (const Kernels* k = kernels_for(Isa::Avx2)) return k;
+  return &kPortable;
+}
+
+std::atomic<const Kernels*> g_active{nullptr};
+
 }  // namespace
+
+bool isa_supported(Isa isa) {
+  switch (isa) {
+    case Isa::Portable: return true;
+    case Isa::Avx2: return avx2_kernels() && cpu_has_avx2();
+    case Isa::Avx512: return avx512_kernels() && cpu_has_avx512();
+  }
+  return false;
+}
+
+const Kernels* kernels_for(Isa isa) {
+  if (!isa_supported(isa)) return nullptr;
+  switch (isa) {
+    case Isa::Portable: return &kPortable;
+    case Isa::Avx2: return avx2_kernels();
+    case Isa::Avx512: return avx512_kernels();
+  }
+  return nullptr;
+}
+
+const Kernels& kernels() {
+  const Kernels* k = g_active.load(std::memory_order_acquire);
+  if (!k) {
+    static const Kernels* chosen = choose();  // thread-safe once
+    const Kernels* expected = nullptr;
+    g_active.compare_exchange_strong(expected, chosen, std::memory_order_acq_rel);
+    k = g_active.load(std::memory_order_acquire);
+  }
+  return *k;
+}
+
+bool set_isa(Isa isa) {
+  const Kernels* k = kernels_for(isa);
+  if (!k) return false;
+  g_active.store(k, std::memory_order_release);
+  return true;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Portable: return "portable";
+    case Isa::Avx2: return "avx2";
+    case Isa::Avx512: return "avx512";
+  }
+  return "?";
+}
 
 void gemm_rows(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols,
                int64_t r0, int64_t r1) {
-  gemm_portable(y, x, n, w, wt, rows, cols, r0, r1);
+  kernels().gemm(y, x, n, w, wt, rows, cols, r0, r1);
 }
 
-const char* gemm_isa() { return "portable"; }
+const char* gemm_isa() { return kernels().name; }
 
 }  // namespace outro::cpu
