@@ -1,0 +1,501 @@
+// CPU kernels: every ISA the machine has against the portable path and a double-precision
+// reference (all weight dtypes, odd shapes), determinism across row splits, the fast exp's accuracy,
+// and every Backend op of make_cpu_backend() against straightforward loops written here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/gemm.h"
+
+namespace outro {
+namespace {
+
+using cpu::Isa;
+using cpu::Kernels;
+
+std::vector<float> randn(size_t n, uint64_t seed, float sd = 1.f, float mean = 0.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(mean, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// Weights stored in dtype, plus the exact float values they hold.
+struct Mat {
+  DType dt;
+  std::vector<uint8_t> bytes;
+  std::vector<float> vals;
+};
+
+Mat make_mat(DType dt, size_t n, uint64_t seed) {
+  Mat m{dt, {}, randn(n, seed, 0.5f)};
+  m.bytes.resize(n * dtype_size(dt));
+  for (size_t i = 0; i < n; ++i) {
+    if (dt == DType::F32) {
+      std::memcpy(m.bytes.data() + 4 * i, &m.vals[i], 4);
+    } else {
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(m.vals[i]) : f32_to_f16(m.vals[i]);
+      std::memcpy(m.bytes.data() + 2 * i, &h, 2);
+      m.vals[i] = dt == DType::BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+    }
+  }
+  return m;
+}
+
+// max |a - b| / max |ref|
+double rel(const std::vector<float>& a, const std::vector<double>& ref) {
+  double m = 0, s = 1e-30;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    m = std::max(m, std::fabs(double(a[i]) - ref[i]));
+    s = std::max(s, std::fabs(ref[i]));
+  }
+  return m / s;
+}
+double rel(const std::vector<float>& a, const std::vector<float>& ref) {
+  return rel(a, std::vector<double>(ref.begin(), ref.end()));
+}
+
+std::vector<Isa> simd_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Avx2, Isa::Avx512})
+    if (cpu::isa_supported(i)) v.push_back(i);
+  return v;
+}
+std::vector<Isa> all_isas() {
+  std::vector<Isa> v{Isa::Portable};
+  for (Isa i : simd_isas()) v.push_back(i);
+  return v;
+}
+
+// Restores the active kernel set when a test switches it.
+struct IsaGuard {
+  Isa saved = cpu::kernels().isa;
+  ~IsaGuard() { cpu::set_isa(saved); }
+};
+
+const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
+
+TEST(Kernels, DispatchReportsAnAvailableIsa) {
+  const char* name = cpu::gemm_isa();
+  EXPECT_TRUE(!std::strcmp(name, "portable") || !std::strcmp(name, "avx2") || !std::strcmp(name, "avx512")) << name;
+  EXPECT_TRUE(cpu::isa_supported(Isa::Portable));
+  EXPECT_NE(cpu::kernels_for(Isa::Portable), nullptr);
+  for (Isa i : simd_isas()) EXPECT_STREQ(cpu::kernels_for(i)->name, cpu::isa_name(i));
+  std::printf("[ kernels  ] active %s; SIMD sets here:", name);
+  for (Isa i : simd_isas()) std::printf(" %s", cpu::isa_name(i));
+  std::printf("\n");
+}
+
+TEST(Kernels, GemmMatchesReferenceForEveryIsaDtypeAndShape) {
+  const Kernels* portable = cpu::kernels_for(Isa::Portable);
+  const int64_t shapes[][2] = {{1, 1}, {5, 7}, {3, 17}, {37, 100}, {19, 1000}, {33, 2100}, {21, 33}, {6, 4097}};
+  for (DType dt : kDtypes) {
+    for (auto [rows, cols] : shapes) {
+      const Mat w = make_mat(dt, size_t(rows * cols), uint64_t(rows * 1000 + cols));
+      for (int n : {1, 3, 7}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " rows " + std::to_string(rows) + " cols " + std::to_string(cols) +
+                     " n " + std::to_string(n));
+        const auto x = randn(size_t(n * cols), uint64_t(n + 7 * cols));
+        std::vector<double> ref(size_t(n * rows));
+        for (int i = 0; i < n; ++i)
+          for (int64_t r = 0; r < rows; ++r) {
+            double acc = 0;
+            for (int64_t c = 0; c < cols; ++c) acc += double(x[size_t(i * cols + c)]) * w.vals[size_t(r * cols + c)];
+            ref[size_t(i * rows + r)] = acc;
+          }
+        std::vector<float> yp(ref.size(), NAN);
+        portable->gemm(yp.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+        EXPECT_LT(rel(yp, ref), 1e-5) << "portable";
+        for (Isa isa : simd_isas()) {
+          const Kernels* k = cpu::kernels_for(isa);
+          std::vector<float> y(ref.size(), NAN);
+          k->gemm(y.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+          EXPECT_LT(rel(y, ref), 1e-5) << k->name << " vs double";
+          EXPECT_LT(rel(y, yp), 1e-5) << k->name << " vs portable";
+          // Any split of the rows (as threads would make) gives bit-identical results.
+          for (int64_t cut : {int64_t(1), int64_t(3), int64_t(16), rows / 2 + 1}) {
+            if (cut >= rows) continue;
+            std::vector<float> ys(ref.size(), NAN);
+            k->gemm(ys.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, cut);
+            k->gemm(ys.data(), x.data(), n, w.bytes.data(), dt, rows, cols, cut, rows);
+            EXPECT_EQ(0, std::memcmp(ys.data(), y.data(), y.size() * 4)) << k->name << " split at " << cut;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Kernels, GemmRowsUsesTheActiveSet) {
+  IsaGuard guard;
+  const Mat w = make_mat(DType::BF16, 9 * 50, 3);
+  const auto x = randn(2 * 50, 4);
+  for (Isa isa : all_isas()) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    EXPECT_STREQ(cpu::gemm_isa(), cpu::isa_name(isa));
+    std::vector<float> a(18), b(18);
+    cpu::gemm_rows(a.data(), x.data(), 2, w.bytes.data(), DType::BF16, 9, 50, 0, 9);
+    cpu::kernels_for(isa)->gemm(b.data(), x.data(), 2, w.bytes.data(), DType::BF16, 9, 50, 0, 9);
+    EXPECT_EQ(a, b);
+  }
+}
+
+TEST(Kernels, VectorPrimitivesMatchReference) {
+  for (Isa isa : all_isas()) {
+    const Kernels* k = cpu::kernels_for(isa);
+    SCOPED_TRACE(k->name);
+    for (int n : {1, 5, 16, 31, 64, 100, 1001}) {
+      SCOPED_TRACE(n);
+      const auto a = randn(size_t(n), uint64_t(n)), b = randn(size_t(n), uint64_t(n) + 1);
+      const auto g = randn(size_t(n), uint64_t(n) + 2, 0.1f, 1.f);
+      double d = 0, ss = 0;
+      for (int i = 0; i < n; ++i) {
+        d += double(a[size_t(i)]) * b[size_t(i)];
+        ss += double(a[size_t(i)]) * a[size_t(i)];
+      }
+      double norm = 0;
+      for (int i = 0; i < n; ++i) norm += std::fabs(double(a[size_t(i)]) * b[size_t(i)]);
+      EXPECT_LE(std::fabs(k->dot(a.data(), b.data(), n) - d), 1e-5 * norm);
+      EXPECT_LE(std::fabs(k->sumsq(a.data(), n) - ss), 1e-5 * ss);
+      double sm = 0;
+      for (float v : a) sm += v;
+      EXPECT_NEAR(k->sum(a.data(), n), sm, 1e-5 * ss + 1e-6);
+
+      std::vector<float> y = b;
+      k->axpy(y.data(), 0.75f, a.data(), n);
+      std::vector<double> ry(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) ry[size_t(i)] = double(b[size_t(i)]) + 0.75 * a[size_t(i)];
+      EXPECT_LT(rel(y, ry), 1e-6);
+
+      std::vector<float> sc(static_cast<size_t>(n));
+      k->scale_mul(sc.data(), a.data(), g.data(), 0.3f, n);
+      for (int i = 0; i < n; ++i) ry[size_t(i)] = double(g[size_t(i)]) * (double(a[size_t(i)]) * 0.3f);
+      EXPECT_LT(rel(sc, ry), 1e-6);
+
+      std::vector<float> sw(static_cast<size_t>(n));
+      const auto gate = randn(size_t(n), uint64_t(n) + 3, 4.f);
+      k->swiglu(sw.data(), gate.data(), b.data(), n);
+      for (int i = 0; i < n; ++i) {
+        const float gg = gate[size_t(i)];
+        const float want = gg / (1.f + std::exp(-gg)) * b[size_t(i)];
+        EXPECT_NEAR(sw[size_t(i)], want, 1e-6 * std::fabs(want) + 1e-30) << "swiglu at " << i;
+      }
+
+      std::vector<float> s = a;
+      const float m = *std::max_element(a.begin(), a.end());
+      const float sum = k->exp_shift(s.data(), n, m);
+      double rsum = 0;
+      for (int i = 0; i < n; ++i) {
+        const float want = std::exp(a[size_t(i)] - m);
+        rsum += want;
+        EXPECT_NEAR(s[size_t(i)], want, 1e-6 * want) << "exp_shift at " << i;
+      }
+      EXPECT_NEAR(sum, rsum, 1e-6 * rsum);
+    }
+  }
+}
+
+TEST(Kernels, ExpIsWithin1e6RelativeOfStdExp) {
+  std::vector<float> x;
+  for (float v = -87.f; v <= 88.f; v += 0.0137f) x.push_back(v);
+  for (float v : {0.f, -0.f, 1e-8f, -1e-8f, 0.34657359f, -0.34657359f, 88.7f, -87.3f}) x.push_back(v);
+  for (Isa isa : all_isas()) {
+    const Kernels* k = cpu::kernels_for(isa);
+    std::vector<float> y(x.size());
+    k->exp(y.data(), x.data(), int64_t(x.size()));
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double want = std::exp(x[i]);
+      worst = std::max(worst, std::fabs(y[i] - want) / want);
+    }
+    EXPECT_LT(worst, 1e-6) << k->name;
+    // Far ends: overflow to inf and underflow to (almost) zero like std::exp.
+    const float ends[4] = {100.f, -200.f, 89.f, -110.f};
+    float out[4];
+    k->exp(out, ends, 4);
+    EXPECT_TRUE(std::isinf(out[0])) << k->name;
+    EXPECT_EQ(out[1], 0.f) << k->name;
+    EXPECT_TRUE(std::isinf(out[2])) << k->name;
+    EXPECT_LT(out[3], 1e-44f) << k->name;
+  }
+}
+
+// ---- Backend ops against plain loops ----
+
+Weight weight_of(const Mat& m, int64_t rows, int64_t cols) {
+  Weight w;
+  w.dtype = m.dt;
+  w.rows = rows;
+  w.cols = cols;
+  w.data = m.bytes.data();
+  return w;
+}
+
+struct BackendTest : ::testing::Test {
+  std::unique_ptr<Backend> be = make_cpu_backend();
+  Buf put(const std::vector<float>& v) {
+    Buf b = be->alloc(v.size());
+    be->upload(b, 0, v.data(), v.size());
+    return b;
+  }
+  std::vector<float> get(const Buf& b) {
+    std::vector<float> v(b.n);
+    be->download(b, 0, v.data(), v.size());
+    return v;
+  }
+  std::vector<Buf> bufs;
+  Buf keep(Buf b) {
+    bufs.push_back(b);
+    return b;
+  }
+  void TearDown() override {
+    for (auto& b : bufs) be->release(b);
+  }
+};
+
+TEST_F(BackendTest, MatmulWithBias) {
+  IsaGuard guard;
+  for (Isa isa : all_isas()) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    for (DType dt : kDtypes) {
+      for (auto [n, rows, cols] : {std::tuple{1, 100, 70}, std::tuple{7, 300, 900}, std::tuple{1, 1000, 1200}}) {
+        SCOPED_TRACE(std::string(cpu::isa_name(isa)) + " " + dtype_name(dt) + " n " + std::to_string(n) + " rows " +
+                     std::to_string(rows));
+        const Mat w = make_mat(dt, size_t(rows * cols), 11), bias = make_mat(dt, size_t(rows), 12);
+        const auto x = randn(size_t(n * cols), 13);
+        Buf xb = keep(put(x)), yb = keep(be->alloc(size_t(n * rows)));
+        const Weight ww = weight_of(w, rows, cols), bw = weight_of(bias, 1, rows);
+        be->matmul(yb, xb, n, ww, &bw);
+        std::vector<double> ref(size_t(n * rows));
+        for (int i = 0; i < n; ++i)
+          for (int r = 0; r < rows; ++r) {
+            double acc = bias.vals[size_t(r)];
+            for (int c = 0; c < cols; ++c) acc += double(x[size_t(i * cols + c)]) * w.vals[size_t(r * cols + c)];
+            ref[size_t(i * rows + r)] = acc;
+          }
+        EXPECT_LT(rel(get(yb), ref), 1e-5);
+      }
+    }
+  }
+}
+
+TEST_F(BackendTest, RmsnormAddSwiglu) {
+  IsaGuard guard;
+  for (Isa isa : all_isas()) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    SCOPED_TRACE(cpu::isa_name(isa));
+    for (auto [n, d] : {std::pair{3, 37}, std::pair{50, 900}}) {
+      const Mat g = make_mat(DType::BF16, size_t(d), 21);
+      const auto x = randn(size_t(n * d), 22, 2.f);
+      Buf xb = keep(put(x)), yb = keep(be->alloc(size_t(n * d)));
+      be->rmsnorm(yb, xb, n, weight_of(g, 1, d), 1e-6f);
+      std::vector<double> ref(size_t(n * d));
+      for (int i = 0; i < n; ++i) {
+        double ss = 0;
+        for (int c = 0; c < d; ++c) ss += double(x[size_t(i * d + c)]) * x[size_t(i * d + c)];
+        const double inv = 1.0 / std::sqrt(ss / d + 1e-6);
+        for (int c = 0; c < d; ++c) ref[size_t(i * d + c)] = g.vals[size_t(c)] * x[size_t(i * d + c)] * inv;
+      }
+      EXPECT_LT(rel(get(yb), ref), 1e-5);
+
+      const auto a = randn(size_t(n * d), 23);
+      Buf ab = keep(put(a));
+      be->add(ab, xb, size_t(n * d));
+      std::vector<float> sum(a.size());
+      for (size_t i = 0; i < a.size(); ++i) sum[i] = a[i] + x[i];
+      EXPECT_EQ(get(ab), sum);  // exact
+    }
+    for (size_t n : {size_t(13), size_t(40000)}) {
+      const auto g = randn(n, 31, 3.f), u = randn(n, 32);
+      Buf gb = keep(put(g)), ub = keep(put(u)), ob = keep(be->alloc(n));
+      be->swiglu(ob, gb, ub, n);
+      std::vector<double> ref(n);
+      for (size_t i = 0; i < n; ++i) ref[i] = double(g[i]) / (1.0 + std::exp(-double(g[i]))) * u[i];
+      EXPECT_LT(rel(get(ob), ref), 1e-5);
+      be->swiglu(gb, gb, ub, n);  // in place, as the session calls it
+      EXPECT_LT(rel(get(gb), ref), 1e-5);
+    }
+  }
+}
+
+TEST_F(BackendTest, RopeEmbedAndZeroCols) {
+  const int n = 3, heads = 5, hd = 12;
+  const auto x = randn(size_t(n * heads * hd), 41);
+  const int32_t pos[n] = {0, 7, 300};
+  std::vector<float> inv(hd / 2);
+  for (int c = 0; c < hd / 2; ++c) inv[size_t(c)] = float(std::pow(10000.0, -2.0 * c / hd));
+  Buf xb = keep(put(x));
+  be->rope(xb, n, heads, hd, pos, inv.data());
+  std::vector<double> ref(x.begin(), x.end());
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < heads; ++h)
+      for (int c = 0; c < hd / 2; ++c) {
+        const double ang = double(float(pos[i]) * inv[size_t(c)]);
+        const size_t o = size_t((i * heads + h) * hd);
+        const double a = x[o + size_t(c)], b = x[o + size_t(c + hd / 2)];
+        ref[o + size_t(c)] = a * std::cos(ang) - b * std::sin(ang);
+        ref[o + size_t(c + hd / 2)] = b * std::cos(ang) + a * std::sin(ang);
+      }
+  EXPECT_LT(rel(get(xb), ref), 1e-5);
+
+  const Mat table = make_mat(DType::BF16, 10 * 6, 42);
+  const int32_t ids[3] = {9, 0, 4};
+  Buf eb = keep(be->alloc(18));
+  be->embed(eb, weight_of(table, 10, 6), ids, 3);
+  const auto e = get(eb);
+  for (int i = 0; i < 3; ++i)
+    for (int c = 0; c < 6; ++c) EXPECT_EQ(e[size_t(i * 6 + c)], table.vals[size_t(ids[i] * 6 + c)]);
+
+  be->zero_cols(eb, 3, 6, 2, 3);
+  const auto z = get(eb);
+  for (int i = 0; i < 3; ++i)
+    for (int c = 0; c < 6; ++c)
+      EXPECT_EQ(z[size_t(i * 6 + c)], c >= 2 && c < 5 ? 0.f : table.vals[size_t(ids[i] * 6 + c)]);
+}
+
+// Reference attention: causal rows, sink-out rows that see keys [0, sinkout_end).
+void ref_attention(const std::vector<float>& q, const std::vector<float>& kc, const std::vector<float>& vc,
+                   const AttnParams& p, std::vector<double>& z, std::vector<double>& pattern) {
+  const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, total = p.past + p.n_new;
+  z.assign(size_t(p.n_new * H * hd), 0.0);
+  pattern.assign(size_t(H * p.n_new * total), 0.0);
+  for (int h = 0; h < H; ++h)
+    for (int r = 0; r < p.n_new; ++r) {
+      const int pos = p.past + r, kvh = h / (H / KV);
+      bool sink = false;
+      for (int k = 0; k < p.n_sinkout; ++k) sink |= p.sinkout_rows[k] == pos;
+      const int nk = sink ? std::max(pos + 1, std::min(p.sinkout_end, total)) : pos + 1;
+      std::vector<double> s(static_cast<size_t>(nk));
+      double mx = -1e300;
+      for (int j = 0; j < nk; ++j) {
+        double acc = 0;
+        for (int c = 0; c < hd; ++c)
+          acc += double(q[size_t((r * H + h) * hd + c)]) * kc[size_t((j * KV + kvh) * hd + c)];
+        s[size_t(j)] = acc * p.scale;
+        mx = std::max(mx, s[size_t(j)]);
+      }
+      double sum = 0;
+      for (auto& v : s) sum += (v = std::exp(v - mx));
+      for (int j = 0; j < nk; ++j) {
+        const double pj = s[size_t(j)] / sum;
+        pattern[size_t((h * p.n_new + r) * total + j)] = pj;
+        for (int c = 0; c < hd; ++c) z[size_t((r * H + h) * hd + c)] += pj * vc[size_t((j * KV + kvh) * hd + c)];
+      }
+    }
+}
+
+TEST_F(BackendTest, AttentionCausalSinkoutAndPattern) {
+  IsaGuard guard;
+  struct Case {
+    int H, KV, hd, n_new, past;
+    std::vector<int> sink;
+    int sink_end;
+  };
+  const std::vector<Case> cases = {
+      {4, 2, 16, 1, 9, {}, 0},              // decode step
+      {4, 2, 16, 5, 0, {1, 3}, 5},          // prefill, two sink-out rows seeing the whole prompt
+      {6, 3, 20, 7, 4, {4, 5, 10}, 9},      // with a past; sink rows at absolute positions
+      {8, 2, 64, 40, 10, {12, 30}, 50},     // large enough for the threaded path
+      {2, 1, 13, 3, 2, {}, 0},              // head_dim not a multiple of the vector width
+  };
+  for (Isa isa : all_isas()) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    for (const Case& cs : cases) {
+      SCOPED_TRACE(std::string(cpu::isa_name(isa)) + " H " + std::to_string(cs.H) + " n_new " +
+                   std::to_string(cs.n_new) + " past " + std::to_string(cs.past));
+      const int total = cs.past + cs.n_new;
+      const auto q = randn(size_t(cs.n_new * cs.H * cs.hd), 51, 1.5f);
+      const auto kc = randn(size_t(total * cs.KV * cs.hd), 52, 1.5f);
+      const auto vc = randn(size_t(total * cs.KV * cs.hd), 53);
+      AttnParams p;
+      p.n_heads = cs.H;
+      p.n_kv = cs.KV;
+      p.head_dim = cs.hd;
+      p.scale = 1.f / std::sqrt(float(cs.hd));
+      p.n_new = cs.n_new;
+      p.past = cs.past;
+      p.sinkout_rows = cs.sink.empty() ? nullptr : cs.sink.data();
+      p.n_sinkout = int(cs.sink.size());
+      p.sinkout_end = cs.sink_end;
+      std::vector<float> pattern(size_t(cs.H * cs.n_new * total), -1.f);
+      p.pattern_out = pattern.data();
+      Buf qb = keep(put(q)), kb = keep(put(kc)), vb = keep(put(vc)), zb = keep(be->alloc(q.size()));
+      be->attention(zb, qb, kb, vb, p);
+      std::vector<double> rz, rp;
+      ref_attention(q, kc, vc, p, rz, rp);
+      EXPECT_LT(rel(get(zb), rz), 1e-5);
+      EXPECT_LT(rel(pattern, rp), 1e-5);
+      for (size_t i = 0; i < rp.size(); ++i) {
+        if (rp[i] == 0.0) {
+          ASSERT_EQ(pattern[i], 0.f) << "masked entry " << i;
+        }
+      }
+      // Without a pattern observer the output is the same.
+      p.pattern_out = nullptr;
+      Buf zb2 = keep(be->alloc(q.size()));
+      be->attention(zb2, qb, kb, vb, p);
+      EXPECT_EQ(get(zb2), get(zb));
+    }
+  }
+}
+
+TEST_F(BackendTest, InterventionOps) {
+  const int n = 4, groups = 3, gdim = 10;
+  const auto x = randn(size_t(n * groups * gdim), 61);
+  const auto t = randn(size_t(groups * gdim), 62);
+  const uint8_t skip[n] = {0, 1, 0, 0};
+  const float lambda = 0.3f;
+  Buf xb = keep(put(x)), tb = keep(put(t));
+  be->align_rows(xb, n, groups, gdim, tb, skip, lambda);
+  std::vector<double> ref(x.begin(), x.end());
+  for (int i = 0; i < n; ++i) {
+    if (skip[i]) continue;
+    for (int g = 0; g < groups; ++g) {
+      double nv = 0, nt = 0;
+      const size_t o = size_t((i * groups + g) * gdim);
+      for (int c = 0; c < gdim; ++c) {
+        nv += double(x[o + size_t(c)]) * x[o + size_t(c)];
+        nt += double(t[size_t(g * gdim + c)]) * t[size_t(g * gdim + c)];
+      }
+      std::vector<double> m(static_cast<size_t>(gdim));
+      double nm = 0;
+      for (int c = 0; c < gdim; ++c) {
+        m[size_t(c)] = (1 - lambda) * x[o + size_t(c)] / std::sqrt(nv) + lambda * t[size_t(g * gdim + c)] / std::sqrt(nt);
+        nm += m[size_t(c)] * m[size_t(c)];
+      }
+      for (int c = 0; c < gdim; ++c) ref[o + size_t(c)] = m[size_t(c)] / std::sqrt(nm) * std::sqrt(nv);
+    }
+  }
+  EXPECT_LT(rel(get(xb), ref), 1e-5);
+
+  Buf yb = keep(put(x));
+  be->zero_top_dim(yb, 2, groups, gdim);
+  std::vector<float> want = x;
+  for (int g = 0; g < groups; ++g) {
+    const size_t o = size_t((2 * groups + g) * gdim);
+    size_t best = o;
+    for (size_t c = o; c < o + size_t(gdim); ++c)
+      if (std::fabs(x[c]) > std::fabs(x[best])) best = c;
+    want[best] = 0.f;
+  }
+  EXPECT_EQ(get(yb), want);
+
+  const int dim = groups * gdim;
+  const int rows[3] = {0, 2, 3};
+  Buf mb = keep(be->alloc(size_t(dim)));
+  be->mean_rows(mb, keep(put(x)), dim, rows, 3);
+  std::vector<double> mref(size_t(dim), 0.0);
+  for (int r : rows)
+    for (int c = 0; c < dim; ++c) mref[size_t(c)] += x[size_t(r * dim + c)] / 3.0;
+  EXPECT_LT(rel(get(mb), mref), 1e-6);
+}
+
+}  // namespace
+}  // namespace outro
