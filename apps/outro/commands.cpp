@@ -8,6 +8,7 @@ const std::vector<Command>& commands() {
       {"forward", cmd_forward},
       {"info", cmd_info},
       {"hooks", cmd_hooks},
+      {"eval", cmd_eval},
   };
   return c;
 }

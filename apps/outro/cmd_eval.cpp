@@ -1,0 +1,356 @@
+// outro eval: multiple-choice benchmarks, baseline vs OutRo and its ablations, with paired
+// statistics; `outro eval convert` (benchmark adapters) and `outro eval synth` (the project's own
+// synthetic benchmark).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "common.h"
+#include "core/error.h"
+#include "eval/adapters.h"
+#include "eval/bench.h"
+#include "eval/extract.h"
+#include "eval/prompt.h"
+#include "eval/results.h"
+#include "eval/runner.h"
+#include "eval/synth.h"
+#include "runtime/generate.h"
+
+namespace outro::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const char* kEvalUsage =
+    "usage: outro eval --bench FILE.jsonl --out DIR [--model DIR] [--media-root DIR]\n"
+    "                  [--strategies baseline,outro,outro-align-only,outro-sinkout-only] [--seeds N]\n"
+    "                  [--temperature T --top-k K --top-p P] [--max-new-tokens N] [--system TEXT] [--raw]\n"
+    "                  [--limit N] [--allow-missing-media] [--bootstrap N] [--outro-config FILE]\n"
+    "                  [--merge-timeout S] [--no-progress] [--device cpu|cuda|auto] [--threads N]\n"
+    "       outro eval convert --format avhbench|dailyomni|worldsense|videoholmes|omnibench --in PATH\n"
+    "                  --out FILE.jsonl [--media-template KIND=TEMPLATE[,KIND=TEMPLATE]] [--text-alternative]\n"
+    "       outro eval synth --out DIR [--n N] [--seed S] [--no-media]\n"
+    "Under mpirun the items are split across the ranks; rank 0 merges and reports.\n";
+
+// An Args object from a list of strings (argv[0..1] are placeholders; flags from index 2).
+struct OwnedArgs {
+  std::vector<std::string> store;
+  std::vector<char*> ptrs;
+  Args make(const std::set<std::string>& bool_flags) {
+    ptrs.clear();
+    for (auto& s : store) ptrs.push_back(s.data());
+    ptrs.push_back(nullptr);
+    return Args(int(store.size()), ptrs.data(), 2, bool_flags);
+  }
+};
+
+bool valid_strategy_name(const std::string& s) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return s[0] != '.';
+}
+
+// The interventions of a named strategy: a --strategy preset of build_interventions(), with the
+// user's --outro-config applied on top of it.
+std::vector<std::unique_ptr<Intervention>> strategy_interventions(const std::string& name, const Args& user,
+                                                                  const Model& m) {
+  OwnedArgs o{{"outro", "eval", "--strategy", name}, {}};
+  if (user.has("outro-config")) {
+    o.store.push_back("--outro-config");
+    o.store.push_back(user.str("outro-config"));
+  }
+  return build_interventions(o.make({"explain"}), m);
+}
+
+uint64_t fnv1a(const std::string& s) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+int cmd_eval_convert(int argc, char** argv) {
+  Args a(argc, argv, 3, {"text-alternative"});
+  a.check_known({"format", "in", "out", "media-template", "text-alternative"});
+  eval::AdapterOptions o;
+  o.text_alternative = a.flag("text-alternative");
+  if (a.has("media-template"))
+    for (auto& kv : split(a.str("media-template"), ',')) {
+      auto eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) fail("--media-template: expected KIND=TEMPLATE, found '", kv, "'");
+      o.media_templates[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  const std::string format = a.required("format");
+  eval::Conversion c = eval::convert_benchmark(format, a.required("in"), o);
+  eval::write_bench(a.required("out"), c.items);
+  std::fprintf(stderr, "eval convert: %zu items (%s) written to %s\n", c.items.size(), format.c_str(),
+               a.str("out").c_str());
+  for (auto& [why, n] : c.skipped) std::fprintf(stderr, "  skipped %d: %s\n", n, why.c_str());
+  return 0;
+}
+
+int cmd_eval_synth(int argc, char** argv) {
+  Args a(argc, argv, 3, {"no-media"});
+  a.check_known({"out", "n", "seed", "no-media"});
+  eval::SynthOptions o;
+  o.n = a.integer("n", 24);
+  if (o.n < 1 || o.n > 100000) fail("--n: expected 1..100000 items");
+  o.seed = uint64_t(a.integer("seed", 0));
+  o.media = !a.flag("no-media");
+  const std::string dir = a.required("out");
+  auto items = eval::write_synth_benchmark(dir, o);
+  std::fprintf(stderr, "eval synth: %zu items in %s/bench.jsonl%s\n", items.size(), dir.c_str(),
+               o.media ? (", clips in " + dir + "/media/clips (use --media-root " + dir + "/media)").c_str() : "");
+  return 0;
+}
+
+int cmd_eval_run(int argc, char** argv) {
+  Args a(argc, argv, 2, {"raw", "allow-missing-media", "no-progress"});
+  std::set<std::string> known = {"bench",          "media-root", "strategies", "seeds",   "temperature",
+                                 "top-k",          "top-p",      "max-new-tokens", "system", "raw",
+                                 "limit",          "allow-missing-media", "bootstrap", "out", "merge-timeout",
+                                 "no-progress",    "max-context", "outro-config", "stop-after"};
+  known.insert(kLoadFlags.begin(), kLoadFlags.end());
+  a.check_known(known);
+  const eval::World w = eval::world_from_env();
+  const bool lead = w.rank == 0;
+  const auto t0 = std::chrono::steady_clock::now();
+
+  // --- the benchmark and its media
+  const std::string bench = a.required("bench");
+  const std::string out = a.required("out");
+  std::vector<eval::Item> items = eval::load_bench(bench);
+  if (a.has("limit")) {
+    const int lim = a.integer("limit", 0);
+    if (lim < 1) fail("--limit: expected a positive number of items");
+    if (size_t(lim) < items.size()) items.resize(size_t(lim));
+  }
+  const std::string media_root = a.str("media-root", fs::path(bench).parent_path().string());
+  auto missing = eval::find_missing_media(items, media_root);
+  if (!missing.empty()) {
+    std::set<std::string> ids;
+    for (auto& m : missing) ids.insert(m.item_id);
+    if (lead) {
+      std::fprintf(stderr, "eval: %zu media file(s) of %zu item(s) not found under --media-root %s:\n", missing.size(),
+                   ids.size(), media_root.empty() ? "." : media_root.c_str());
+      for (size_t i = 0; i < missing.size() && i < 10; ++i)
+        std::fprintf(stderr, "  %s: %s\n", missing[i].item_id.c_str(), missing[i].path.c_str());
+      if (missing.size() > 10) std::fprintf(stderr, "  ... and %zu more\n", missing.size() - 10);
+    }
+    if (!a.flag("allow-missing-media"))
+      fail(missing.size(), " media file(s) missing (listed above); fix --media-root or pass --allow-missing-media");
+  }
+
+  // --- strategies, seeds, decoding
+  std::vector<std::string> strategies =
+      split(a.str("strategies", "baseline,outro,outro-align-only,outro-sinkout-only"), ',');
+  std::set<std::string> seen;
+  for (auto& s : strategies) {
+    if (!valid_strategy_name(s)) fail("--strategies: '", s, "' is not a strategy name (letters, digits, - _ .)");
+    if (!seen.insert(s).second) fail("--strategies: '", s, "' is listed twice");
+  }
+  const int nseeds = a.integer("seeds", 1);
+  if (nseeds < 1 || nseeds > 1000) fail("--seeds: expected 1..1000");
+  const bool sampling = nseeds > 1 || a.has("temperature") || a.has("top-k") || a.has("top-p");
+  std::vector<int> seeds;
+  if (sampling)
+    for (int s = 1; s <= nseeds; ++s) seeds.push_back(s);
+  else
+    seeds.push_back(0);
+  GenerateOptions go;
+  go.max_new_tokens = a.integer("max-new-tokens", 16);
+  if (go.max_new_tokens < 1) fail("--max-new-tokens: expected a positive number");
+  go.sampling.greedy = !sampling;
+  go.sampling.temperature = float(a.number("temperature", sampling ? 0.7 : 1.0));
+  go.sampling.top_k = a.integer("top-k", 0);
+  go.sampling.top_p = float(a.number("top-p", 1.0));
+
+  Loaded l = load(a, false);
+  const ModelConfig& cfg = l.model->config();
+  go.stop_ids = cfg.eos_tokens;
+  if (l.tokenizer)
+    for (const char* t : {"<|im_end|>", "<|endoftext|>"})
+      if (auto id = l.tokenizer->token_id(t); id && std::find(go.stop_ids.begin(), go.stop_ids.end(), *id) == go.stop_ids.end())
+        go.stop_ids.push_back(*id);
+
+  std::map<std::string, std::vector<std::unique_ptr<Intervention>>> ivs;
+  for (auto& s : strategies) ivs[s] = strategy_interventions(s, a, *l.model);
+
+  json meta = {{"bench", bench},
+               {"model", l.dir},
+               {"media_root", media_root},
+               {"media_mode", "text-only (media paths carried, not encoded yet)"},
+               {"tokenization", l.tokenizer ? "tokenizer.json" : "bytes (no tokenizer.json)"},
+               {"max_new_tokens", go.max_new_tokens},
+               {"sampling", sampling ? json{{"temperature", go.sampling.temperature},
+                                            {"top_k", go.sampling.top_k},
+                                            {"top_p", go.sampling.top_p}}
+                                     : json("greedy")},
+               {"system", a.str("system")},
+               {"raw", a.flag("raw")}};
+
+  // --- the output folder: resume, and refuse to mix runs made with other settings
+  fs::create_directories(out);
+  const fs::path cfg_path = fs::path(out) / "config.json";
+  if (fs::exists(cfg_path)) {
+    json old;
+    std::ifstream(cfg_path) >> old;
+    for (auto& k : {"bench", "model", "max_new_tokens", "sampling", "system", "raw", "tokenization"})
+      if (old.contains(k) && old[k] != meta[k])
+        fail(out, " holds results of a run with another ", k, " (", old[k].dump(), ", now ", meta[k].dump(),
+             "); use another --out");
+  } else if (lead) {
+    std::ofstream(cfg_path) << meta.dump(2) << "\n";
+  }
+  eval::ResultStore store(out, w.rank);
+  eval::remove_done_marker(out, w);
+
+  // --- this rank's share: items i with i % size == rank, every strategy and seed not yet done
+  struct Job {
+    size_t item;
+    std::string strategy;
+    int seed;
+  };
+  std::vector<Job> jobs;
+  size_t share = 0;
+  for (size_t i = w.rank; i < items.size(); i += size_t(w.size)) {
+    ++share;
+    for (auto& s : strategies)
+      for (int seed : seeds)
+        if (!store.done(s, seed, items[i].id)) jobs.push_back({i, s, seed});
+  }
+  const size_t total = share * strategies.size() * seeds.size();
+  if (lead || w.size > 1)
+    std::fprintf(stderr, "eval%s: %zu items x %zu strategies x %zu seed(s); %zu of this rank's %zu runs left%s\n",
+                 w.size > 1 ? (" [rank " + std::to_string(w.rank) + "/" + std::to_string(w.size) + "]").c_str() : "",
+                 items.size(), strategies.size(), seeds.size(), jobs.size(), total,
+                 jobs.size() < total ? " (resuming)" : "");
+  if (lead && !l.tokenizer)
+    std::fprintf(stderr, "eval: %s has no tokenizer.json: prompts are fed as bytes (id = byte %% vocab)\n",
+                 l.dir.c_str());
+
+  auto tokens_of = [&](const eval::Item& it) {
+    const std::string text = eval::render_text_only(eval::build_prompt(it));
+    if (!l.tokenizer) {
+      std::vector<int32_t> ids;
+      for (unsigned char c : text) ids.push_back(int32_t(c % unsigned(cfg.vocab)));
+      return ids;
+    }
+    OwnedArgs o{{"outro", "eval", "--prompt", text}, {}};
+    if (a.flag("raw")) o.store.push_back("--raw");
+    if (a.has("system")) {
+      o.store.push_back("--system");
+      o.store.push_back(a.str("system"));
+    }
+    return prompt_tokens(o.make({"raw"}), l);
+  };
+
+  std::string error;
+  try {
+    std::map<size_t, std::vector<int32_t>> prompts;
+    int longest = 1;
+    for (auto& j : jobs)
+      if (!prompts.count(j.item)) {
+        prompts[j.item] = tokens_of(items[j.item]);
+        longest = std::max(longest, int(prompts[j.item].size()));
+      }
+    if (longest > cfg.max_positions)
+      fail("a prompt of ", longest, " tokens is longer than the model's context of ", cfg.max_positions, " tokens");
+    int ctx = a.integer("max-context", 0);
+    if (ctx <= 0) ctx = std::min(cfg.max_positions, longest + go.max_new_tokens + 1);
+    std::unique_ptr<Session> session;
+    if (!jobs.empty()) session = std::make_unique<Session>(*l.model, *l.backend, ctx);
+    eval::Progress bar(jobs.size(), w.size > 1 ? "[rank " + std::to_string(w.rank) + "]" : "eval",
+                       !a.flag("no-progress"));
+    const int stop_after = a.integer("stop-after", -1);  // testing: behave like a run killed after N records
+    int written = 0;
+    for (auto& j : jobs) {
+      const eval::Item& it = items[j.item];
+      session->reset();
+      session->clear_interventions();
+      for (auto& iv : ivs[j.strategy]) session->add_intervention(iv.get());
+      GenerateOptions o = go;
+      o.sampling.seed = (uint64_t(j.seed) * 0x9E3779B97F4A7C15ull) ^ fnv1a(it.id);
+      GenerateResult r = generate(*session, prompts[j.item], o, l.tokenizer.get(), {});
+      eval::Record rec;
+      rec.id = it.id;
+      rec.strategy = j.strategy;
+      rec.seed = j.seed;
+      if (l.tokenizer) {
+        rec.response = r.text;
+      } else {
+        for (int t : r.tokens) rec.response += (t >= 32 && t < 127) ? char(t) : ' ';
+      }
+      eval::Extraction e = eval::extract_answer(rec.response, it);
+      rec.pred = e.index;
+      rec.method = e.method;
+      rec.correct = e.index == it.answer;
+      rec.prompt_tokens = r.prompt_tokens;
+      rec.new_tokens = int(r.tokens.size());
+      rec.seconds = r.prefill_seconds + r.decode_seconds;
+      rec.rank = w.rank;
+      store.append(rec, it);
+      bar.tick(j.strategy);
+      if (stop_after >= 0 && ++written >= stop_after) {
+        bar.finish();
+        std::fprintf(stderr, "eval: stopping after %d records (--stop-after)\n", written);
+        return 3;
+      }
+    }
+    bar.finish();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  eval::write_done_marker(out, w, error.empty(), error);
+  if (!error.empty()) fail(error);
+  if (!lead) return 0;
+
+  // --- rank 0: merge, summarise, report
+  eval::wait_for_ranks(out, w, a.number("merge-timeout", 24 * 3600));
+  auto recs = eval::read_all_records(out);
+  eval::SummaryConfig sc;
+  sc.strategies = strategies;
+  sc.seeds = seeds;
+  sc.bootstrap_resamples = a.integer("bootstrap", 10000);
+  if (sc.bootstrap_resamples < 100) fail("--bootstrap: expected at least 100 resamples");
+  sc.meta = meta;
+  json summary = eval::summarize(items, recs, sc);
+  summary["run"] = {{"ranks", w.size},
+                    {"wall_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+  eval::write_merged(out, items, recs, sc);
+  {
+    std::ofstream f(fs::path(out) / "summary.json", std::ios::trunc);
+    f << summary.dump(2) << "\n";
+    std::ofstream h(fs::path(out) / "report.html", std::ios::trunc);
+    h << eval::render_html(summary);
+  }
+  std::cout << eval::format_table(summary) << "\nwritten: " << out << "/summary.json, " << out << "/report.html, "
+            << out << "/merged/\n";
+  return 0;
+}
+
+}  // namespace
+
+int cmd_eval(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[2]) == "convert") return cmd_eval_convert(argc, argv);
+  if (argc >= 3 && std::string(argv[2]) == "synth") return cmd_eval_synth(argc, argv);
+  if (argc >= 3 && (std::string(argv[2]) == "--help" || std::string(argv[2]) == "-h")) {
+    std::fputs(kEvalUsage, stdout);
+    return 0;
+  }
+  if (argc < 3) {
+    std::fputs(kEvalUsage, stderr);
+    return 2;
+  }
+  return cmd_eval_run(argc, argv);
+}
+
+}  // namespace outro::cli

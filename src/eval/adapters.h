@@ -1,0 +1,32 @@
+// Converters from the published question files of audio-visual benchmarks to the harness's JSONL
+// format (eval/bench.h). Field names are those of the public releases as documented by their
+// authors; where a release leaves something open (where the media files lie), the default is a
+// template that --media-template KIND=TEMPLATE overrides. README "Benchmarks" lists them.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+#include "eval/bench.h"
+
+namespace outro::eval {
+
+struct AdapterOptions {
+  // media kind -> path template; {video_id}, {id}, {audio_path}, {image_path} are replaced.
+  std::map<std::string, std::string> media_templates;
+  bool text_alternative = false;  // OmniBench: put the annotated audio/image content in `context`
+};
+
+struct Conversion {
+  std::vector<Item> items;
+  std::map<std::string, int> skipped;  // reason -> count
+};
+
+// format: avhbench, dailyomni, worldsense, videoholmes, omnibench. input: a file, or for avhbench
+// also the folder of per-video JSON files.
+Conversion convert_benchmark(const std::string& format, const std::string& input, const AdapterOptions& o = {});
+const std::vector<std::string>& adapter_formats();
+// The default media templates of a format (for --help and the README).
+std::map<std::string, std::string> default_media_templates(const std::string& format);
+
+}  // namespace outro::eval

@@ -1,0 +1,28 @@
+// The prompt of a benchmark item: media slots, then the question and its options.
+//
+// The engine cannot take video/audio input yet. The prompt is therefore built as segments:
+// kind Media marks where the media's embeddings will be spliced once the encoders exist; in
+// text-only mode (the only mode today) those segments contribute nothing, and the item's
+// optional `context` (a text stand-in for the media) is placed right after them.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "eval/bench.h"
+
+namespace outro::eval {
+
+struct PromptSegment {
+  enum Kind { Text, Media } kind = Text;
+  std::string text;     // Text
+  int media_index = -1;  // Media: index into Item::media
+};
+
+// "<media slots><context> Question: <q> Options: A. x B. y C. z" or, for yes/no items,
+// "<media slots><context> Question: <q> Answer yes or no." (the form the demo model was trained on).
+std::vector<PromptSegment> build_prompt(const Item& item);
+
+// The text-only rendering: text segments joined, media slots dropped.
+std::string render_text_only(const std::vector<PromptSegment>& segs);
+
+}  // namespace outro::eval
