@@ -1,5 +1,10 @@
 // A fixed pool of worker threads with a blocking parallel_for; the kernels' only source of parallelism.
+//
+// A decode step issues a few hundred short parallel_for calls, so hand-off latency matters: workers
+// and the caller spin on atomics for a short while (OUTRO_SPIN_US, default 300 µs) before they
+// sleep on a condition variable; an idle pool therefore costs nothing after that.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -31,9 +36,10 @@ class ThreadPool {
   std::condition_variable cv_start_, cv_done_;
   const std::function<void(size_t, size_t)>* job_ = nullptr;
   size_t job_n_ = 0;
-  size_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  std::atomic<size_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<bool> stop_{false};
+  long spin_iters_ = 0;
 };
 
 }  // namespace outro
