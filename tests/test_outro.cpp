@@ -644,6 +644,8 @@ TEST(OutroConfig, ErrorsNameTheFileAndTheKey) {
            {"lambda = \"big\"\n", false, {"'lambda'"}},
            {"align_target = \"keys\"\n", false, {"'align_target'", "\"hidden\" or \"value\""}},
            {"sinks = [0, -1]\n", false, {"'sinks'"}},
+           // a string that is not UTF-8 (found by fuzz_outro_config) is reported, not thrown past us
+           {"sinks = \"valu\xd1\"\n", false, {"my.toml:1", "'sinks'"}},
            {"sinks = \"first\"\n", false, {"'sinks'", "auto"}},
            {"sinkout = 1\n", false, {"'sinkout'", "true or false"}},
            {"l_out = 1.5\n", false, {"'l_out'"}},

@@ -52,7 +52,7 @@ void write_done_marker(const std::string& out_dir, const World& w, bool ok, cons
   const fs::path p = marker(out_dir, w.rank), tmp = p.string() + ".tmp";
   {
     std::ofstream f(tmp, std::ios::trunc);
-    f << json{{"job", w.job}, {"size", w.size}, {"rank", w.rank}, {"ok", ok}, {"error", error}}.dump() << "\n";
+    f << json{{"job", w.job}, {"size", w.size}, {"rank", w.rank}, {"ok", ok}, {"error", error}}.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   }
   fs::rename(tmp, p);  // atomic: a reader sees no marker or a whole one
 }

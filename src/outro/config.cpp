@@ -149,7 +149,7 @@ const std::vector<std::string>& known_keys() {
 OutroParams apply(const json& obj, const Where& w, const OutroParams& base, bool keep_strategy) {
   if (!obj.is_object()) fail(w.source, ": expected an object of OutRo parameters, found ", obj.type_name());
   auto bad = [&](const std::string& key, const std::string& expected) {
-    fail(w.at(key), ": key '", key, "': expected ", expected, ", found ", obj.at(key).dump());
+    fail(w.at(key), ": key '", key, "': expected ", expected, ", found ", obj.at(key).dump(-1, ' ', false, json::error_handler_t::replace));
   };
   for (auto it = obj.begin(); it != obj.end(); ++it) {
     bool ok = false;
