@@ -5,6 +5,7 @@
 
 #include "commands.h"
 #include "common.h"
+#include "media_cli.h"
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "runtime/session.h"
@@ -12,15 +13,18 @@
 namespace outro::cli {
 
 int cmd_forward(int argc, char** argv) {
-  Args a(argc, argv, 2, {"raw", "explain"});
+  Args a(argc, argv, 2, {"raw", "explain", "use-audio-in-video"});
   std::set<std::string> known = {"tokens", "prompt", "out", "hooks", "raw", "explain", "system"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   known.insert(kInterventionFlags.begin(), kInterventionFlags.end());
+  known.insert(kMediaFlags.begin(), kMediaFlags.end());
   a.check_known(known);
   const std::string out = a.required("out");
   Loaded l = load(a, false);
   const ModelConfig& c = l.model->config();
-  std::vector<int32_t> ids = prompt_tokens(a, l);
+  MediaPrompt media;
+  const bool mm = media_prompt(a, l, &media);
+  std::vector<int32_t> ids = mm ? media.p.prefill.ids : prompt_tokens(a, l);
   if (int(ids.size()) > c.max_positions)
     fail("--tokens: ", ids.size(), " tokens is longer than the model's context of ", c.max_positions,
          " tokens (max_position_embeddings in ", c.source, ")");
@@ -40,7 +44,11 @@ int cmd_forward(int argc, char** argv) {
   Recorder rec(names);
   if (!names.empty()) s.add_observer(&rec);
   std::vector<float> logits;
-  s.forward(ids, &logits, true);
+  if (mm)
+    s.forward_embeds(ids.data(), int(ids.size()), media.p.prefill.embeds.data(), media.p.prefill.modality.data(),
+                     media.p.prefill.positions.data(), &logits, true);
+  else
+    s.forward(ids, &logits, true);
   if (a.flag("explain"))
     for (auto& iv : ivs) std::fprintf(stderr, "%s\n", iv->explain().c_str());
 
@@ -48,6 +56,13 @@ int cmd_forward(int argc, char** argv) {
   tensors.push_back(tensor_f32("logits", {int64_t(ids.size()), c.vocab}, logits.data()));
   std::vector<int64_t> id64(ids.begin(), ids.end());
   tensors.push_back(tensor_i64("input_ids", id64));
+  // Which modality each token is (0 text, 1 image, 2 video, 3 audio), so hook rows can be split by it.
+  std::vector<int64_t> mod64(s.modalities().begin(), s.modalities().end());
+  if (mm) tensors.push_back(tensor_i64("token_modality", mod64));
+  if (mm) {
+    std::vector<int64_t> pos64(media.p.prefill.positions.begin(), media.p.prefill.positions.end());
+    tensors.push_back(tensor_i64("position_ids", pos64));  // [3 * n]: t, h, w rows
+  }
   for (const auto& n : names) {
     const Recorder::Entry* e = rec.get(n);
     if (!e) fail("hook point ", n, " did not fire");

@@ -5,21 +5,25 @@
 
 #include "commands.h"
 #include "common.h"
+#include "media_cli.h"
 #include "core/error.h"
 #include "runtime/generate.h"
 
 namespace outro::cli {
 
 int cmd_generate(int argc, char** argv) {
-  Args a(argc, argv, 2, {"greedy", "json", "raw", "explain"});
+  Args a(argc, argv, 2, {"greedy", "json", "raw", "explain", "use-audio-in-video"});
   std::set<std::string> known = {"prompt", "tokens", "max-new-tokens", "greedy", "temperature", "top-k", "top-p",
                                  "seed", "stop", "raw", "json", "system", "max-context", "explain"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   known.insert(kInterventionFlags.begin(), kInterventionFlags.end());
+  known.insert(kMediaFlags.begin(), kMediaFlags.end());
   a.check_known(known);
   Loaded l = load(a, false);
   const ModelConfig& c = l.model->config();
-  std::vector<int32_t> prompt = prompt_tokens(a, l);
+  MediaPrompt media;
+  const bool mm = media_prompt(a, l, &media);
+  std::vector<int32_t> prompt = mm ? media.p.prefill.ids : prompt_tokens(a, l);
 
   GenerateOptions o;
   o.max_new_tokens = a.integer("max-new-tokens", 64);
@@ -36,6 +40,12 @@ int cmd_generate(int argc, char** argv) {
         o.stop_ids.push_back(*id);
   }
   if (a.has("stop")) o.stop_strings.push_back(a.str("stop"));
+  if (mm) {
+    o.prefill_embeds = media.p.prefill.embeds.data();
+    o.prefill_modality = media.p.prefill.modality.data();
+    o.prefill_positions = media.p.prefill.positions.data();
+    if (!a.flag("json")) std::fprintf(stderr, "%s\n", media_summary(media).c_str());
+  }
 
   int ctx = a.integer("max-context", 0);
   if (ctx <= 0) ctx = std::min<int>(c.max_positions, int(prompt.size()) + o.max_new_tokens + 1);

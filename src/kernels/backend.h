@@ -39,6 +39,13 @@ struct AttnParams {
   int n_sinkout = 0;
   int sinkout_end = 0;
   float* pattern_out = nullptr;  // host [n_heads, n_new, past + n_new] when an observer asks
+  // Encoder attention (vision and audio towers). When causal is false (with past == 0), row i sees
+  // every key of its own segment [segments[s], segments[s+1]); segments is a host array of
+  // n_segments + 1 ascending offsets from 0 to n_new. causal false with no segments: all n_new keys.
+  // The sink-out fields are ignored when causal is false.
+  bool causal = true;
+  const int* segments = nullptr;
+  int n_segments = 0;
 };
 
 class Backend {
@@ -54,6 +61,7 @@ class Backend {
   virtual void fill(Buf dst, size_t offset, size_t n, float value) = 0;
 
   // Makes a checkpoint tensor usable by the kernels (CPU: zero-copy view; GPU: upload once).
+  // A tensor of rank > 2 (convolution kernels) is viewed as [shape[0], product of the rest].
   virtual Weight weight(const TensorInfo& t) = 0;
 
   // out[i, :] = table[ids[i], :]
@@ -83,6 +91,32 @@ class Backend {
   virtual void zero_cols(Buf x, int n, int row_len, int col0, int ncols) = 0;
   // In row `row` of x[*, groups, gdim]: for each group, zero the channel with the largest |value|.
   virtual void zero_top_dim(Buf x, int row, int groups, int gdim) = 0;
+
+  // Encoder ops (vision / audio towers). Each has a portable default that downloads, computes on
+  // the host (kernels/host_ops.h) and uploads; backends override them with their own kernels.
+  // y[i] = (x[i] - mean(x[i])) / sqrt(var(x[i]) + eps) * w (+ bias), rows of length w.cols
+  virtual void layernorm(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias, float eps);
+  // y = gelu(x) over n elements: the exact erf form, or the tanh approximation (gelu_pytorch_tanh)
+  virtual void gelu(Buf y, const Buf& x, size_t n, bool tanh_approx);
+  // Rotary embedding with per-section positions (M-RoPE, and the vision tower's 2-D rotary), in
+  // place on x[n, heads, head_dim], half-split pairs (c, c + head_dim/2). Pair c belongs to section
+  // s when sections[0] + .. + sections[s-1] <= c < sections[0] + .. + sections[s]; its angle for
+  // row i is pos[s * n + i] * inv_freq[c]. The sections sum to head_dim / 2; pos is a host array
+  // [n_sections, n]; inv_freq a host array [head_dim / 2]. With equal positions in every section
+  // this is rope() exactly.
+  virtual void rope_sections(Buf x, int n, int heads, int head_dim, const int32_t* pos, const int* sections,
+                             int n_sections, const float* inv_freq);
+  // 1-D convolution as im2col: x is [rows, channels] (time-major) split in segments
+  // [segments[s], segments[s+1]) (host array, n_segments + 1 offsets) that are convolved apart, each
+  // zero-padded by pad on both sides. cols receives, for each segment in turn, its
+  // (len + 2 pad - kernel) / stride + 1 output rows of channels * kernel values, index ci * kernel + k
+  // (the layout of a Conv1d weight [out, channels, kernel] viewed as [out, channels * kernel]).
+  virtual void im2col1d(Buf cols, const Buf& x, int channels, int kernel, int stride, int pad, const int* segments,
+                        int n_segments);
+  // y[i, :] = x[idx[i], :] for i < n; rows of dim floats; idx a host array.
+  virtual void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n);
+  // y[i, :] = mean of x[k i .. k i + k) for i < n / k (average pooling over rows; a tail is dropped).
+  virtual void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k);
 
   virtual void synchronize() {}
 };

@@ -73,7 +73,11 @@ GenerateResult generate(Session& s, const std::vector<int32_t>& prompt, const Ge
   std::vector<float> logits;
   auto t0 = clock::now();
   s.reset();
-  s.forward(prompt, &logits, false);
+  if (o.prefill_embeds || o.prefill_positions)
+    s.forward_embeds(prompt.data(), int(prompt.size()), o.prefill_embeds, o.prefill_modality, o.prefill_positions,
+                     &logits, false);
+  else
+    s.forward(prompt, &logits, false);
   auto t1 = clock::now();
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   const int vocab = s.model().config().vocab;

@@ -17,6 +17,11 @@ struct GenerateOptions {
   SamplingOptions sampling;
   std::vector<int> stop_ids;             // EOS ids
   std::vector<std::string> stop_strings;  // text that ends the answer (not included)
+  // Multimodal prefill (Session::forward_embeds): host rows [prompt, hidden], modality per token,
+  // 3-D positions [3, prompt]; all null for a text prompt.
+  const float* prefill_embeds = nullptr;
+  const uint8_t* prefill_modality = nullptr;
+  const int32_t* prefill_positions = nullptr;
 };
 
 struct GenerateResult {

@@ -53,6 +53,18 @@ Session::~Session() {
 void Session::reset() {
   pos_ = 0;
   prompt_len_ = 0;
+  rope_delta_ = 0;
+  modality_.clear();
+}
+
+void Session::rewind(int pos) {
+  if (pos < 0 || pos > pos_) fail("rewind: position ", pos, " is outside [0, ", pos_, "]");
+  pos_ = pos;
+  if (modality_.size() > size_t(pos_)) modality_.resize(size_t(pos_));
+  if (pos_ == 0) {
+    prompt_len_ = 0;
+    rope_delta_ = 0;
+  }
 }
 
 void Session::ensure_scratch(int n) {
@@ -91,6 +103,26 @@ void Session::emit(const std::string& name, int layer, const Buf& b, std::vector
 }
 
 void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, bool all_rows) {
+  run(ids, n, nullptr, nullptr, nullptr, logits, all_rows);
+}
+
+void Session::forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
+                             const int32_t* positions, std::vector<float>* logits, bool all_rows) {
+  const ModelConfig& c = model_.config();
+  if (positions && c.mrope_section.empty())
+    fail(model_.dir(), ": 3-D rotary positions given, but config.json has no rope_scaling.mrope_section");
+  if (positions && !c.mrope_section.empty()) {
+    int sum = 0;
+    for (int s : c.mrope_section) sum += s;
+    if (sum != c.head_dim / 2 || c.mrope_section.size() != 3)
+      fail(c.source, ": mrope_section sums to ", sum, " over ", c.mrope_section.size(),
+           " sections, expected 3 sections summing to head_dim / 2 = ", c.head_dim / 2);
+  }
+  run(ids, n, embeds, modality, positions, logits, all_rows);
+}
+
+void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t* modality, const int32_t* mpos,
+                  std::vector<float>* logits, bool all_rows) {
   const ModelConfig& c = model_.config();
   if (n <= 0) fail("forward: expected at least one token, found ", n);
   for (int i = 0; i < n; ++i)
@@ -110,9 +142,20 @@ void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, boo
     for (auto* iv : interventions_) iv->begin(ctx);
 
   std::vector<int32_t> pos(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i) pos[size_t(i)] = pos_ + i;
+  for (int i = 0; i < n; ++i) pos[size_t(i)] = pos_ + i + rope_delta_;
 
   be_.embed(x_, embed_, ids, n);
+  if (embeds && modality)
+    for (int i = 0; i < n;) {  // splice the encoders' rows in, one run of media tokens at a time
+      if (!modality[i]) {
+        ++i;
+        continue;
+      }
+      int j = i;
+      while (j < n && modality[j]) ++j;
+      be_.upload(x_, size_t(i) * D, embeds + size_t(i) * D, size_t(j - i) * D);
+      i = j;
+    }
   if (observing && wants(kHookEmbed)) emit(kHookEmbed, -1, x_, {n, D});
 
   std::vector<float> pattern;
@@ -132,8 +175,13 @@ void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, boo
     be_.matmul(q_, xn_, n, w.q, w.qb ? &w.qb : nullptr);
     be_.matmul(k_, xn_, n, w.k, w.kb ? &w.kb : nullptr);
     be_.matmul(v_, xn_, n, w.v, w.vb ? &w.vb : nullptr);
-    be_.rope(q_, n, H, hd, pos.data(), model_.inv_freq.data());
-    be_.rope(k_, n, KV, hd, pos.data(), model_.inv_freq.data());
+    if (mpos) {
+      be_.rope_sections(q_, n, H, hd, mpos, c.mrope_section.data(), 3, model_.inv_freq.data());
+      be_.rope_sections(k_, n, KV, hd, mpos, c.mrope_section.data(), 3, model_.inv_freq.data());
+    } else {
+      be_.rope(q_, n, H, hd, pos.data(), model_.inv_freq.data());
+      be_.rope(k_, n, KV, hd, pos.data(), model_.inv_freq.data());
+    }
     if (intervening)
       for (auto* iv : interventions_) iv->qkv(ctx, l, q_, k_, v_);
     if (auto* s = hook(Hook::Q)) emit(*s, l, q_, {n, H, hd});
@@ -198,6 +246,12 @@ void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, boo
       be_.download(logits_buf_, 0, logits->data(), logits->size());
     }
   }
+  if (mpos) {  // later tokens continue after the largest position (the reference's rope delta)
+    int mx = -1;
+    for (int i = 0; i < 3 * n; ++i) mx = std::max(mx, mpos[i]);
+    rope_delta_ = mx + 1 - (pos_ + n);
+  }
+  for (int i = 0; i < n; ++i) modality_.push_back(modality ? modality[i] : 0);
   pos_ += n;
 }
 

@@ -22,6 +22,10 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   void reset();
+  // Forgets the tokens from position pos on (0 <= pos <= position()); the next forward call
+  // overwrites their cache rows. Scores several continuations of one prompt prefill (for
+  // interventions without per-step state, e.g. head ablation).
+  void rewind(int pos);
   int position() const { return pos_; }
   int capacity() const { return max_ctx_; }
   int prompt_len() const { return prompt_len_; }
@@ -40,6 +44,14 @@ class Session {
   void forward(const std::vector<int32_t>& ids, std::vector<float>* logits, bool all_rows = false) {
     forward(ids.data(), int(ids.size()), logits, all_rows);
   }
+  // Multimodal prefill (Qwen2.5-Omni / Qwen2.5-VL): rows i with modality[i] != 0 take embeds[i, :]
+  // (host [n, hidden]) instead of their token's embedding; positions (host [3, n]: t, h, w) are
+  // the 3-D rotary positions, applied per mrope_section. Later tokens continue at
+  // max(positions) + 1 (the reference's rope delta). modality/positions may be null.
+  void forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
+                      const int32_t* positions, std::vector<float>* logits, bool all_rows = false);
+  // Modality of every token fed so far (0 text, 1 image, 2 video, 3 audio: models/multimodal.h).
+  const std::vector<uint8_t>& modalities() const { return modality_; }
 
  private:
   struct LayerW {
@@ -47,6 +59,8 @@ class Session {
     Buf kcache, vcache;
   };
   void ensure_scratch(int n);
+  void run(const int32_t* ids, int n, const float* embeds, const uint8_t* modality, const int32_t* positions,
+           std::vector<float>* logits, bool all_rows);
   bool wants(const std::string& name) const;
   void emit(const std::string& name, int layer, const Buf& b, std::vector<int64_t> shape);
 
@@ -55,6 +69,8 @@ class Session {
   int max_ctx_ = 0;
   int pos_ = 0;
   int prompt_len_ = 0;
+  int rope_delta_ = 0;                // multimodal: position of token p is p + rope_delta_
+  std::vector<uint8_t> modality_;     // per cached token
   Weight embed_, final_norm_, lm_head_;
   std::vector<LayerW> layers_;
   std::vector<std::vector<std::string>> names_;  // per layer hook names

@@ -9,6 +9,7 @@
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/host_ops.h"
 
 namespace outro {
 
@@ -54,6 +55,9 @@ class CpuBackend final : public Backend {
     } else if (t.shape.size() == 1) {
       w.rows = 1;
       w.cols = t.shape[0];
+    } else if (t.shape.size() > 2 && t.shape[0] > 0) {  // a convolution kernel: [out, rest...]
+      w.rows = t.shape[0];
+      w.cols = t.numel() / t.shape[0];
     } else {
       fail(t.file, ": tensor ", t.name, ": expected a matrix or vector, found shape ", t.shape_str());
     }
@@ -136,6 +140,7 @@ class CpuBackend final : public Backend {
   }
 
   void attention(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) override {
+    if (!p.causal) return attention_segments(z, q, kc, vc, p);
     const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
     const int total = p.past + p.n_new;
     const size_t tasks = size_t(H) * size_t(p.n_new);
@@ -175,6 +180,101 @@ class CpuBackend final : public Backend {
       body(0, tasks);
     else
       ThreadPool::global().parallel_for(tasks, body);
+  }
+
+  // Non-causal attention within segments (encoders): row r sees the keys of its own segment.
+  void attention_segments(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) {
+    const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV, n = p.n_new;
+    if (p.past != 0) fail("attention: a non-causal (encoder) call needs past == 0, found ", p.past);
+    std::vector<int> sb(size_t(n), 0), se(size_t(n), n);
+    if (p.segments && p.n_segments > 0) {
+      if (p.segments[0] != 0 || p.segments[p.n_segments] != n)
+        fail("attention: segments must run from 0 to n_new = ", n, ", found ", p.segments[0], " .. ",
+             p.segments[p.n_segments]);
+      for (int s = 0; s < p.n_segments; ++s) {
+        if (p.segments[s + 1] < p.segments[s]) fail("attention: segments must ascend");
+        for (int i = p.segments[s]; i < p.segments[s + 1]; ++i) {
+          sb[size_t(i)] = p.segments[s];
+          se[size_t(i)] = p.segments[s + 1];
+        }
+      }
+    }
+    const auto& K = cpu::kernels();
+    const size_t tasks = size_t(H) * size_t(n);
+    auto body = [&](size_t t0, size_t t1) {
+      std::vector<float> s(static_cast<size_t>(n));
+      for (size_t t = t0; t < t1; ++t) {
+        const int h = int(t / size_t(n)), r = int(t % size_t(n));
+        const int kvh = h / group, b = sb[size_t(r)], e = se[size_t(r)];
+        const float* qr = F(q) + (size_t(r) * H + h) * hd;
+        float mx = -INFINITY;
+        for (int j = b; j < e; ++j) {
+          float& sj = s[size_t(j - b)];
+          sj = K.dot(qr, F(kc) + (size_t(j) * KV + kvh) * hd, hd) * p.scale;
+          mx = std::max(mx, sj);
+        }
+        const float inv = 1.f / K.exp_shift(s.data(), e - b, mx);
+        float* zr = F(z) + (size_t(r) * H + h) * hd;
+        std::fill(zr, zr + hd, 0.f);
+        for (int j = b; j < e; ++j) K.axpy(zr, s[size_t(j - b)] * inv, F(vc) + (size_t(j) * KV + kvh) * hd, hd);
+        if (p.pattern_out) {
+          float* row = p.pattern_out + (size_t(h) * n + r) * n;
+          for (int j = 0; j < n; ++j) row[j] = j >= b && j < e ? s[size_t(j - b)] * inv : 0.f;
+        }
+      }
+    };
+    if (double(n) * double(n) * H * hd < 65536.0)
+      body(0, tasks);
+    else
+      ThreadPool::global().parallel_for(tasks, body);
+  }
+
+  void layernorm(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias, float eps) override {
+    const int d = int(w.cols);
+    std::vector<float> g(static_cast<size_t>(d)), b;
+    to_f32(w.dtype, w.data, g.data(), size_t(d));
+    if (bias && *bias) {
+      b.resize(size_t(d));
+      to_f32(bias->dtype, bias->data, b.data(), size_t(d));
+    }
+    const float* bp = b.empty() ? nullptr : b.data();
+    auto body = [&](size_t i0, size_t i1) {
+      host::layernorm(F(y) + i0 * d, F(x) + i0 * d, int(i1 - i0), d, g.data(), bp, eps);
+    };
+    if (size_t(n) * d < 32768)
+      body(0, size_t(n));
+    else
+      ThreadPool::global().parallel_for(size_t(n), body);
+  }
+
+  void gelu(Buf y, const Buf& x, size_t n, bool tanh_approx) override {
+    const size_t blk = 8192, nb = (n + blk - 1) / blk;
+    auto body = [&](size_t b0, size_t b1) {
+      const size_t i0 = b0 * blk, i1 = std::min(n, b1 * blk);
+      if (i0 < i1) host::gelu(F(y) + i0, F(x) + i0, i1 - i0, tanh_approx);
+    };
+    if (n < 32768)
+      body(0, nb);
+    else
+      ThreadPool::global().parallel_for(nb, body);
+  }
+
+  void rope_sections(Buf x, int n, int heads, int hd, const int32_t* pos, const int* sections, int n_sections,
+                     const float* inv_freq) override {
+    host::rope_sections(F(x), n, heads, hd, pos, sections, n_sections, inv_freq);
+  }
+
+  void im2col1d(Buf cols, const Buf& x, int C, int K, int stride, int pad, const int* seg, int nseg) override {
+    host::im2col1d_rows(K, stride, pad, seg, nseg);
+    host::im2col1d(F(cols), F(x), C, K, stride, pad, seg, nseg);
+  }
+
+  void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n) override {
+    host::gather_rows(F(y), F(x), dim, idx, n);
+  }
+
+  void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
+    host::avgpool_rows(F(y), F(x), n, dim, k);
   }
 
   void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) override {

@@ -1,0 +1,25 @@
+// Host (float32) reference implementations of the encoder ops of Backend: layernorm, gelu,
+// sectioned rotary, im2col for 1-D convolutions, row gather and row average pooling. The CPU backend calls them directly; other backends fall back to them
+// (download, compute, upload) until they have their own kernels.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace outro::host {
+
+void layernorm(float* y, const float* x, int n, int d, const float* w, const float* b, float eps);
+void gelu(float* y, const float* x, size_t n, bool tanh_approx);
+void rope_sections(float* x, int n, int heads, int head_dim, const int32_t* pos, const int* sections, int n_sections,
+                   const float* inv_freq);
+// Output rows of im2col1d (checks the segments); throws Error on a bad segment list.
+int im2col1d_rows(int kernel, int stride, int pad, const int* segments, int n_segments);
+void im2col1d(float* cols, const float* x, int channels, int kernel, int stride, int pad, const int* segments,
+              int n_segments);
+void gather_rows(float* y, const float* x, int dim, const int32_t* idx, int n);
+void avgpool_rows(float* y, const float* x, int n, int dim, int k);
+// A weight as float32 on the host (from the checkpoint bytes it came from).
+void weight_f32(const Weight& w, float* out);
+
+}  // namespace outro::host

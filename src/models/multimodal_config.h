@@ -1,0 +1,41 @@
+// The non-text parts of a Qwen2.5-Omni thinker / Qwen2.5-VL config.json: the vision tower, the
+// audio tower (Omni) and the special token ids that mark media in a prompt.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace outro {
+
+struct VisionConfig {
+  int depth = 0, hidden = 0, intermediate = 0, heads = 0, out_hidden = 0;
+  int patch = 14, merge = 2, temporal = 2, window = 112, in_channels = 3;
+  std::vector<int> fullatt_blocks;
+  std::string act = "silu";
+  float rope_theta = 10000.f;
+  int tokens_per_second = 2;  // Qwen2.5-VL: temporal position step per second
+};
+
+struct AudioConfig {
+  int d_model = 0, layers = 0, heads = 0, ffn = 0, mel_bins = 128, out_dim = 0;
+  int max_positions = 1500, n_window = 100;
+  std::string act = "gelu";
+};
+
+struct MultimodalConfig {
+  bool omni = false;  // Qwen2.5-Omni thinker (TMRoPE, audio); else Qwen2.5-VL (M-RoPE)
+  bool has_vision = false, has_audio = false;
+  VisionConfig vision;
+  AudioConfig audio;
+  int image_token = -1, video_token = -1, audio_token = -1;
+  int vision_start = -1, vision_end = -1, audio_start = -1, audio_end = -1;
+  int position_id_per_seconds = 25;
+  double seconds_per_chunk = 2.0;
+  std::string source;
+};
+
+// Parses config.json text (`source` names the file in errors). A text-only config gives
+// has_vision = has_audio = false.
+MultimodalConfig parse_multimodal_config(const std::string& text, const std::string& source);
+MultimodalConfig load_multimodal_config(const std::string& dir);
+
+}  // namespace outro

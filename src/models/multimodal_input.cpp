@@ -1,0 +1,101 @@
+#include "models/multimodal_input.h"
+
+#include <chrono>
+
+#include "core/error.h"
+#include "media/media.h"
+#include "tokenizer/tokenizer.h"
+
+namespace outro {
+
+namespace {
+double since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
+                                         const std::string& text, const std::string& system) {
+  const std::string sys = !system.empty() ? system
+                          : c.omni ? "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
+                                     "of perceiving auditory and visual inputs, as well as generating text and speech."
+                                   : "You are a helpful assistant.";
+  std::vector<int32_t> ids;
+  auto add_text = [&](const std::string& s) {
+    for (int id : tok.encode(s, true)) ids.push_back(id);
+  };
+  add_text("<|im_start|>system\n" + sys + "<|im_end|>\n<|im_start|>user\n");
+  if (!r.video.empty()) ids.insert(ids.end(), {c.vision_start, c.video_token, c.vision_end});
+  if (!r.image.empty()) ids.insert(ids.end(), {c.vision_start, c.image_token, c.vision_end});
+  if (!r.audio.empty()) ids.insert(ids.end(), {c.audio_start, c.audio_token, c.audio_end});
+  add_text(text + "<|im_end|>\n<|im_start|>assistant\n");
+  return ids;
+}
+
+PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids) {
+  const MultimodalConfig& c = mm.config();
+  if (!r.audio.empty() && r.use_audio_in_video) fail("give either --audio FILE or --use-audio-in-video, not both");
+  if (r.use_audio_in_video && r.video.empty()) fail("--use-audio-in-video needs --video FILE");
+  if ((!r.audio.empty() || r.use_audio_in_video) && !mm.has_audio())
+    fail(c.source, ": this model has no audio tower (audio input needs a Qwen2.5-Omni thinker checkpoint)");
+  if ((!r.video.empty() || !r.image.empty()) && !mm.has_vision())
+    fail(c.source, ": this model has no vision tower (config.json has no vision_config)");
+  PreparedPrompt p;
+  p.media.use_audio_in_video = r.use_audio_in_video;
+  std::vector<EncodedMedia> images, videos, audios;
+  const int D = mm.config().vision.out_hidden > 0 ? mm.config().vision.out_hidden : mm.config().audio.out_dim;
+  media::VisionParams vp = mm.vision_params();
+  using clock = std::chrono::steady_clock;
+  auto encode_vision = [&](const media::PixelValues& px, Modality k, std::vector<EncodedMedia>* out) {
+    auto t0 = clock::now();
+    EncodedMedia e;
+    e.kind = k;
+    e.embeds = mm.vision().encode(px.data.data(), px.grid_t, px.grid_h, px.grid_w);
+    e.tokens = int(e.embeds.size()) / D;
+    p.timings.vision += since(t0);
+    out->push_back(std::move(e));
+  };
+  auto encode_audio = [&](const std::string& path, bool from_video) {
+    auto t0 = clock::now();
+    std::vector<float> pcm;
+    try {
+      pcm = media::decode_audio(path);
+    } catch (const Error& e) {
+      if (from_video && std::string(e.what()).find("no audio track") != std::string::npos)
+        fail(path, ": the video has no audio track (--use-audio-in-video needs one; give --audio FILE instead)");
+      throw;
+    }
+    media::MelFeatures mel = media::whisper_log_mel(pcm.data(), pcm.size());
+    p.timings.decode_audio += since(t0);
+    auto t1 = clock::now();
+    EncodedMedia e;
+    e.kind = Modality::Audio;
+    e.embeds = mm.audio().encode(mel.data.data(), mel.n_frames);
+    e.tokens = int(e.embeds.size()) / D;
+    p.timings.audio += since(t1);
+    p.media.audio_frames.push_back(mel.n_frames);
+    audios.push_back(std::move(e));
+  };
+  // Items in placeholder order: video (with its audio), image, audio.
+  if (!r.video.empty()) {
+    auto t0 = clock::now();
+    media::VideoInput v = media::process_video(r.video, vp);
+    p.timings.decode_video += since(t0);
+    p.media.videos.push_back({v.pixels.grid_t, v.pixels.grid_h, v.pixels.grid_w, v.second_per_grid});
+    encode_vision(v.pixels, Modality::Video, &videos);
+    if (r.use_audio_in_video) encode_audio(r.video, true);
+  }
+  if (!r.image.empty()) {
+    auto t0 = clock::now();
+    media::Image im = media::load_image(r.image);
+    media::PixelValues px = media::process_image(im, vp, r.image);
+    p.timings.decode_image += since(t0);
+    p.media.images.push_back({px.grid_t, px.grid_h, px.grid_w, 0});
+    encode_vision(px, Modality::Image, &images);
+  }
+  if (!r.audio.empty()) encode_audio(r.audio, false);
+  p.prefill = mm.assemble(prompt_ids, p.media, images, videos, audios);
+  return p;
+}
+
+}  // namespace outro

@@ -1,0 +1,41 @@
+// From media files to a multimodal prefill: decodes the video (frames sampled at 2 fps), its audio
+// track or a separate audio file, and an image; runs the encoders; builds the chat prompt with
+// one placeholder per item (or takes the caller's token ids) and splices everything together.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "models/multimodal.h"
+
+namespace outro {
+
+class Tokenizer;
+
+struct MediaRequest {
+  std::string video, audio, image;  // empty: not given
+  bool use_audio_in_video = false;
+  bool any() const { return !video.empty() || !audio.empty() || !image.empty(); }
+};
+
+struct MediaTimings {
+  double decode_video = 0, decode_audio = 0, decode_image = 0;  // decoding + preprocessing, seconds
+  double vision = 0, audio = 0;                                  // encoders, seconds
+};
+
+struct PreparedPrompt {
+  MultimodalPrefill prefill;
+  MediaSet media;
+  MediaTimings timings;
+};
+
+// The chat prompt's token ids with one placeholder per item (video, then image, then audio, then
+// the text), in the checkpoint's chat template (ChatML with the model's default system prompt,
+// or `system` when non-empty). Needs a tokenizer.
+std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
+                                         const std::string& text, const std::string& system);
+
+// Decodes and encodes the media of r and assembles the prefill of prompt_ids (one placeholder
+// per item, e.g. from multimodal_chat_ids). Errors name the file.
+PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids);
+
+}  // namespace outro
