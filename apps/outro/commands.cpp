@@ -9,6 +9,7 @@ const std::vector<Command>& commands() {
       {"info", cmd_info},
       {"hooks", cmd_hooks},
       {"eval", cmd_eval},
+      {"analyze", cmd_analyze},
   };
   return c;
 }

@@ -17,5 +17,6 @@ int cmd_forward(int argc, char** argv);
 int cmd_info(int argc, char** argv);
 int cmd_hooks(int argc, char** argv);
 int cmd_eval(int argc, char** argv);
+int cmd_analyze(int argc, char** argv);
 
 }  // namespace outro::cli

@@ -1,0 +1,240 @@
+#include "sink/tasks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "models/model.h"
+#include "runtime/session.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace outro::sink {
+
+using nlohmann::json;
+
+namespace {
+
+struct LineCtx {
+  const std::string& path;
+  int line;
+  const Tokenizer* tok;
+  int vocab;
+};
+
+std::vector<int32_t> token_array(const json& j, const LineCtx& c, const std::string& field) {
+  std::vector<int32_t> out;
+  for (const auto& e : j) {
+    if (!e.is_number_integer()) fail(c.path, ":", c.line, ": field '", field, "': expected integer token ids, found ", e.dump());
+    const int64_t v = e.get<int64_t>();
+    if (v < 0 || v >= c.vocab)
+      fail(c.path, ":", c.line, ": field '", field, "': token id ", v, " is outside the vocabulary [0, ", c.vocab, ")");
+    out.push_back(int32_t(v));
+  }
+  return out;
+}
+
+// A prompt (special tokens parsed, chat template when asked and available) or a continuation (plain text).
+std::vector<int32_t> encode_text(const std::string& text, const LineCtx& c, const std::string& field, bool prompt,
+                                 bool chat) {
+  if (!c.tok)
+    fail(c.path, ":", c.line, ": field '", field, "' is text but the model folder has no tokenizer.json (give token ids)");
+  std::string t = text;
+  if (prompt && chat && c.tok->token_id("<|im_start|>").has_value()) t = apply_chat_template({{"user", text}}, true);
+  auto ids = c.tok->encode(t, prompt);
+  std::vector<int32_t> out(ids.begin(), ids.end());
+  for (int32_t v : out)
+    if (v < 0 || v >= c.vocab)
+      fail(c.path, ":", c.line, ": field '", field, "': the tokenizer gave id ", v, " outside the model's vocabulary [0, ",
+           c.vocab, ")");
+  return out;
+}
+
+std::vector<int32_t> continuation(const json& j, const LineCtx& c, const std::string& field) {
+  if (j.is_string()) {
+    auto v = encode_text(j.get<std::string>(), c, field, false, false);
+    if (v.empty()) fail(c.path, ":", c.line, ": field '", field, "': encodes to no tokens");
+    return v;
+  }
+  if (j.is_array()) {
+    auto v = token_array(j, c, field);
+    if (v.empty()) fail(c.path, ":", c.line, ": field '", field, "': expected at least one token");
+    return v;
+  }
+  fail(c.path, ":", c.line, ": field '", field, "': expected text or an array of token ids, found ", j.dump());
+}
+
+}  // namespace
+
+std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& path, const Tokenizer* tok, int vocab,
+                                  const TaskLoadOptions& o) {
+  std::vector<TaskItem> items;
+  std::istringstream is(text);
+  std::string line;
+  int ln = 0;
+  while (std::getline(is, line)) {
+    ++ln;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    LineCtx c{path, ln, tok, vocab};
+    json j;
+    try {
+      j = json::parse(line);
+    } catch (const json::exception& e) {
+      fail(path, ":", ln, ": not valid JSON (", e.what(), ")");
+    }
+    if (!j.is_object()) fail(path, ":", ln, ": expected a JSON object, found ", j.type_name());
+    TaskItem it;
+    it.line = ln;
+    if (j.contains("id")) it.id = j["id"].is_string() ? j["id"].get<std::string>() : j["id"].dump();
+    else it.id = "line " + std::to_string(ln);
+    const bool has_text = j.contains("prompt") || j.contains("question");
+    if (has_text && j.contains("tokens")) fail(path, ":", ln, ": give either 'prompt' or 'tokens', not both");
+    if (j.contains("tokens")) {
+      if (!j["tokens"].is_array()) fail(path, ":", ln, ": field 'tokens': expected an array of token ids");
+      it.prompt = token_array(j["tokens"], c, "tokens");
+    } else if (has_text) {
+      const char* f = j.contains("prompt") ? "prompt" : "question";
+      if (!j[f].is_string()) fail(path, ":", ln, ": field '", f, "': expected text, found ", j[f].dump());
+      it.prompt = encode_text(j[f].get<std::string>(), c, f, true, o.chat);
+    } else {
+      fail(path, ":", ln, ": expected a field 'prompt' (text) or 'tokens' (token ids)");
+    }
+    if (it.prompt.empty()) fail(path, ":", ln, ": the prompt has no tokens");
+    if (j.contains("options")) {
+      const json& op = j["options"];
+      if (!op.is_array() || op.size() < 2) fail(path, ":", ln, ": field 'options': expected an array of at least 2 options");
+      for (size_t k = 0; k < op.size(); ++k) {
+        it.options.push_back(continuation(op[k], c, "options"));
+        it.option_labels.push_back(op[k].is_string() ? op[k].get<std::string>() : op[k].dump());
+      }
+      if (!j.contains("answer")) fail(path, ":", ln, ": field 'answer' is required with 'options'");
+      const json& a = j["answer"];
+      const int K = int(op.size());
+      if (a.is_number_integer()) {
+        it.correct = a.get<int>();
+      } else if (a.is_string()) {
+        const std::string s = a.get<std::string>();
+        for (int k = 0; k < K && it.correct < 0; ++k)
+          if (op[size_t(k)].is_string() && op[size_t(k)].get<std::string>() == s) it.correct = k;
+        if (it.correct < 0 && s.size() == 1 && s[0] >= 'A' && s[0] <= 'Z') it.correct = s[0] - 'A';
+        if (it.correct < 0) it.correct = K;  // reported below
+      } else if (a.is_array()) {
+        auto v = token_array(a, c, "answer");
+        for (int k = 0; k < K && it.correct < 0; ++k)
+          if (it.options[size_t(k)] == v) it.correct = k;
+        if (it.correct < 0) it.correct = K;
+      } else {
+        fail(path, ":", ln, ": field 'answer': expected an option's text, letter or index, found ", a.dump());
+      }
+      if (it.correct < 0 || it.correct >= K)
+        fail(path, ":", ln, ": field 'answer': ", a.dump(), " names none of the ", K, " options");
+    } else if (j.contains("answer")) {
+      it.answer = continuation(j["answer"], c, "answer");
+    }
+    size_t longest = it.answer.size();
+    for (const auto& op : it.options) longest = std::max(longest, op.size());
+    if (o.max_positions > 0 && it.prompt.size() + longest > size_t(o.max_positions))
+      fail(path, ":", ln, ": ", it.prompt.size() + longest, " tokens is longer than the model's context of ",
+           o.max_positions, " tokens");
+    items.push_back(std::move(it));
+    if (o.max_items > 0 && int(items.size()) >= o.max_items) break;
+  }
+  if (items.empty()) fail(path, ": no prompts (expected one JSON object per line)");
+  return items;
+}
+
+std::vector<TaskItem> load_tasks(const std::string& path, const Tokenizer* tok, int vocab, const TaskLoadOptions& o) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path, ": cannot open the prompts file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_tasks(ss.str(), path, tok, vocab, o);
+}
+
+Metric choose_metric(const std::string& name, const std::vector<TaskItem>& items) {
+  const bool all_mc = !items.empty() && std::all_of(items.begin(), items.end(), [](const TaskItem& t) {
+    return !t.options.empty();
+  });
+  if (name == "auto") return all_mc ? Metric::Accuracy : Metric::LogLik;
+  if (name == "loglik") return Metric::LogLik;
+  if (name == "accuracy") {
+    if (!all_mc) fail("--metric accuracy: every prompt needs 'options' and 'answer' (some have none)");
+    return Metric::Accuracy;
+  }
+  fail("--metric: expected auto, loglik or accuracy, found '", name, "'");
+}
+
+const char* metric_name(Metric m) { return m == Metric::Accuracy ? "accuracy" : "loglik"; }
+
+double log_prob(const float* logits, int vocab, int id) {
+  float mx = logits[0];
+  for (int i = 1; i < vocab; ++i) mx = std::max(mx, logits[i]);
+  double s = 0;
+  for (int i = 0; i < vocab; ++i) s += std::exp(double(logits[i]) - mx);
+  return double(logits[id]) - mx - std::log(s);
+}
+
+MetricValue evaluate_tasks(const Model& m, Backend& be, const std::vector<TaskItem>& items,
+                           const std::vector<HeadAblation::Target>& ablate) {
+  const int V = m.config().vocab;
+  size_t ctx = 1;
+  for (const auto& it : items) {
+    size_t longest = it.answer.size();
+    for (const auto& op : it.options) longest = std::max(longest, op.size());
+    ctx = std::max(ctx, it.prompt.size() + longest);
+  }
+  Session s(m, be, int(ctx));
+  HeadAblation ab(ablate);
+  if (!ablate.empty()) s.add_intervention(&ab);
+  MetricValue r;
+  double ll_sum = 0;
+  int mc = 0, right = 0;
+  std::vector<float> logits, last;
+  for (const auto& it : items) {
+    s.reset();
+    const int P = int(it.prompt.size());
+    if (!it.options.empty()) {
+      s.forward(it.prompt, &last, false);
+      double best = -INFINITY;
+      int arg = -1;
+      double gold = 0;
+      for (size_t k = 0; k < it.options.size(); ++k) {
+        const auto& op = it.options[k];
+        s.rewind(P);
+        s.forward(op, &logits, true);
+        double lp = log_prob(last.data(), V, op[0]);
+        for (size_t t = 1; t < op.size(); ++t) lp += log_prob(logits.data() + (t - 1) * size_t(V), V, op[t]);
+        if (lp > best) {
+          best = lp;
+          arg = int(k);
+        }
+        if (int(k) == it.correct) gold = lp / double(op.size());
+      }
+      ll_sum += gold;
+      ++mc;
+      if (arg == it.correct) ++right;
+    } else if (!it.answer.empty()) {
+      std::vector<int32_t> seq = it.prompt;
+      seq.insert(seq.end(), it.answer.begin(), it.answer.end());
+      s.forward(seq, &logits, true);
+      double lp = 0;
+      for (size_t t = 0; t < it.answer.size(); ++t)
+        lp += log_prob(logits.data() + (size_t(P) + t - 1) * size_t(V), V, it.answer[t]);
+      ll_sum += lp / double(it.answer.size());
+    } else {
+      s.forward(it.prompt, &logits, true);
+      double lp = 0;
+      for (int t = 1; t < P; ++t) lp += log_prob(logits.data() + size_t(t - 1) * size_t(V), V, it.prompt[size_t(t)]);
+      ll_sum += P > 1 ? lp / double(P - 1) : 0.0;
+    }
+  }
+  r.loglik = items.empty() ? 0 : ll_sum / double(items.size());
+  r.accuracy = mc ? double(right) / mc : -1;
+  return r;
+}
+
+}  // namespace outro::sink
