@@ -8,7 +8,7 @@
 //
 //   bench_outro [--model DIR] [--prompt N] [--decode N] [--reps N] [--strategies outro,...]
 //               [--outro-config FILE] [--layers N] [--vocab N] [--dtype f32|bf16] [--threads N]
-//               [--keep DIR] [--json]
+//               [--keep DIR] [--json] [--device cpu|cuda]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -62,7 +62,9 @@ std::vector<std::string> split(const std::string& s, char sep) {
 // are not in it).
 class Timed : public Intervention {
  public:
-  explicit Timed(Intervention& iv, Backend& be) : iv_(iv), be_(be) {}
+  // sync: wait for the backend after each hook (CPU: free). On a GPU a wait per hook would stall the
+  // launch queue and slow the very step it measures, so there the time is the host's (launches).
+  explicit Timed(Intervention& iv, Backend& be, bool sync = true) : iv_(iv), be_(be), sync_(sync) {}
   std::string name() const override { return iv_.name(); }
   void begin(ForwardCtx& c) override { time([&] { iv_.begin(c); }, c); }
   void resid_pre(ForwardCtx& c, int l, Buf h) override { time([&] { iv_.resid_pre(c, l, h); }, c); }
@@ -78,11 +80,12 @@ class Timed : public Intervention {
   void time(F f, const ForwardCtx& c) {
     auto t = std::chrono::steady_clock::now();
     f();
-    be_.synchronize();
+    if (sync_) be_.synchronize();
     (c.past == 0 ? prefill : decode) += std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
   }
   Intervention& iv_;
   Backend& be_;
+  bool sync_;
 };
 
 struct Strategy {
@@ -99,7 +102,7 @@ struct Strategy {
 int main(int argc, char** argv) {
   std::string model, keep, strategies = "outro", config;
   int prompt = 256, decode = 32, reps = 5, layers = 8, vocab = 151936, threads = 0;
-  std::string dtype = "bf16";
+  std::string dtype = "bf16", device = "cpu";
   bool json_out = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -132,11 +135,12 @@ int main(int argc, char** argv) {
     else if (a == "--outro-config") config = val();
     else if (a == "--keep") keep = val();
     else if (a == "--json") json_out = true;
+    else if (a == "--device") device = val();
     else {
       std::fprintf(stderr,
                    "usage: bench_outro [--model DIR] [--prompt N] [--decode N] [--reps N] [--strategies outro,...]\n"
                    "                   [--outro-config FILE] [--layers N] [--vocab N] [--dtype f32|bf16]\n"
-                   "                   [--threads N] [--keep DIR] [--json]\n");
+                   "                   [--threads N] [--keep DIR] [--json] [--device cpu|cuda]\n");
       return a == "--help" || a == "-h" ? 0 : 2;
     }
   }
@@ -171,7 +175,16 @@ int main(int argc, char** argv) {
     }
     auto m = Model::load(dir);
     const ModelConfig& c = m->config();
-    auto be = make_cpu_backend();
+    std::unique_ptr<Backend> be;
+    if (device == "cuda") {
+      std::string why;
+      be = make_cuda_backend(0, &why);
+      if (!be) fail("--device cuda: ", why);
+    } else if (device == "cpu") {
+      be = make_cpu_backend();
+    } else {
+      fail("--device: expected cpu or cuda, found '", device, "'");
+    }
     const int ctx = prompt + decode;
     if (ctx > c.max_positions) fail("--prompt + --decode = ", ctx, " is longer than the model's context of ", c.max_positions);
 
@@ -195,7 +208,7 @@ int main(int argc, char** argv) {
     for (auto& s : ss) {
       s.session = std::make_unique<Session>(*m, *be, ctx);
       if (s.iv) {
-        s.timed = std::make_unique<Timed>(*s.iv, *be);
+        s.timed = std::make_unique<Timed>(*s.iv, *be, device != "cuda");
         s.session->add_intervention(s.timed.get());
       }
     }

@@ -1,0 +1,355 @@
+// CUDA speed benchmark. Measures the GPU's device-to-device copy bandwidth (cudaMemcpy, read + written
+// bytes) and its bf16 matrix rate (cuBLAS, 8192^3), writes a random bf16 checkpoint shaped like the
+// Qwen2.5-Omni-7B thinker's decoder (hidden 3584, 28 layers, 28 heads, 4 KV heads, intermediate
+// 18944, vocab 152064, untied, q/k/v biases, rope_theta 1e6), loads it onto the GPU and times:
+//   - decode at batch 1 (after a short prompt; logits of every step copied back), as tokens/s and
+//     as weight bytes read per second over the measured copy bandwidth;
+//   - the decode step's matrix products alone (our GEMV over every weight matrix once);
+//   - prefill of long prompts (default 4096 and 16384 tokens) as tokens/s and as the fraction of the
+//     measured bf16 matrix rate (matrix FLOPs + causal attention FLOPs).
+// It prints figures; it never passes or fails. --json FILE writes them for tools/bench_transformers.py.
+//
+//   bench_cuda [--layers N] [--prompt N] [--decode N] [--prefill 4096,16384] [--reps N] [--dir DIR]
+//              [--keep] [--json FILE]
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "models/model.h"
+#include "runtime/session.h"
+#ifdef OUTRO_HAVE_CUDA
+#include "kernels/cuda/cuda_api.h"
+#endif
+
+using namespace outro;
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+struct Shape {
+  int hidden = 3584, intermediate = 18944, layers = 28, heads = 28, kv_heads = 4, vocab = 152064;
+};
+
+// bf16 of a uniform value in mean ± sd·√3 from a counter-based hash (fast, any thread, reproducible).
+inline uint16_t rand_bf16(uint64_t i, uint64_t seed, float mean, float sd) {
+  uint64_t z = seed * 0x9e3779b97f4a7c15ull + i;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  z ^= z >> 31;
+  const float u = float(z >> 40) * (1.f / 16777216.f) * 2.f - 1.f;
+  return f32_to_bf16(mean + u * sd * 1.7320508f);
+}
+
+// Writes config.json and model.safetensors with all threads filling a mapped file.
+void write_checkpoint(const std::string& dir, const Shape& s) {
+  fs::create_directories(dir);
+  const int hd = s.hidden / s.heads;
+  nlohmann::json cfg = {{"architectures", {"Qwen2ForCausalLM"}},
+                        {"model_type", "qwen2"},
+                        {"hidden_size", s.hidden},
+                        {"intermediate_size", s.intermediate},
+                        {"num_hidden_layers", s.layers},
+                        {"num_attention_heads", s.heads},
+                        {"num_key_value_heads", s.kv_heads},
+                        {"vocab_size", s.vocab},
+                        {"max_position_embeddings", 32768},
+                        {"rope_theta", 1000000.0},
+                        {"rms_norm_eps", 1e-6},
+                        {"tie_word_embeddings", false},
+                        {"hidden_act", "silu"},
+                        {"torch_dtype", "bfloat16"},
+                        {"eos_token_id", s.vocab - 1}};
+  std::ofstream(dir + "/config.json") << cfg.dump(2);
+  struct T {
+    std::string name;
+    std::vector<int64_t> shape;
+    float mean, sd;
+    size_t off = 0, n = 0;
+  };
+  std::vector<T> ts;
+  const int64_t D = s.hidden, I = s.intermediate, q = int64_t(s.heads) * hd, kv = int64_t(s.kv_heads) * hd;
+  ts.push_back({"model.embed_tokens.weight", {s.vocab, D}, 0, 0.02f});
+  for (int l = 0; l < s.layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    ts.push_back({p + "input_layernorm.weight", {D}, 1, 0.1f});
+    ts.push_back({p + "self_attn.q_proj.weight", {q, D}, 0, 0.02f});
+    ts.push_back({p + "self_attn.k_proj.weight", {kv, D}, 0, 0.02f});
+    ts.push_back({p + "self_attn.v_proj.weight", {kv, D}, 0, 0.02f});
+    ts.push_back({p + "self_attn.o_proj.weight", {D, q}, 0, 0.02f});
+    ts.push_back({p + "self_attn.q_proj.bias", {q}, 0, 0.02f});
+    ts.push_back({p + "self_attn.k_proj.bias", {kv}, 0, 0.02f});
+    ts.push_back({p + "self_attn.v_proj.bias", {kv}, 0, 0.02f});
+    ts.push_back({p + "post_attention_layernorm.weight", {D}, 1, 0.1f});
+    ts.push_back({p + "mlp.gate_proj.weight", {I, D}, 0, 0.02f});
+    ts.push_back({p + "mlp.up_proj.weight", {I, D}, 0, 0.02f});
+    ts.push_back({p + "mlp.down_proj.weight", {D, I}, 0, 0.02f});
+  }
+  ts.push_back({"model.norm.weight", {D}, 1, 0.1f});
+  ts.push_back({"lm_head.weight", {s.vocab, D}, 0, 0.02f});
+  nlohmann::json hdr = nlohmann::json::object();
+  size_t off = 0;
+  for (auto& t : ts) {
+    t.n = 1;
+    for (auto d : t.shape) t.n *= size_t(d);
+    t.off = off;
+    off += t.n * 2;
+    hdr[t.name] = {{"dtype", "BF16"}, {"shape", t.shape}, {"data_offsets", {t.off, t.off + t.n * 2}}};
+  }
+  std::string h = hdr.dump();
+  while ((h.size() + 8) % 8) h.push_back(' ');
+  const size_t data0 = 8 + h.size(), total = data0 + off;
+  const std::string path = dir + "/model.safetensors";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) fail("cannot create ", path);
+  if (::ftruncate(fd, off_t(total)) != 0) fail("cannot size ", path, " to ", total, " bytes");
+  void* map = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (map == MAP_FAILED) fail("cannot map ", path);
+  uint8_t* base = static_cast<uint8_t*>(map);
+  const uint64_t hl = h.size();
+  std::memcpy(base, &hl, 8);
+  std::memcpy(base + 8, h.data(), h.size());
+  const unsigned nt = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> th;
+  for (unsigned k = 0; k < nt; ++k)
+    th.emplace_back([&, k] {
+      for (size_t ti = 0; ti < ts.size(); ++ti) {
+        const T& t = ts[ti];
+        const size_t a = t.n * k / nt, b = t.n * (k + 1) / nt;
+        uint16_t* p = reinterpret_cast<uint16_t*>(base + data0 + t.off);
+        for (size_t i = a; i < b; ++i) p[i] = rand_bf16(i, ti + 1, t.mean, t.sd);
+      }
+    });
+  for (auto& t : th) t.join();
+  ::munmap(map, total);
+  ::close(fd);
+}
+
+std::string default_dir() {
+  struct statvfs v{};
+  if (::statvfs("/dev/shm", &v) == 0 && double(v.f_bavail) * v.f_frsize > 40e9)
+    return "/dev/shm/outro_bench_cuda_" + std::to_string(::getpid());
+  return (fs::temp_directory_path() / ("outro_bench_cuda_" + std::to_string(::getpid()))).string();
+}
+
+[[noreturn]] void usage(const char* msg) {
+  std::fprintf(stderr,
+               "%s\nusage: bench_cuda [--layers N] [--prompt N] [--decode N] [--prefill 4096,16384] [--reps N]\n"
+               "                  [--dir DIR] [--keep] [--json FILE]\n",
+               msg);
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#ifndef OUTRO_HAVE_CUDA
+  std::printf("bench_cuda: this build has no CUDA backend (nvcc was not found at configure time)\n");
+  return 0;
+#else
+  Shape shape;
+  int prompt = 128, decode = 64, reps = 3;
+  std::vector<int> prefills = {4096, 16384};
+  std::string dir, json_path;
+  bool keep = false;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
+      return argv[++i];
+    };
+    auto num = [&](const std::string& v) {
+      char* e = nullptr;
+      long x = std::strtol(v.c_str(), &e, 10);
+      if (v.empty() || *e || x < 1 || x > (1 << 24)) usage((a + ": expected a positive integer, found '" + v + "'").c_str());
+      return int(x);
+    };
+    if (a == "--layers") shape.layers = num(val());
+    else if (a == "--prompt") prompt = num(val());
+    else if (a == "--decode") decode = num(val());
+    else if (a == "--reps") reps = num(val());
+    else if (a == "--dir") dir = val();
+    else if (a == "--keep") keep = true;
+    else if (a == "--json") json_path = val();
+    else if (a == "--prefill") {
+      prefills.clear();
+      std::string v = val();
+      size_t p = 0;
+      while (p <= v.size()) {
+        size_t q = v.find(',', p);
+        if (q == std::string::npos) q = v.size();
+        prefills.push_back(num(v.substr(p, q - p)));
+        p = q + 1;
+      }
+    } else if (a == "-h" || a == "--help") usage("CUDA decode/prefill speed on a random Qwen2.5-Omni-7B-thinker-shaped decoder");
+    else usage(("unknown argument '" + a + "'").c_str());
+  }
+  nlohmann::json out;
+  try {
+    cuda_api::DeviceInfo info;
+    std::string why;
+    if (!cuda_api::device_info(0, &info, &why)) {
+      std::printf("bench_cuda: no CUDA GPU (%s)\n", why.c_str());
+      return 0;
+    }
+    std::printf("GPU: %s (sm_%d%d, %d SMs, %.1f GiB, %.1f GiB free)\n", info.name.c_str(), info.sm_major, info.sm_minor,
+                info.sms, info.mem_total / 1073741824.0, info.mem_free / 1073741824.0);
+    const double bw = cuda_api::copy_bandwidth(0, size_t(2) << 30, 20);
+    std::printf("measured copy bandwidth (cudaMemcpy D2D 2 GiB, read + written bytes, best of 20): %.0f GB/s\n", bw / 1e9);
+    const double peak = cuda_api::bf16_gemm_tflops(0, 8192, 8192, 8192, 20);
+    std::printf("measured bf16 matrix rate (cuBLAS 8192^3, random data, best of 20): %.0f TFLOP/s\n", peak);
+    out["gpu"] = info.name;
+    out["copy_bw_gbs"] = bw / 1e9;
+    out["bf16_tflops"] = peak;
+
+    if (dir.empty()) dir = default_dir();
+    const bool made = !fs::exists(dir + "/model.safetensors");
+    auto t = Clock::now();
+    if (made) write_checkpoint(dir, shape);
+    std::printf("checkpoint: %s (%d layers, bf16) %s in %.1f s\n", dir.c_str(), shape.layers,
+                made ? "written" : "reused", since(t));
+    struct Cleanup {
+      std::string d;
+      bool keep;
+      ~Cleanup() {
+        if (!keep) fs::remove_all(d);
+      }
+    } cleanup{dir, keep || !made};
+
+    auto model = Model::load(dir);
+    const ModelConfig& c = model->config();
+    auto be = make_cuda_backend(0, &why);
+    if (!be) fail("no CUDA backend: ", why);
+    const int max_prefill = *std::max_element(prefills.begin(), prefills.end());
+    const int ctx = std::max(prompt + decode, max_prefill) + 1;
+    t = Clock::now();
+    Session sess(*model, *be, ctx);
+    be->synchronize();
+    std::printf("loaded onto the GPU in %.1f s: %.2f GB of weights, KV cache for %d tokens\n", since(t),
+                cuda_api::weight_bytes(*be) / 1e9, ctx);
+
+    double bytes_per_token = double(model->lm_head->nbytes);
+    double params_matrix = double(model->lm_head->nbytes) / 2;  // FLOPs per token (lm_head for the last row only)
+    for (const auto& l : model->layers)
+      for (const TensorInfo* m : {l.q, l.k, l.v, l.o, l.gate, l.up, l.down}) {
+        bytes_per_token += double(m->nbytes);
+        params_matrix += double(m->nbytes) / 2;
+      }
+    const double layer_params = params_matrix - double(model->lm_head->nbytes) / 2;
+
+    uint64_t x = 777;
+    auto rnd_ids = [&](int n) {
+      std::vector<int32_t> v(static_cast<size_t>(n));
+      for (auto& id : v) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        id = int32_t((x >> 33) % uint64_t(c.vocab));
+      }
+      return v;
+    };
+
+    // ---- decode ----
+    const auto p_ids = rnd_ids(prompt), d_ids = rnd_ids(decode);
+    std::vector<float> logits;
+    std::vector<double> dec;
+    for (int r = 0; r <= reps; ++r) {  // the first is a warm-up
+      sess.reset();
+      sess.forward(p_ids, &logits);
+      be->synchronize();
+      auto t1 = Clock::now();
+      for (int i = 0; i < decode; ++i) sess.forward(&d_ids[size_t(i)], 1, &logits);
+      const double td = since(t1);
+      bool finite = true;
+      for (float v : logits) finite = finite && std::isfinite(v);
+      if (!finite) std::printf("  warning: non-finite logits\n");
+      if (r) dec.push_back(td / decode);
+    }
+    const double dstep = median(dec), dbest = *std::min_element(dec.begin(), dec.end());
+    std::printf("\ndecode at batch 1 (prompt %d, %d steps, %d reps): median %.2f ms/token = %.1f tok/s (best %.1f)\n",
+                prompt, decode, reps, dstep * 1e3, 1 / dstep, 1 / dbest);
+    std::printf("  weights read per token %.2f GB -> %.0f GB/s = %.1f%% of the measured copy bandwidth (best %.1f%%)\n",
+                bytes_per_token / 1e9, bytes_per_token / dstep / 1e9, 100 * bytes_per_token / dstep / bw,
+                100 * bytes_per_token / dbest / bw);
+    out["decode_tok_s"] = 1 / dstep;
+    out["decode_tok_s_best"] = 1 / dbest;
+    out["decode_bw_fraction"] = bytes_per_token / dstep / bw;
+    out["decode_bw_fraction_best"] = bytes_per_token / dbest / bw;
+    out["bytes_per_token"] = bytes_per_token;
+
+    // The matrix products of one decode step alone (GEMV over every matrix once).
+    {
+      Buf xin = be->alloc(size_t(c.intermediate)), yout = be->alloc(size_t(std::max(c.vocab, c.intermediate)));
+      std::vector<float> ones(size_t(c.intermediate), 0.01f);
+      be->upload(xin, 0, ones.data(), ones.size());
+      std::vector<Weight> ws;
+      for (const auto& l : model->layers)
+        for (const TensorInfo* m : {l.q, l.k, l.v, l.o, l.gate, l.up, l.down}) ws.push_back(be->weight(*m));
+      ws.push_back(be->weight(*model->lm_head));
+      std::vector<double> tg;
+      for (int r = 0; r < 6; ++r) {
+        be->synchronize();
+        auto t2 = Clock::now();
+        for (const auto& w : ws) be->matmul(yout, xin, 1, w, nullptr);
+        be->synchronize();
+        if (r) tg.push_back(since(t2));
+      }
+      const double g = median(tg);
+      std::printf("  GEMV alone over the same weights: %.2f ms = %.0f GB/s = %.1f%% of copy bandwidth; the rest of "
+                  "the step: %.2f ms\n",
+                  g * 1e3, bytes_per_token / g / 1e9, 100 * bytes_per_token / g / bw, (dstep - g) * 1e3);
+      out["gemv_bw_fraction"] = bytes_per_token / g / bw;
+      be->release(xin);
+      be->release(yout);
+    }
+
+    // ---- prefill ----
+    for (int n : prefills) {
+      const auto ids = rnd_ids(n);
+      std::vector<double> tp;
+      for (int r = 0; r <= std::min(reps, 2); ++r) {
+        sess.reset();
+        be->synchronize();
+        auto t3 = Clock::now();
+        sess.forward(ids, &logits);  // logits of the last row, copied back
+        const double s = since(t3);
+        if (r) tp.push_back(s);
+      }
+      const double tm = median(tp);
+      const double attn_flops = 4.0 * c.layers * c.heads * c.head_dim * (double(n) * (n + 1) / 2);
+      const double flops = 2.0 * layer_params * n + 2.0 * double(model->lm_head->nbytes) / 2 + attn_flops;
+      std::printf("\nprefill %d tokens: %.3f s = %.0f tok/s; %.1f TFLOP (%.0f%% attention) -> %.0f TFLOP/s = %.1f%% of "
+                  "the measured bf16 matrix rate\n",
+                  n, tm, n / tm, flops / 1e12, 100 * attn_flops / flops, flops / tm / 1e12, 100 * flops / tm / 1e12 / peak);
+      out["prefill"][std::to_string(n)] = {{"tok_s", n / tm}, {"tflops", flops / tm / 1e12},
+                                           {"fraction", flops / tm / 1e12 / peak}};
+    }
+    if (!json_path.empty()) std::ofstream(json_path) << out.dump(2);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+#endif
+}

@@ -1,0 +1,507 @@
+// Attention kernels of the CUDA backend. Every kernel applies the mask policy per query row from
+// AttnDev (causal; OutRo's sink-out rows that see keys [0, sinkout_end); or non-causal segments of
+// the encoders) without building an N x N mask:
+//  - k_attn_mma: flash-style prefill on tensor cores (mma.sync m16n8k16 bf16, float32 accumulators
+//    and softmax), 128 query rows x 64-key tiles double-buffered with cp.async, for head_dim 64 and
+//    128 on sm_80 and newer. K and V are first converted once to bf16 (the cache itself is float32).
+//  - k_attn_rows: the portable kernel (any head_dim <= 256, any GPU): one block per (row, head, split)
+//    with an online softmax over its share of the keys; the decode path, split over the context so
+//    long contexts fill the GPU, then k_attn_combine merges the splits.
+//  - k_attn_pattern: the probabilities [H, n_new, total], only when an observer asks for them.
+#include <cfloat>
+#include <climits>
+
+#include "kernels/cuda/common.cuh"
+
+namespace outro::cuda {
+
+namespace {
+
+__device__ __forceinline__ void row_range(const AttnDev& p, int r, int& lo, int& hi) {
+  const int total = p.past + p.n_new;
+  if (r >= p.n_new) {
+    lo = hi = 0;
+    return;
+  }
+  if (!p.causal) {
+    lo = 0, hi = p.n_new;
+    if (p.segments && p.n_segments > 0) {
+      int a = 0, b = p.n_segments - 1;  // last s with segments[s] <= r
+      while (a < b) {
+        const int m = (a + b + 1) >> 1;
+        if (p.segments[m] <= r) a = m; else b = m - 1;
+      }
+      lo = p.segments[a], hi = p.segments[a + 1];
+    }
+    return;
+  }
+  const int pos = p.past + r;
+  lo = 0, hi = pos + 1;
+  if (p.n_sinkout > 0) {
+    int a = 0, b = p.n_sinkout - 1;
+    while (a <= b) {
+      const int m = (a + b) >> 1, v = p.sinkout_rows[m];
+      if (v == pos) {
+        const int e = p.sinkout_end < total ? p.sinkout_end : total;
+        if (e > hi) hi = e;
+        break;
+      }
+      if (v < pos) a = m + 1; else b = m - 1;
+    }
+  }
+}
+
+// ---------------- portable row kernel ----------------
+
+constexpr int kRowThreads = 128, kRowChunk = 256;
+
+int row_splits(const AttnDev& p) {
+  const int total = p.past + p.n_new;
+  const long rows = long(p.n_new) * p.n_heads;
+  if (rows >= 264) return 1;
+  const int want = int((528 + rows - 1) / rows);
+  const int most = (total + 31) / 32;
+  return want < most ? (want > 1 ? want : 1) : (most > 1 ? most : 1);
+}
+
+__device__ __forceinline__ float block_max_f(float v, float* sh) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  float r = sh[0];
+  for (int i = 1; i < kRowThreads / 32; ++i) r = fmaxf(r, sh[i]);
+  return r;
+}
+
+// grid (n_new * nsplit, H). partial: [n_new, H, nsplit, hd + 2] (m, l, acc) when nsplit > 1.
+// Scores: a warp per key, lanes over dims. P·V: each warp takes every 4th key, lanes own dims;
+// the warps' sums meet in shared memory at the end.
+__global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float* q, const float* kc, const float* vc,
+                                                           AttnDev p, int nsplit, float* partial) {
+  constexpr int W = kRowThreads / 32;
+  __shared__ float qs[256];
+  __shared__ float sc[kRowChunk];
+  __shared__ float red[32];
+  __shared__ float pv[W][256];
+  pdl_begin();
+  const int r = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, h = blockIdx.y;
+  const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, kvh = h / (H / KV);
+  int lo, hi;
+  row_range(p, r, lo, hi);
+  const int len = hi - lo, per = (len + nsplit - 1) / nsplit;
+  const int k0 = lo + sp * per, k1 = min(hi, k0 + per);
+  const float* qr = q + (size_t(r) * H + h) * hd;
+  for (int d = threadIdx.x; d < hd; d += kRowThreads) qs[d] = qr[d];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float m = -FLT_MAX, l = 0.f;
+  float acc[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i] = 0.f;
+  const size_t kstride = size_t(KV) * hd;
+  for (int c0 = k0; c0 < k1; c0 += kRowChunk) {
+    const int cn = min(kRowChunk, k1 - c0);
+    for (int j = warp; j < cn; j += W) {
+      const float* kr = kc + size_t(c0 + j) * kstride + size_t(kvh) * hd;
+      float s = 0.f;
+      for (int d = lane; d < hd; d += 32) s += qs[d] * kr[d];
+      s = warp_sum(s);
+      if (lane == 0) sc[j] = s * p.scale;
+    }
+    __syncthreads();
+    float mx = -FLT_MAX;
+    for (int j = threadIdx.x; j < cn; j += kRowThreads) mx = fmaxf(mx, sc[j]);
+    mx = block_max_f(mx, red);
+    const float mn = fmaxf(m, mx), corr = expf(m - mn);
+    float ps = 0.f;
+    for (int j = threadIdx.x; j < cn; j += kRowThreads) {
+      const float e = expf(sc[j] - mn);
+      sc[j] = e;
+      ps += e;
+    }
+    ps = block_sum(ps, red);  // its barriers also publish sc
+    l = l * corr + ps;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[i] *= corr;
+    const float* vb = vc + size_t(c0) * kstride + size_t(kvh) * hd;
+#pragma unroll 4
+    for (int j = warp; j < cn; j += W) {
+      const float pj = sc[j];
+      const float* vr = vb + size_t(j) * kstride;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (lane + 32 * i < hd) acc[i] = fmaf(pj, vr[lane + 32 * i], acc[i]);
+    }
+    m = mn;
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    if (lane + 32 * i < hd) pv[warp][lane + 32 * i] = acc[i];
+  __syncthreads();
+  for (int d = threadIdx.x; d < hd; d += kRowThreads) {
+    float a = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) a += pv[w][d];
+    if (nsplit == 1) {
+      z[(size_t(r) * H + h) * hd + d] = l > 0.f ? a / l : 0.f;
+    } else {
+      float* pr = partial + ((size_t(r) * H + h) * nsplit + sp) * (hd + 2);
+      if (d == 0) pr[0] = m, pr[1] = l;
+      pr[2 + d] = a;
+    }
+  }
+}
+
+// grid (n_new, H), hd threads (rounded up to 32).
+__global__ void k_attn_combine(float* z, const float* partial, int H, int hd, int nsplit) {
+  pdl_begin();
+  const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const float* pr = partial + (size_t(r) * H + h) * nsplit * (hd + 2);
+  float M = -FLT_MAX;
+  for (int s = 0; s < nsplit; ++s)
+    if (pr[s * (hd + 2) + 1] > 0.f) M = fmaxf(M, pr[s * (hd + 2)]);
+  float L = 0.f, a = 0.f;
+  for (int s = 0; s < nsplit; ++s) {
+    const float* ps = pr + s * (hd + 2);
+    if (ps[1] <= 0.f) continue;
+    const float w = expf(ps[0] - M);
+    L += ps[1] * w;
+    if (d < hd) a += ps[2 + d] * w;
+  }
+  if (d < hd) z[(size_t(r) * H + h) * hd + d] = L > 0.f ? a / L : 0.f;
+}
+
+// grid (n_new, H): probabilities of row r, head h over all total keys (zeros outside the range).
+__global__ void k_attn_pattern(float* pat, const float* q, const float* kc, AttnDev p) {
+  __shared__ float red[32];
+  pdl_begin();
+  const int r = blockIdx.x, h = blockIdx.y;
+  const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, kvh = h / (H / KV), total = p.past + p.n_new;
+  int lo, hi;
+  row_range(p, r, lo, hi);
+  const float* qr = q + (size_t(r) * H + h) * hd;
+  auto score = [&](int j) {
+    const float* kr = kc + (size_t(j) * KV + kvh) * hd;
+    float s = 0.f;
+    for (int d = 0; d < hd; ++d) s += qr[d] * kr[d];
+    return s * p.scale;
+  };
+  float mx = -FLT_MAX;
+  for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) mx = fmaxf(mx, score(j));
+  mx = block_max_f(mx, red);
+  float sum = 0.f;
+  for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) sum += expf(score(j) - mx);
+  sum = block_sum(sum, red);
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  float* row = pat + (size_t(h) * p.n_new + r) * total;
+  for (int j = threadIdx.x; j < total; j += blockDim.x) row[j] = (j >= lo && j < hi) ? expf(score(j) - mx) * inv : 0.f;
+}
+
+// ---------------- tensor-core prefill kernel ----------------
+
+constexpr int BQ = 128, BK = 64, kMmaThreads = 256;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return uint32_t(__cvta_generic_to_shared(p)); }
+
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+template <int HD>
+struct MmaSmem {
+  static constexpr int LD = HD + 8;  // padded row (bf16 elements): conflict-free ldmatrix
+  static constexpr size_t bytes = size_t(BQ + 4 * BK) * LD * 2;
+};
+
+// grid (ceil(n_new / BQ), H). kb, vb: bf16 [total, KV, HD].
+template <int HD>
+__global__ void __launch_bounds__(kMmaThreads, 2) k_attn_mma(float* z, const float* q, const __nv_bfloat16* kb,
+                                                              const __nv_bfloat16* vb, AttnDev p) {
+  constexpr int LD = MmaSmem<HD>::LD;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(smem_raw);
+  __nv_bfloat16* Ks = Qs + BQ * LD;       // [2][BK][LD]
+  __nv_bfloat16* Vs = Ks + 2 * BK * LD;   // [2][BK][LD]
+  __shared__ int s_lo_min, s_lo_max, s_hi_min, s_hi_max;
+  pdl_begin();
+
+  const int qt = gridDim.x - 1 - blockIdx.x;  // longest tiles first
+  const int h = blockIdx.y, H = p.n_heads, KV = p.n_kv, kvh = h / (H / KV);
+  const int r0 = qt * BQ, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int total = p.past + p.n_new;
+
+  if (tid == 0) s_lo_min = INT_MAX, s_lo_max = 0, s_hi_min = INT_MAX, s_hi_max = 0;
+  __syncthreads();
+  if (tid < BQ && r0 + tid < p.n_new) {
+    int lo, hi;
+    row_range(p, r0 + tid, lo, hi);
+    atomicMin(&s_lo_min, lo), atomicMax(&s_lo_max, lo), atomicMin(&s_hi_min, hi), atomicMax(&s_hi_max, hi);
+  }
+  // Q tile: float32 -> bf16 in shared memory (rows past n_new are zero).
+  for (int e = tid; e < BQ * HD / 4; e += kMmaThreads) {
+    const int row = e / (HD / 4), c4 = e % (HD / 4);
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r0 + row < p.n_new) v = *reinterpret_cast<const float4*>(q + (size_t(r0 + row) * H + h) * HD + c4 * 4);
+    uint2 u;
+    u.x = pack_bf16(v.x, v.y), u.y = pack_bf16(v.z, v.w);
+    *reinterpret_cast<uint2*>(Qs + row * LD + c4 * 4) = u;
+  }
+  __syncthreads();
+  const int kv_begin = (s_lo_min / BK) * BK, kv_end = s_hi_max;
+  const int lo_max = s_lo_max, hi_min = s_hi_min;
+
+  // This thread's two rows (g and g + 8 of its warp's 16).
+  const int g = lane >> 2, t4 = lane & 3;
+  int lo_a, hi_a, lo_b, hi_b;
+  row_range(p, r0 + warp * 16 + g, lo_a, hi_a);
+  row_range(p, r0 + warp * 16 + g + 8, lo_b, hi_b);
+
+  const size_t kstride = size_t(KV) * HD;
+  auto load_tile = [&](int kv0, int buf) {
+    __nv_bfloat16* ks = Ks + buf * BK * LD;
+    __nv_bfloat16* vs = Vs + buf * BK * LD;
+    for (int e = tid; e < BK * HD / 8; e += kMmaThreads) {
+      const int row = e / (HD / 8), c8 = e % (HD / 8);
+      const int key = kv0 + row;
+      const bool ok = key < total;
+      const size_t off = size_t(ok ? key : 0) * kstride + size_t(kvh) * HD + c8 * 8;
+      cp_async16(ks + row * LD + c8 * 8, kb + off, ok);
+      cp_async16(vs + row * LD + c8 * 8, vb + off, ok);
+    }
+  };
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_a = -FLT_MAX, m_b = -FLT_MAX, l_a = 0.f, l_b = 0.f;
+  const float sl2 = p.scale * 1.4426950408889634f;
+
+  const int ntiles = kv_end > kv_begin ? (kv_end - kv_begin + BK - 1) / BK : 0;
+  if (ntiles > 0) load_tile(kv_begin, 0);
+  cp_commit();
+  for (int t = 0; t < ntiles; ++t) {
+    const int kv0 = kv_begin + t * BK, buf = t & 1;
+    if (t + 1 < ntiles) {
+      load_tile(kv0 + BK, buf ^ 1);
+      cp_commit();
+      cp_wait<1>();
+    } else {
+      cp_wait<0>();
+    }
+    __syncthreads();
+    const __nv_bfloat16* ks = Ks + buf * BK * LD;
+    const __nv_bfloat16* vs = Vs + buf * BK * LD;
+
+    // S = Q Kᵀ for this warp's 16 rows x 64 keys.
+    float s[BK / 8][4];
+#pragma unroll
+    for (int i = 0; i < BK / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+      uint32_t a[4];
+      {
+        const int mi = lane >> 3, i = lane & 7;
+        ldsm_x4(a, Qs + (warp * 16 + (mi & 1) * 8 + i) * LD + kk * 16 + (mi >> 1) * 8);
+      }
+#pragma unroll
+      for (int nt = 0; nt < BK / 8; nt += 2) {
+        uint32_t b[4];
+        const int mi = lane >> 3, i = lane & 7;
+        ldsm_x4(b, ks + ((nt + (mi >> 1)) * 8 + i) * LD + kk * 16 + (mi & 1) * 8);
+        mma_bf16(s[nt], a, b[0], b[1]);
+        mma_bf16(s[nt + 1], a, b[2], b[3]);
+      }
+    }
+    // Mask and online softmax (base 2).
+    const bool need_mask = kv0 < lo_max || kv0 + BK > hi_min;
+    float mx_a = -FLT_MAX, mx_b = -FLT_MAX;
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float v = s[nt][e] * sl2;
+        if (need_mask) {
+          const int j = kv0 + nt * 8 + t4 * 2 + (e & 1);
+          const bool ok = e < 2 ? (j >= lo_a && j < hi_a) : (j >= lo_b && j < hi_b);
+          if (!ok) v = -INFINITY;
+        }
+        s[nt][e] = v;
+      }
+      mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+      mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, o2));
+      mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, o2));
+    }
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float c_a = exp2f(m_a - mn_a), c_b = exp2f(m_b - mn_b);
+    m_a = mn_a, m_b = mn_b;
+    float ps_a = 0.f, ps_b = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BK / 8; ++nt) {
+      s[nt][0] = exp2f(s[nt][0] - mn_a), s[nt][1] = exp2f(s[nt][1] - mn_a);
+      s[nt][2] = exp2f(s[nt][2] - mn_b), s[nt][3] = exp2f(s[nt][3] - mn_b);
+      ps_a += s[nt][0] + s[nt][1];
+      ps_b += s[nt][2] + s[nt][3];
+    }
+    l_a = l_a * c_a + ps_a, l_b = l_b * c_b + ps_b;
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) o[i][0] *= c_a, o[i][1] *= c_a, o[i][2] *= c_b, o[i][3] *= c_b;
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+      uint32_t a[4];
+      a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt += 2) {
+        uint32_t b[4];
+        const int mi = lane >> 3, i = lane & 7;
+        ldsm_x4_t(b, vs + (kk * 16 + (mi & 1) * 8 + i) * LD + (dt + (mi >> 1)) * 8);
+        mma_bf16(o[dt], a, b[0], b[1]);
+        mma_bf16(o[dt + 1], a, b[2], b[3]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int o2 = 1; o2 <= 2; o2 <<= 1) {
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, o2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, o2);
+  }
+  const int ra = r0 + warp * 16 + g, rb = ra + 8;
+  const float ia = l_a > 0.f ? 1.f / l_a : 0.f, ib = l_b > 0.f ? 1.f / l_b : 0.f;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const int d = dt * 8 + t4 * 2;
+    if (ra < p.n_new)
+      *reinterpret_cast<float2*>(z + (size_t(ra) * H + h) * HD + d) = make_float2(o[dt][0] * ia, o[dt][1] * ia);
+    if (rb < p.n_new)
+      *reinterpret_cast<float2*>(z + (size_t(rb) * H + h) * HD + d) = make_float2(o[dt][2] * ib, o[dt][3] * ib);
+  }
+}
+
+__global__ void k_f32_to_bf16_rows(__nv_bfloat16* y, const float* x, size_t n4) {
+  pdl_begin();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n4; i += size_t(gridDim.x) * blockDim.x) {
+    const float4 v = reinterpret_cast<const float4*>(x)[i];
+    uint2 u;
+    u.x = pack_bf16(v.x, v.y), u.y = pack_bf16(v.z, v.w);
+    reinterpret_cast<uint2*>(y)[i] = u;
+  }
+}
+
+bool use_mma(const AttnDev& p, int sm_major, int force) {
+  const bool can = sm_major >= 8 && (p.head_dim == 64 || p.head_dim == 128) && p.n_heads % p.n_kv == 0;
+  if (force == 1) return false;
+  if (force == 2) return can;
+  return can && p.n_new >= 32;
+}
+
+size_t mma_scratch(const AttnDev& p) {
+  const size_t total = size_t(p.past) + p.n_new;
+  return 2 * total * size_t(p.n_kv) * p.head_dim * sizeof(__nv_bfloat16);
+}
+
+template <int HD>
+void launch_mma(cudaStream_t s, float* z, const float* q, const __nv_bfloat16* kb, const __nv_bfloat16* vb,
+                const AttnDev& p) {
+  const size_t smem = MmaSmem<HD>::bytes;
+  static bool configured = false;  // per process: the attribute is per function
+  if (!configured) {
+    OUTRO_CK(cudaFuncSetAttribute(k_attn_mma<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    configured = true;
+  }
+  dim3 grid(unsigned((p.n_new + BQ - 1) / BQ), unsigned(p.n_heads));
+  launch("attention (mma)", k_attn_mma<HD>, grid, dim3(kMmaThreads), smem, s, z, q, kb, vb, p);
+}
+
+}  // namespace
+
+size_t attention_scratch_bytes(const AttnDev& p, int sm_major) {
+  if (use_mma(p, sm_major, 0) || use_mma(p, sm_major, 2)) {
+    // either kernel may be chosen (force): room for both
+  }
+  const int ns = row_splits(p);
+  const size_t rows = ns > 1 ? size_t(p.n_new) * p.n_heads * ns * (p.head_dim + 2) * sizeof(float) : 0;
+  const size_t mma = sm_major >= 8 ? mma_scratch(p) : 0;
+  return rows > mma ? rows : mma;
+}
+
+const char* attention(cudaStream_t s, float* z, const float* q, const float* kc, const float* vc, const AttnDev& p,
+                      float* pattern, AttnScratch scratch, int sm_major, int force) {
+  if (p.n_new <= 0) return "none";
+  if (p.head_dim > 256) fail("attention: head_dim ", p.head_dim, " > 256 is not supported by the CUDA backend");
+  const char* used;
+  if (use_mma(p, sm_major, force)) {
+    const size_t total = size_t(p.past) + p.n_new, n = total * size_t(p.n_kv) * p.head_dim;
+    if (scratch.bytes < mma_scratch(p)) fail("attention: scratch too small");
+    __nv_bfloat16* kb = static_cast<__nv_bfloat16*>(scratch.ptr);
+    __nv_bfloat16* vb = kb + n;
+    const size_t n4 = n / 4, blocks = (n4 + 255) / 256 < 4096 ? (n4 + 255) / 256 : 4096;
+    launch("kv to bf16", k_f32_to_bf16_rows, dim3(unsigned(blocks ? blocks : 1)), dim3(256), 0, s, kb, kc, n4);
+    launch("kv to bf16", k_f32_to_bf16_rows, dim3(unsigned(blocks ? blocks : 1)), dim3(256), 0, s, vb, vc, n4);
+    if (p.head_dim == 128)
+      launch_mma<128>(s, z, q, kb, vb, p);
+    else
+      launch_mma<64>(s, z, q, kb, vb, p);
+    used = "mma";
+  } else {
+    const int ns = row_splits(p);
+    float* part = nullptr;
+    if (ns > 1) {
+      const size_t need = size_t(p.n_new) * p.n_heads * ns * (p.head_dim + 2) * sizeof(float);
+      if (scratch.bytes < need) fail("attention: scratch too small");
+      part = static_cast<float*>(scratch.ptr);
+    }
+    launch("attention (rows)", k_attn_rows, dim3(unsigned(p.n_new) * unsigned(ns), unsigned(p.n_heads)),
+           dim3(kRowThreads), 0, s, z, q, kc, vc, p, ns, part);
+    if (ns > 1) {
+      const int th = (p.head_dim + 31) / 32 * 32;
+      launch("attention (combine)", k_attn_combine, dim3(unsigned(p.n_new), unsigned(p.n_heads)), dim3(th), 0, s, z,
+             part, p.n_heads, p.head_dim, ns);
+    }
+    used = ns > 1 ? "rows-split" : "rows";
+  }
+  OUTRO_LAUNCHED("attention");
+  if (pattern) {
+    launch("attention pattern", k_attn_pattern, dim3(unsigned(p.n_new), unsigned(p.n_heads)), dim3(128), 0, s, pattern,
+           q, kc, p);
+    OUTRO_LAUNCHED("attention pattern");
+  }
+  return used;
+}
+
+}  // namespace outro::cuda

@@ -1,0 +1,150 @@
+// Shared pieces of the CUDA backend's translation units: error checks, bf16 helpers, reductions,
+// and the launchers each .cu file defines (called by cuda_backend.cu).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "core/error.h"
+
+namespace outro::cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("CUDA: ", what, ": ", cudaGetErrorString(e));
+}
+#define OUTRO_CK(x) ::outro::cuda::check((x), #x)
+// After a launch: catches bad configurations at once (no synchronisation).
+#define OUTRO_LAUNCHED(name) ::outro::cuda::check(cudaGetLastError(), name)
+
+// Programmatic dependent launch (sm_90): kernels are launched with programmatic stream
+// serialisation, so a kernel's blocks start while its predecessor drains. Every kernel launched
+// through launch() calls pdl_begin() first: it lets the next kernel launch, then waits until the
+// previous grid has completed and its writes are visible. Work that depends on nothing earlier
+// (weight prefetches) may come before pdl_wait().
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_begin() {
+  pdl_trigger();
+  pdl_wait();
+}
+
+// Whether launch() asks for programmatic serialisation (sm_90 and newer; OUTRO_CUDA_PDL=0 turns it off).
+bool pdl_enabled();
+
+template <typename... KArgs, typename... Args>
+void launch(const char* name, void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+            Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check(cudaLaunchKernelEx(&cfg, k, std::forward<Args>(args)...), name);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ double warp_sum_d(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+template <typename T>
+__device__ __forceinline__ T block_sum(T v, T* sh /* >= 32 */) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  T r = T(0);
+  for (int i = 0; i < nw; ++i) r += sh[i];
+  return r;
+}
+
+// Weight element types on the device: float32 or bf16 (f16 checkpoints are converted to bf16).
+enum class WType { F32, BF16 };
+
+// ---- launchers (stream-ordered; pointers are device pointers unless named host_) ----
+
+// gemv.cu: y[n, rows] = x[n, cols] · wᵀ (+ bias), for small n (the decode path).
+void gemv(cudaStream_t s, float* y, const float* x, int n, const void* w, WType wt, int64_t rows, int64_t cols,
+          const float* bias);
+// y[i, r] += bias[r]
+void add_bias(cudaStream_t s, float* y, const float* bias, int n, int64_t rows);
+// float32 -> bf16 copy
+void to_bf16(cudaStream_t s, __nv_bfloat16* y, const float* x, size_t n);
+
+// attention.cu
+struct AttnDev {
+  int n_heads, n_kv, head_dim, n_new, past;
+  float scale;
+  const int* sinkout_rows;  // device-readable, sorted
+  int n_sinkout, sinkout_end;
+  bool causal;
+  const int* segments;  // device-readable, n_segments + 1 offsets
+  int n_segments;
+};
+// Scratch the attention launchers may use (grown by the backend on request).
+struct AttnScratch {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+};
+// Bytes of scratch attention() needs for these parameters (0 when none).
+size_t attention_scratch_bytes(const AttnDev& p, int sm_major);
+// z = attention(q, kcache, vcache); pattern (device, [H, n_new, past + n_new]) when non-null.
+// Returns the name of the kernel used (for tests and benches).
+const char* attention(cudaStream_t s, float* z, const float* q, const float* kc, const float* vc, const AttnDev& p,
+                      float* pattern, AttnScratch scratch, int sm_major, int force /* 0 auto, 1 rowwise, 2 mma */);
+
+// ops.cu
+void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n);
+void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps);
+void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps);
+// positions: pos (device-readable) or, when pos == nullptr, pos0 + i
+void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq);
+void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
+                   const float* inv_freq);
+void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n);
+void gelu(cudaStream_t s, float* y, const float* x, size_t n, bool tanh_approx);
+void add(cudaStream_t s, float* y, const float* x, size_t n);
+void fill(cudaStream_t s, float* y, size_t n, float v);
+void copy(cudaStream_t s, float* y, const float* x, size_t n);
+void mean_rows(cudaStream_t s, float* out, const float* x, int dim, const int* rows, int n_rows);
+void align_rows(cudaStream_t s, float* x, int n, int groups, int gdim, const float* target, const uint8_t* skip,
+                float lambda);
+void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols);
+void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
+// out rows [seg_out[s], seg_out[s+1]) come from input rows starting at seg_in[s] of length seg_len[s]
+void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
+              const int* seg_len, const int* seg_out, int nseg, int total_rows);
+void gather_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_t* idx, int n);
+void avgpool_rows(cudaStream_t s, float* y, const float* x, int m, int dim, int k);
+
+}  // namespace outro::cuda

@@ -1,0 +1,31 @@
+// What the CUDA backend offers beyond the Backend interface: device facts, ceilings measured on
+// the device (for the benchmarks), and knobs for tests. Only declared usefully when the build has
+// CUDA (OUTRO_HAVE_CUDA); plain C++, no CUDA headers.
+#pragma once
+#include <cstddef>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace outro::cuda_api {
+
+struct DeviceInfo {
+  std::string name;
+  int sm_major = 0, sm_minor = 0, sms = 0;
+  size_t mem_total = 0, mem_free = 0;
+};
+// False (with why) when no GPU can be used.
+bool device_info(int device, DeviceInfo* out, std::string* why);
+// Device-to-device cudaMemcpy of `bytes`: best (read + written bytes) / s over reps.
+double copy_bandwidth(int device, size_t bytes, int reps);
+// bf16 x bf16 -> fp32 cuBLAS GEMM m x n x k on random data: best TFLOP/s over reps.
+double bf16_gemm_tflops(int device, int m, int n, int k, int reps);
+// Attention kernel choice of a CUDA backend: 0 automatic, 1 the portable row kernel, 2 tensor cores.
+// Returns false when `be` is not a CUDA backend.
+bool set_attention_kernel(Backend& be, int force);
+// Name of the kernel the last attention() call used ("mma", "rows", "rows-split"), or "".
+std::string last_attention_kernel(Backend& be);
+// Device memory the backend holds for weights, in bytes.
+size_t weight_bytes(Backend& be);
+
+}  // namespace outro::cuda_api

@@ -1,0 +1,635 @@
+// The CUDA backend: float32 activations in device memory (this first version keeps activations,
+// the KV cache included, in float32), weights uploaded once and kept in bf16 (f16 checkpoints are
+// converted to bf16; float32 checkpoints stay float32), float32 accumulation everywhere.
+// Decode-sized products (n <= 8 rows) run on our own bandwidth-bound GEMV (gemv.cu); larger ones on
+// cuBLAS (bf16 inputs, fp32 compute and output). Attention, norms, RoPE, SwiGLU and the
+// interventions' ops are our own kernels (attention.cu, ops.cu). All work is ordered on one stream;
+// the host waits only where the interface hands data back (download, attention patterns) or a
+// staging ring wraps.
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "io/safetensors.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_api.h"
+#include "kernels/host_ops.h"
+
+namespace outro {
+
+namespace {
+
+using cuda::WType;
+
+const char* cublas_status(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "architecture mismatch";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    default: return "error";
+  }
+}
+void blas_ck(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS) fail("cuBLAS: ", what, ": ", cublas_status(s));
+}
+
+inline float* F(const Buf& b) { return static_cast<float*>(b.ptr); }
+double mib(size_t b) { return double(b) / (1024.0 * 1024.0); }
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int dev) : dev_(dev) {
+    OUTRO_CK(cudaSetDevice(dev));
+    cudaDeviceProp prop{};
+    OUTRO_CK(cudaGetDeviceProperties(&prop, dev));
+    gpu_name_ = prop.name;
+    sm_major_ = prop.major;
+    OUTRO_CK(cudaStreamCreateWithFlags(&s_, cudaStreamNonBlocking));
+    blas_ck(cublasCreate(&blas_), "cublasCreate");
+    blas_ck(cublasSetStream(blas_, s_), "cublasSetStream");
+    ring_grow(size_t(8) << 20);
+    if (const char* e = std::getenv("OUTRO_CUDA_ATTN")) {
+      const std::string v = e;
+      force_attn_ = v == "rows" ? 1 : v == "mma" ? 2 : 0;
+    }
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(s_);
+    for (void* p : owned_) cudaFree(p);
+    if (pin_) cudaFreeHost(pin_);
+    if (dring_) cudaFree(dring_);
+    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_)})
+      if (p) cudaFree(p);
+    cublasDestroy(blas_);
+    cudaStreamDestroy(s_);
+  }
+
+  const char* name() const override { return "cuda"; }
+
+  // ---- memory ----
+  void* dmalloc(size_t bytes, const char* what) {
+    void* p = nullptr;
+    if (bytes == 0) return nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t fr = 0, tot = 0;
+      cudaMemGetInfo(&fr, &tot);
+      fail("CUDA: cannot allocate ", mib(bytes), " MiB for ", what, " on ", gpu_name_, " (", mib(fr), " MiB free of ",
+           mib(tot), " MiB): the model and its KV cache do not fit on this GPU; use a shorter context or --device cpu");
+    }
+    return p;
+  }
+
+  Buf alloc(size_t n) override {
+    Buf b;
+    b.n = n;
+    if (!n) return b;
+    b.ptr = dmalloc(n * sizeof(float), "activations / KV cache");
+    OUTRO_CK(cudaMemsetAsync(b.ptr, 0, n * sizeof(float), s_));
+    return b;
+  }
+  void release(Buf& b) override {
+    if (b.ptr) {
+      OUTRO_CK(cudaStreamSynchronize(s_));
+      OUTRO_CK(cudaFree(b.ptr));
+    }
+    b = Buf{};
+  }
+  void upload(Buf dst, size_t off, const float* src, size_t n) override {
+    if (!n) return;
+    const size_t bytes = n * sizeof(float);
+    if (bytes <= (size_t(1) << 20)) {
+      const void* d = stage(src, bytes);
+      OUTRO_CK(cudaMemcpyAsync(F(dst) + off, d, bytes, cudaMemcpyDeviceToDevice, s_));
+    } else {
+      OUTRO_CK(cudaMemcpyAsync(F(dst) + off, src, bytes, cudaMemcpyHostToDevice, s_));
+      OUTRO_CK(cudaStreamSynchronize(s_));  // src may be reused by the caller at once
+    }
+  }
+  void download(const Buf& src, size_t off, float* dst, size_t n) override {
+    if (!n) return;
+    OUTRO_CK(cudaMemcpyAsync(dst, F(src) + off, n * sizeof(float), cudaMemcpyDeviceToHost, s_));
+    OUTRO_CK(cudaStreamSynchronize(s_));
+  }
+  void copy(Buf dst, size_t doff, const Buf& src, size_t soff, size_t n) override {
+    if (!n) return;
+    float* d = F(dst) + doff;
+    const float* sp = F(src) + soff;
+    if (d < sp + n && sp < d + n && d != sp) {  // overlapping (memmove semantics): through a temporary
+      if (n > tmp_n_) {
+        if (tmp_) {
+          OUTRO_CK(cudaStreamSynchronize(s_));
+          cudaFree(tmp_);
+        }
+        tmp_n_ = n;
+        tmp_ = static_cast<float*>(dmalloc(n * 4, "copy temporary"));
+      }
+      cuda::copy(s_, tmp_, sp, n);
+      cuda::copy(s_, d, tmp_, n);
+      return;
+    }
+    cuda::copy(s_, d, sp, n);  // a kernel: keeps the chain of dependent launches
+  }
+  void fill(Buf dst, size_t off, size_t n, float v) override { cuda::fill(s_, F(dst) + off, n, v); }
+  void synchronize() override { OUTRO_CK(cudaStreamSynchronize(s_)); }
+
+  // ---- weights ----
+  Weight weight(const TensorInfo& t) override {
+    if (t.dtype != DType::F32 && t.dtype != DType::F16 && t.dtype != DType::BF16)
+      fail(t.file, ": tensor ", t.name, ": dtype ", dtype_name(t.dtype),
+           " is not supported for weights (expected F32, F16 or BF16)");
+    Weight w;
+    w.src = &t;
+    bool vec = false;
+    if (t.shape.size() == 2) {
+      w.rows = t.shape[0], w.cols = t.shape[1];
+    } else if (t.shape.size() == 1) {
+      w.rows = 1, w.cols = t.shape[0], vec = true;
+    } else if (t.shape.size() > 2 && t.shape[0] > 0) {
+      w.rows = t.shape[0], w.cols = t.numel() / t.shape[0];
+    } else {
+      fail(t.file, ": tensor ", t.name, ": expected a matrix or vector, found shape ", t.shape_str());
+    }
+    const size_t n = size_t(w.rows) * size_t(w.cols);
+    const std::string sig = signature(t);
+    auto it = cache_.find(t.data);
+    if (it != cache_.end() && it->second.sig == sig && it->second.w.rows == w.rows && it->second.w.cols == w.cols) {
+      Weight c = it->second.w;
+      c.src = &t;
+      return c;
+    }
+    // Vectors (norms, biases) as float32; matrices in bf16 (f16 converted) or float32 as stored.
+    const bool f32 = vec || t.dtype == DType::F32;
+    const size_t bytes = n * (f32 ? 4 : 2);
+    size_t fr = 0, tot = 0;
+    OUTRO_CK(cudaMemGetInfo(&fr, &tot));
+    if (bytes + (size_t(64) << 20) > fr)
+      fail("CUDA: the model does not fit on ", gpu_name_, ": tensor ", t.name, " needs ", mib(bytes), " MiB, ",
+           mib(fr), " MiB free of ", mib(tot), " MiB (weights already on the GPU: ", mib(weight_bytes_),
+           " MiB); use --device cpu");
+    void* d = dmalloc(bytes, ("weight " + t.name).c_str());
+    owned_.push_back(d);
+    weight_bytes_ += bytes;
+    if (f32) {
+      w.dtype = DType::F32;
+      if (t.dtype == DType::F32) {
+        OUTRO_CK(cudaMemcpy(d, t.data, bytes, cudaMemcpyHostToDevice));
+      } else {
+        upload_converted(d, t, n, true);
+      }
+    } else {
+      w.dtype = DType::BF16;
+      if (t.dtype == DType::BF16)
+        OUTRO_CK(cudaMemcpy(d, t.data, bytes, cudaMemcpyHostToDevice));
+      else
+        upload_converted(d, t, n, false);
+    }
+    w.data = d;
+    cache_[t.data] = Cached{w, sig};
+    return w;
+  }
+
+  // ---- ops ----
+  void embed(Buf out, const Weight& table, const int32_t* ids, int n) override {
+    if (n <= 0) return;
+    const int32_t* d = static_cast<const int32_t*>(stage(ids, size_t(n) * 4));
+    cuda::embed(s_, F(out), table.data, wt(table), table.cols, d, n);
+  }
+
+  void matmul(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias) override {
+    const float* b = bias && *bias ? static_cast<const float*>(bias->data) : nullptr;
+    if (n <= 0) return;
+    if (n <= kGemvMaxN) {
+      cuda::gemv(s_, F(y), F(x), n, w.data, wt(w), w.rows, w.cols, b);
+      return;
+    }
+    const float one = 1.f, zero = 0.f;
+    if (wt(w) == WType::BF16) {
+      const size_t nx = size_t(n) * size_t(w.cols);
+      if (nx > xb_n_) {
+        if (xb_) {
+          OUTRO_CK(cudaStreamSynchronize(s_));
+          cudaFree(xb_);
+        }
+        xb_n_ = std::max(nx, xb_n_ * 2);
+        xb_ = static_cast<__nv_bfloat16*>(dmalloc(xb_n_ * 2, "matmul input (bf16)"));
+      }
+      cuda::to_bf16(s_, xb_, F(x), nx);
+      blas_ck(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, int(w.cols), &one, w.data, CUDA_R_16BF,
+                           int(w.cols), xb_, CUDA_R_16BF, int(w.cols), &zero, y.ptr, CUDA_R_32F, int(w.rows),
+                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx (bf16)");
+    } else {
+      blas_ck(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, int(w.cols), &one,
+                          static_cast<const float*>(w.data), int(w.cols), F(x), int(w.cols), &zero, F(y), int(w.rows)),
+              "cublasSgemm");
+    }
+    if (b) cuda::add_bias(s_, F(y), b, n, w.rows);
+  }
+
+  void rmsnorm(Buf y, const Buf& x, int n, const Weight& w, float eps) override {
+    cuda::rmsnorm(s_, F(y), F(x), n, int(w.cols), vec_ptr(w), eps);
+  }
+
+  void rope(Buf x, int n, int heads, int hd, const int32_t* pos, const float* inv_freq) override {
+    if (n <= 0) return;
+    const float* f = inv_freq_dev(inv_freq, hd / 2);
+    bool contiguous = true;
+    for (int i = 1; i < n && contiguous; ++i) contiguous = pos[i] == pos[0] + i;
+    const int32_t* dp = contiguous ? nullptr : static_cast<const int32_t*>(stage(pos, size_t(n) * 4));
+    cuda::rope(s_, F(x), n, heads, hd, dp, pos[0], f);
+  }
+
+  void attention(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) override {
+    cuda::AttnDev d{};
+    d.n_heads = p.n_heads, d.n_kv = p.n_kv, d.head_dim = p.head_dim, d.n_new = p.n_new, d.past = p.past;
+    d.scale = p.scale;
+    d.causal = p.causal;
+    if (p.n_heads <= 0 || p.n_kv <= 0 || p.n_heads % p.n_kv)
+      fail("attention: ", p.n_heads, " heads are not a multiple of ", p.n_kv, " KV heads");
+    if (p.causal) {
+      if (p.n_sinkout > 0) {
+        d.sinkout_rows = static_cast<const int*>(stage(p.sinkout_rows, size_t(p.n_sinkout) * 4));
+        d.n_sinkout = p.n_sinkout;
+        d.sinkout_end = p.sinkout_end;
+      }
+    } else {
+      if (p.past != 0) fail("attention: a non-causal (encoder) call needs past == 0, found ", p.past);
+      if (p.segments && p.n_segments > 0) {
+        if (p.segments[0] != 0 || p.segments[p.n_segments] != p.n_new)
+          fail("attention: segments must run from 0 to n_new = ", p.n_new, ", found ", p.segments[0], " .. ",
+               p.segments[p.n_segments]);
+        for (int s = 0; s < p.n_segments; ++s)
+          if (p.segments[s + 1] < p.segments[s]) fail("attention: segments must ascend");
+        d.segments = static_cast<const int*>(stage(p.segments, size_t(p.n_segments + 1) * 4));
+        d.n_segments = p.n_segments;
+      }
+    }
+    const size_t need = cuda::attention_scratch_bytes(d, sm_major_);
+    if (need > attn_bytes_) {
+      if (attn_scratch_) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFree(attn_scratch_);
+        attn_scratch_ = nullptr;
+      }
+      attn_bytes_ = std::max(need, attn_bytes_ + attn_bytes_ / 2);
+      attn_scratch_ = dmalloc(attn_bytes_, "attention scratch");
+    }
+    float* pat = nullptr;
+    const size_t total = size_t(p.past) + p.n_new;
+    const size_t pat_n = size_t(p.n_heads) * p.n_new * (p.causal ? total : size_t(p.n_new));
+    if (p.pattern_out) {
+      if (pat_n > pattern_n_) {
+        if (pattern_dev_) {
+          OUTRO_CK(cudaStreamSynchronize(s_));
+          cudaFree(pattern_dev_);
+        }
+        pattern_n_ = pat_n;
+        pattern_dev_ = static_cast<float*>(dmalloc(pat_n * 4, "attention pattern"));
+      }
+      pat = pattern_dev_;
+    }
+    last_attn_ = cuda::attention(s_, F(z), F(q), F(kc), F(vc), d, pat, {attn_scratch_, attn_bytes_}, sm_major_,
+                                 force_attn_);
+    if (pat) {
+      OUTRO_CK(cudaMemcpyAsync(p.pattern_out, pat, pat_n * 4, cudaMemcpyDeviceToHost, s_));
+      OUTRO_CK(cudaStreamSynchronize(s_));
+    }
+  }
+
+  void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) override {
+    cuda::swiglu(s_, F(out), F(gate), F(up), n);
+  }
+  void add(Buf y, const Buf& x, size_t n) override { cuda::add(s_, F(y), F(x), n); }
+
+  void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {
+    const int* d = n_rows > 0 ? static_cast<const int*>(stage(rows, size_t(n_rows) * 4)) : nullptr;
+    cuda::mean_rows(s_, F(out), F(x), dim, d, n_rows);
+  }
+  void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
+                  float lambda) override {
+    const uint8_t* d = skip && n > 0 ? static_cast<const uint8_t*>(stage(skip, size_t(n))) : nullptr;
+    cuda::align_rows(s_, F(x), n, groups, gdim, F(target), d, lambda);
+  }
+  void zero_cols(Buf x, int n, int row_len, int col0, int ncols) override {
+    cuda::zero_cols(s_, F(x), n, row_len, col0, ncols);
+  }
+  void zero_top_dim(Buf x, int row, int groups, int gdim) override { cuda::zero_top_dim(s_, F(x), row, groups, gdim); }
+
+  // ---- encoder ops ----
+  void layernorm(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias, float eps) override {
+    cuda::layernorm(s_, F(y), F(x), n, int(w.cols), vec_ptr(w), bias && *bias ? vec_ptr(*bias) : nullptr, eps);
+  }
+  void gelu(Buf y, const Buf& x, size_t n, bool tanh_approx) override { cuda::gelu(s_, F(y), F(x), n, tanh_approx); }
+  void rope_sections(Buf x, int n, int heads, int hd, const int32_t* pos, const int* sections, int n_sections,
+                     const float* inv_freq) override {
+    if (n <= 0) return;
+    const int half = hd / 2;
+    std::vector<int> sec_of(size_t(half), n_sections - 1);
+    int c0 = 0;
+    for (int s = 0; s < n_sections; ++s) {
+      for (int c = c0; c < std::min(half, c0 + sections[s]); ++c) sec_of[size_t(c)] = s;
+      c0 += sections[s];
+    }
+    if (c0 != half) fail("rope_sections: sections sum to ", c0, ", expected head_dim / 2 = ", half);
+    const int* ds = static_cast<const int*>(stage(sec_of.data(), sec_of.size() * 4));
+    const int32_t* dp = static_cast<const int32_t*>(stage(pos, size_t(n_sections) * n * 4));
+    const float* df = static_cast<const float*>(stage(inv_freq, size_t(half) * 4));
+    cuda::rope_sections(s_, F(x), n, heads, hd, dp, ds, df);
+  }
+  void im2col1d(Buf cols, const Buf& x, int C, int K, int stride, int pad, const int* seg, int nseg) override {
+    const int rows = host::im2col1d_rows(K, stride, pad, seg, nseg);
+    if (rows <= 0 || nseg <= 0) return;
+    std::vector<int> a(size_t(nseg) * 3);
+    int r = 0;
+    for (int s = 0; s < nseg; ++s) {
+      const int len = seg[s + 1] - seg[s];
+      a[size_t(s)] = seg[s];
+      a[size_t(nseg + s)] = len;
+      a[size_t(2 * nseg + s)] = r;
+      r += len + 2 * pad >= K ? (len + 2 * pad - K) / stride + 1 : 0;
+    }
+    const int* d = static_cast<const int*>(stage(a.data(), a.size() * 4));
+    cuda::im2col1d(s_, F(cols), F(x), C, K, stride, pad, d, d + nseg, d + 2 * nseg, nseg, rows);
+  }
+  void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n) override {
+    if (n <= 0) return;
+    const int32_t* d = static_cast<const int32_t*>(stage(idx, size_t(n) * 4));
+    cuda::gather_rows(s_, F(y), F(x), dim, d, n);
+  }
+  void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
+    if (k <= 0) fail("avgpool_rows: k must be positive, found ", k);
+    cuda::avgpool_rows(s_, F(y), F(x), n / k, dim, k);
+  }
+
+  // ---- for cuda_api ----
+  int force_attn_ = 0;
+  std::string last_attn_;
+  size_t weight_bytes_ = 0;
+
+ private:
+  static constexpr int kGemvMaxN = 8;
+
+  struct Cached {
+    Weight w;
+    std::string sig;
+  };
+  // A sample of the tensor's bytes and its identity, so that a reused address is not mistaken
+  // for a tensor already uploaded.
+  static std::string signature(const TensorInfo& t) {
+    std::string s = t.name + "|" + std::to_string(t.nbytes) + "|" + std::to_string(int(t.dtype)) + "|";
+    const size_t nb = t.nbytes, take = 64;
+    for (int i = 0; i < 16 && nb; ++i) {
+      const size_t at = nb <= take ? 0 : (nb - take) * size_t(i) / 15;
+      s.append(reinterpret_cast<const char*>(t.data) + at, std::min(take, nb - at));
+    }
+    return s;
+  }
+
+  static WType wt(const Weight& w) { return w.dtype == DType::BF16 ? WType::BF16 : WType::F32; }
+  static const float* vec_ptr(const Weight& w) {
+    if (w.dtype != DType::F32) fail("CUDA backend: vector weight ", w.src ? w.src->name : "", " is not float32");
+    return static_cast<const float*>(w.data);
+  }
+
+  void upload_converted(void* d, const TensorInfo& t, size_t n, bool to_f32_out) {
+    const size_t chunk = size_t(1) << 22;
+    std::vector<float> f(std::min(n, chunk));
+    std::vector<uint16_t> h;
+    const size_t es = dtype_size(t.dtype);
+    for (size_t i = 0; i < n; i += chunk) {
+      const size_t m = std::min(chunk, n - i);
+      to_f32(t.dtype, t.data + i * es, f.data(), m);
+      if (to_f32_out) {
+        OUTRO_CK(cudaMemcpy(static_cast<float*>(d) + i, f.data(), m * 4, cudaMemcpyHostToDevice));
+      } else {
+        h.resize(m);
+        for (size_t j = 0; j < m; ++j) h[j] = f32_to_bf16(f[j]);
+        OUTRO_CK(cudaMemcpy(static_cast<uint16_t*>(d) + i, h.data(), m * 2, cudaMemcpyHostToDevice));
+      }
+    }
+  }
+
+  // Host arrays for one call: copied into a pinned ring, then on the stream into a device ring.
+  // A slot is reused only after the stream has drained (when the ring wraps).
+  void ring_grow(size_t cap) {
+    if (pin_) {
+      OUTRO_CK(cudaStreamSynchronize(s_));
+      cudaFreeHost(pin_);
+      cudaFree(dring_);
+    }
+    ring_cap_ = cap;
+    OUTRO_CK(cudaHostAlloc(&pin_, cap, cudaHostAllocDefault));
+    dring_ = static_cast<char*>(dmalloc(cap, "staging ring"));
+    ring_off_ = 0;
+  }
+  const void* stage(const void* src, size_t bytes) {
+    if (!bytes) return nullptr;
+    const size_t need = (bytes + 255) & ~size_t(255);
+    if (need > ring_cap_) ring_grow(std::max(need, ring_cap_ * 2));
+    if (ring_off_ + need > ring_cap_) {
+      OUTRO_CK(cudaStreamSynchronize(s_));
+      ring_off_ = 0;
+    }
+    char* h = static_cast<char*>(pin_) + ring_off_;
+    char* d = dring_ + ring_off_;
+    std::memcpy(h, src, bytes);
+    OUTRO_CK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, s_));
+    ring_off_ += need;
+    return d;
+  }
+
+  const float* inv_freq_dev(const float* f, int half) {
+    if (invf_host_.size() != size_t(half) || std::memcmp(invf_host_.data(), f, size_t(half) * 4) != 0) {
+      if (invf_dev_ && invf_cap_ < size_t(half)) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFree(invf_dev_);
+        invf_dev_ = nullptr;
+      }
+      if (!invf_dev_) {
+        invf_cap_ = std::max<size_t>(size_t(half), 256);
+        invf_dev_ = static_cast<float*>(dmalloc(invf_cap_ * 4, "rope frequencies"));
+      }
+      const void* st = stage(f, size_t(half) * 4);
+      OUTRO_CK(cudaMemcpyAsync(invf_dev_, st, size_t(half) * 4, cudaMemcpyDeviceToDevice, s_));
+      invf_host_.assign(f, f + half);
+    }
+    return invf_dev_;
+  }
+
+  int dev_;
+  std::string gpu_name_;
+  int sm_major_ = 0;
+  cudaStream_t s_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::vector<void*> owned_;
+  std::map<const void*, Cached> cache_;
+  void* pin_ = nullptr;
+  char* dring_ = nullptr;
+  size_t ring_cap_ = 0, ring_off_ = 0;
+  void* attn_scratch_ = nullptr;
+  size_t attn_bytes_ = 0;
+  __nv_bfloat16* xb_ = nullptr;
+  size_t xb_n_ = 0;
+  float* pattern_dev_ = nullptr;
+  size_t pattern_n_ = 0;
+  float* invf_dev_ = nullptr;
+  size_t invf_cap_ = 0;
+  float* tmp_ = nullptr;
+  size_t tmp_n_ = 0;
+  std::vector<float> invf_host_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count == 0) {
+    cudaGetLastError();
+    if (why)
+      *why = e != cudaSuccess ? std::string("no usable CUDA GPU (") + cudaGetErrorString(e) + ")"
+                              : std::string("no CUDA GPU found");
+    return nullptr;
+  }
+  if (device < 0 || device >= count) {
+    if (why) *why = "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " found)";
+    return nullptr;
+  }
+  try {
+    return std::make_unique<CudaBackend>(device);
+  } catch (const std::exception& ex) {
+    if (why) *why = ex.what();
+    return nullptr;
+  }
+}
+
+namespace cuda_api {
+
+bool device_info(int device, DeviceInfo* out, std::string* why) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess || count <= device) {
+    cudaGetLastError();
+    if (why) *why = e != cudaSuccess ? cudaGetErrorString(e) : "no such CUDA device";
+    return false;
+  }
+  cudaDeviceProp p{};
+  OUTRO_CK(cudaGetDeviceProperties(&p, device));
+  out->name = p.name;
+  out->sm_major = p.major, out->sm_minor = p.minor, out->sms = p.multiProcessorCount;
+  OUTRO_CK(cudaSetDevice(device));
+  OUTRO_CK(cudaMemGetInfo(&out->mem_free, &out->mem_total));
+  return true;
+}
+
+double copy_bandwidth(int device, size_t bytes, int reps) {
+  OUTRO_CK(cudaSetDevice(device));
+  void *a = nullptr, *b = nullptr;
+  OUTRO_CK(cudaMalloc(&a, bytes));
+  OUTRO_CK(cudaMalloc(&b, bytes));
+  OUTRO_CK(cudaMemset(a, 1, bytes));
+  OUTRO_CK(cudaMemset(b, 2, bytes));
+  cudaEvent_t e0, e1;
+  OUTRO_CK(cudaEventCreate(&e0));
+  OUTRO_CK(cudaEventCreate(&e1));
+  OUTRO_CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));  // warm-up
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    OUTRO_CK(cudaEventRecord(e0));
+    OUTRO_CK(cudaMemcpyAsync(r % 2 ? a : b, r % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice));
+    OUTRO_CK(cudaEventRecord(e1));
+    OUTRO_CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    OUTRO_CK(cudaEventElapsedTime(&ms, e0, e1));
+    best = std::max(best, 2.0 * double(bytes) / (double(ms) * 1e-3));
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(a);
+  cudaFree(b);
+  return best;
+}
+
+namespace {
+__global__ void k_rand_bf16(__nv_bfloat16* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = seed + i * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    p[i] = __float2bfloat16(float(z >> 40) * (1.f / 16777216.f) - 0.5f);
+  }
+}
+}  // namespace
+
+double bf16_gemm_tflops(int device, int m, int n, int k, int reps) {
+  OUTRO_CK(cudaSetDevice(device));
+  __nv_bfloat16 *a = nullptr, *b = nullptr;
+  float* c = nullptr;
+  OUTRO_CK(cudaMalloc(&a, size_t(m) * k * 2));
+  OUTRO_CK(cudaMalloc(&b, size_t(n) * k * 2));
+  OUTRO_CK(cudaMalloc(&c, size_t(m) * n * 4));
+  k_rand_bf16<<<4096, 256>>>(a, size_t(m) * k, 1);
+  k_rand_bf16<<<4096, 256>>>(b, size_t(n) * k, 2);
+  cublasHandle_t h;
+  blas_ck(cublasCreate(&h), "cublasCreate");
+  const float one = 1.f, zero = 0.f;
+  auto run = [&] {
+    blas_ck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, a, CUDA_R_16BF, k, b, CUDA_R_16BF, k, &zero, c,
+                         CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx");
+  };
+  run();
+  OUTRO_CK(cudaDeviceSynchronize());
+  cudaEvent_t e0, e1;
+  OUTRO_CK(cudaEventCreate(&e0));
+  OUTRO_CK(cudaEventCreate(&e1));
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    OUTRO_CK(cudaEventRecord(e0));
+    run();
+    OUTRO_CK(cudaEventRecord(e1));
+    OUTRO_CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    OUTRO_CK(cudaEventElapsedTime(&ms, e0, e1));
+    best = std::max(best, 2.0 * m * double(n) * k / (double(ms) * 1e-3) / 1e12);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cublasDestroy(h);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return best;
+}
+
+bool set_attention_kernel(Backend& be, int force) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (!c) return false;
+  c->force_attn_ = force;
+  return true;
+}
+std::string last_attention_kernel(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  return c ? c->last_attn_ : std::string();
+}
+size_t weight_bytes(Backend& be) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  return c ? c->weight_bytes_ : 0;
+}
+
+}  // namespace cuda_api
+
+}  // namespace outro

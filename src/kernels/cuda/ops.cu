@@ -1,0 +1,392 @@
+// The CUDA backend's elementwise and row kernels: embedding, RMSNorm, LayerNorm, RoPE (plain and
+// sectioned), SwiGLU, GELU, add, fill, and the interventions' ops. Each mirrors the CPU twin
+// (cpu_backend.cpp, host_ops.cpp) operation for operation; sums are float32 unless the CPU uses double.
+#include <cstdlib>
+
+#include "kernels/cuda/common.cuh"
+
+namespace outro::cuda {
+
+namespace {
+
+inline unsigned blocks_for(size_t n, int threads, size_t cap = 65535u * 8) {
+  size_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  return unsigned(b < cap ? b : cap);
+}
+
+template <typename WT>
+__device__ __forceinline__ float ld(const WT* p, size_t i);
+template <>
+__device__ __forceinline__ float ld<float>(const float* p, size_t i) { return p[i]; }
+template <>
+__device__ __forceinline__ float ld<__nv_bfloat16>(const __nv_bfloat16* p, size_t i) { return __bfloat162float(p[i]); }
+
+template <typename WT>
+__global__ void k_embed(float* out, const WT* table, int64_t cols, const int32_t* ids, int n) {
+  pdl_begin();
+  const int i = blockIdx.y;
+  const size_t base = size_t(ids[i]) * size_t(cols);
+  for (int64_t c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += int64_t(gridDim.x) * blockDim.x)
+    out[size_t(i) * cols + c] = ld(table, base + c);
+}
+
+__global__ void k_rmsnorm(float* y, const float* x, int d, const float* g, float eps) {
+  pdl_begin();
+  __shared__ double sh[32];
+  const size_t row = blockIdx.x;
+  const float* xr = x + row * d;
+  double ss = 0;  // the CPU sums squares in double
+  for (int c = threadIdx.x; c < d; c += blockDim.x) ss += double(xr[c]) * double(xr[c]);
+  ss = block_sum(ss, sh);
+  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
+  float* yr = y + row * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
+}
+
+__global__ void k_layernorm(float* y, const float* x, int d, const float* g, const float* b, float eps) {
+  pdl_begin();
+  __shared__ double sh[32];
+  const size_t row = blockIdx.x;
+  const float* xr = x + row * d;
+  double s = 0;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) s += xr[c];
+  s = block_sum(s, sh);
+  const float mean = float(s / d);
+  double v = 0;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    const double t = double(xr[c]) - mean;
+    v += t * t;
+  }
+  v = block_sum(v, sh);
+  const float inv = 1.f / sqrtf(float(v / d) + eps);
+  float* yr = y + row * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = (xr[c] - mean) * inv * g[c] + (b ? b[c] : 0.f);
+}
+
+// One thread per (row, pair); the angle depends on (row, pair) only.
+__global__ void k_rope(float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq) {
+  pdl_begin();
+  const int half = hd / 2;
+  const size_t total = size_t(n) * half;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x) {
+    const int i = int(t / half), c = int(t % half);
+    const float p = float(pos ? pos[i] : pos0 + i);
+    const float ang = p * inv_freq[c];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + (size_t(i) * heads + h) * hd;
+      const float a = v[c], b = v[c + half];
+      v[c] = a * cs - b * sn;
+      v[c + half] = b * cs + a * sn;
+    }
+  }
+}
+
+__global__ void k_rope_sections(float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
+                                const float* inv_freq) {
+  pdl_begin();
+  const int half = hd / 2;
+  const size_t total = size_t(n) * half;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x) {
+    const int i = int(t / half), c = int(t % half);
+    const float ang = float(pos[size_t(sec_of[c]) * n + i]) * inv_freq[c];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    for (int h = 0; h < heads; ++h) {
+      float* v = x + (size_t(i) * heads + h) * hd;
+      const float a = v[c], b = v[c + half];
+      v[c] = a * cs - b * sn;
+      v[c + half] = b * cs + a * sn;
+    }
+  }
+}
+
+__global__ void k_swiglu(float* out, const float* g, const float* u, size_t n) {
+  pdl_begin();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float a = g[i];
+    out[i] = a / (1.f + expf(-a)) * u[i];
+  }
+}
+
+__global__ void k_gelu(float* y, const float* x, size_t n, bool tanh_approx) {
+  pdl_begin();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float v = x[i];
+    y[i] = tanh_approx ? 0.5f * v * (1.f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)))
+                       : 0.5f * v * (1.f + erff(v * 0.7071067811865476f));
+  }
+}
+
+__global__ void k_add(float* y, const float* x, size_t n) {
+  pdl_begin();
+  const size_t n4 = n / 4;
+  float4* y4 = reinterpret_cast<float4*>(y);
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  const bool vec = (reinterpret_cast<uintptr_t>(y) % 16 == 0) && (reinterpret_cast<uintptr_t>(x) % 16 == 0);
+  const size_t stride = size_t(gridDim.x) * blockDim.x, t0 = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (vec) {
+    for (size_t i = t0; i < n4; i += stride) {
+      float4 a = y4[i];
+      const float4 b = x4[i];
+      a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+      y4[i] = a;
+    }
+    for (size_t i = n4 * 4 + t0; i < n; i += stride) y[i] += x[i];
+  } else {
+    for (size_t i = t0; i < n; i += stride) y[i] += x[i];
+  }
+}
+
+__global__ void k_copy(float* y, const float* x, size_t n) {
+  pdl_begin();
+  const size_t stride = size_t(gridDim.x) * blockDim.x, t0 = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(x)) % 16 == 0) {
+    const size_t n4 = n / 4;
+    for (size_t i = t0; i < n4; i += stride) reinterpret_cast<float4*>(y)[i] = reinterpret_cast<const float4*>(x)[i];
+    for (size_t i = n4 * 4 + t0; i < n; i += stride) y[i] = x[i];
+  } else {
+    for (size_t i = t0; i < n; i += stride) y[i] = x[i];
+  }
+}
+
+__global__ void k_fill(float* y, size_t n, float v) {
+  pdl_begin();
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) y[i] = v;
+}
+
+// Sums in row order, like the CPU loop; one thread per column.
+__global__ void k_mean_rows(float* out, const float* x, int dim, const int* rows, int n_rows) {
+  pdl_begin();
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < dim; c += gridDim.x * blockDim.x) {
+    float s = 0.f;
+    for (int k = 0; k < n_rows; ++k) s += x[size_t(rows[k]) * dim + c];
+    out[c] = n_rows ? s / float(n_rows) : 0.f;
+  }
+}
+
+// One block per (row, group).
+__global__ void k_align_rows(float* x, int groups, int gdim, const float* t, const uint8_t* skip, float lambda) {
+  pdl_begin();
+  __shared__ double sh[32];
+  const int i = blockIdx.x / groups, g = blockIdx.x % groups;
+  if (skip && skip[i]) return;
+  float* v = x + (size_t(i) * groups + g) * gdim;
+  const float* tg = t + size_t(g) * gdim;
+  double nv = 0, nt = 0;
+  for (int c = threadIdx.x; c < gdim; c += blockDim.x) {
+    nv += double(v[c]) * v[c];
+    nt += double(tg[c]) * tg[c];
+  }
+  nv = block_sum(nv, sh);
+  nt = block_sum(nt, sh);
+  if (nv == 0 || nt == 0) return;
+  const float a = float((1.0 - lambda) / sqrt(nv)), b = float(lambda / sqrt(nt));
+  double nm = 0;
+  for (int c = threadIdx.x; c < gdim; c += blockDim.x) {
+    const float w = a * v[c] + b * tg[c];
+    v[c] = w;
+    nm += double(w) * w;
+  }
+  nm = block_sum(nm, sh);
+  if (nm == 0) return;
+  const float sc = float(sqrt(nv / nm));
+  for (int c = threadIdx.x; c < gdim; c += blockDim.x) v[c] *= sc;
+}
+
+__global__ void k_zero_cols(float* x, int n, int row_len, int col0, int ncols) {
+  pdl_begin();
+  const size_t total = size_t(n) * ncols;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x)
+    x[(t / ncols) * row_len + col0 + t % ncols] = 0.f;
+}
+
+// One warp per group: the first index of the largest |value| (as the CPU's strict >).
+__global__ void k_zero_top_dim(float* x, int row, int groups, int gdim) {
+  pdl_begin();
+  const int g = blockIdx.x;
+  float* v = x + (size_t(row) * groups + g) * gdim;
+  float best = -1.f;
+  int bi = 0x7fffffff;
+  for (int c = threadIdx.x; c < gdim; c += 32) {
+    const float a = fabsf(v[c]);
+    if (a > best) best = a, bi = c;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ob > best || (ob == best && oi < bi)) best = ob, bi = oi;
+  }
+  if (threadIdx.x == 0 && bi < gdim) v[bi] = 0.f;
+}
+
+__global__ void k_im2col1d(float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
+                           const int* seg_len, const int* seg_out, int nseg, int total_rows) {
+  pdl_begin();
+  const size_t per = size_t(C) * K, total = size_t(total_rows) * per;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x) {
+    const int r = int(t / per);
+    const int e = int(t % per), ci = e / K, k = e % K;
+    int lo = 0, hi = nseg - 1;  // last s with seg_out[s] <= r
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) / 2;
+      if (seg_out[mid] <= r) lo = mid; else hi = mid - 1;
+    }
+    const int j = r - seg_out[lo];
+    const int tt = j * stride + k - pad;
+    cols[t] = (tt < 0 || tt >= seg_len[lo]) ? 0.f : x[size_t(seg_in[lo] + tt) * C + ci];
+  }
+}
+
+__global__ void k_gather_rows(float* y, const float* x, int dim, const int32_t* idx, int n) {
+  pdl_begin();
+  const size_t total = size_t(n) * dim;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x)
+    y[t] = x[size_t(idx[t / dim]) * dim + t % dim];
+}
+
+__global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) {
+  pdl_begin();
+  const size_t total = size_t(m) * dim;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x) {
+    const size_t i = t / dim, c = t % dim;
+    float s = 0.f;
+    for (int j = 0; j < k; ++j) s += x[(i * k + j) * dim + c];
+    y[t] = s / float(k);
+  }
+}
+
+}  // namespace
+
+void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n) {
+  if (n <= 0) return;
+  dim3 grid(unsigned((cols + 255) / 256), unsigned(n));
+  if (wt == WType::BF16)
+    launch("k_embed", k_embed<__nv_bfloat16>, dim3(grid), dim3(256), 0, s, out, static_cast<const __nv_bfloat16*>(table), cols, ids, n);
+  else
+    launch("k_embed", k_embed<float>, dim3(grid), dim3(256), 0, s, out, static_cast<const float*>(table), cols, ids, n);
+  OUTRO_LAUNCHED("embed");
+}
+
+void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps) {
+  if (n <= 0) return;
+  launch("k_rmsnorm", k_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, d, g, eps);
+  OUTRO_LAUNCHED("rmsnorm");
+}
+
+void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps) {
+  if (n <= 0) return;
+  launch("k_layernorm", k_layernorm, dim3(n), dim3(d >= 1024 ? 512 : 128), 0, s, y, x, d, g, b, eps);
+  OUTRO_LAUNCHED("layernorm");
+}
+
+void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq) {
+  const size_t t = size_t(n) * (hd / 2);
+  if (!t) return;
+  launch("k_rope", k_rope, dim3(blocks_for(t, 128)), dim3(128), 0, s, x, n, heads, hd, pos, pos0, inv_freq);
+  OUTRO_LAUNCHED("rope");
+}
+
+void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
+                   const float* inv_freq) {
+  const size_t t = size_t(n) * (hd / 2);
+  if (!t) return;
+  launch("k_rope_sections", k_rope_sections, dim3(blocks_for(t, 128)), dim3(128), 0, s, x, n, heads, hd, pos, sec_of, inv_freq);
+  OUTRO_LAUNCHED("rope_sections");
+}
+
+void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n) {
+  if (!n) return;
+  launch("k_swiglu", k_swiglu, dim3(blocks_for(n, 256)), dim3(256), 0, s, out, g, u, n);
+  OUTRO_LAUNCHED("swiglu");
+}
+
+void gelu(cudaStream_t s, float* y, const float* x, size_t n, bool tanh_approx) {
+  if (!n) return;
+  launch("k_gelu", k_gelu, dim3(blocks_for(n, 256)), dim3(256), 0, s, y, x, n, tanh_approx);
+  OUTRO_LAUNCHED("gelu");
+}
+
+void add(cudaStream_t s, float* y, const float* x, size_t n) {
+  if (!n) return;
+  launch("k_add", k_add, dim3(blocks_for((n + 3) / 4, 256)), dim3(256), 0, s, y, x, n);
+  OUTRO_LAUNCHED("add");
+}
+
+void fill(cudaStream_t s, float* y, size_t n, float v) {
+  if (!n) return;
+  launch("k_fill", k_fill, dim3(blocks_for(n, 256)), dim3(256), 0, s, y, n, v);
+  OUTRO_LAUNCHED("fill");
+}
+
+void copy(cudaStream_t s, float* y, const float* x, size_t n) {
+  if (!n) return;
+  launch("copy", k_copy, dim3(blocks_for((n + 3) / 4, 256)), dim3(256), 0, s, y, x, n);
+}
+
+void mean_rows(cudaStream_t s, float* out, const float* x, int dim, const int* rows, int n_rows) {
+  if (dim <= 0) return;
+  launch("k_mean_rows", k_mean_rows, dim3(blocks_for(size_t(dim), 128)), dim3(128), 0, s, out, x, dim, rows, n_rows);
+  OUTRO_LAUNCHED("mean_rows");
+}
+
+void align_rows(cudaStream_t s, float* x, int n, int groups, int gdim, const float* target, const uint8_t* skip,
+                float lambda) {
+  if (n <= 0 || groups <= 0) return;
+  launch("k_align_rows", k_align_rows, dim3(unsigned(n * groups)), dim3(gdim >= 2048 ? 512 : 128), 0, s, x, groups, gdim, target, skip, lambda);
+  OUTRO_LAUNCHED("align_rows");
+}
+
+void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols) {
+  const size_t t = size_t(n) * ncols;
+  if (!t) return;
+  launch("k_zero_cols", k_zero_cols, dim3(blocks_for(t, 256)), dim3(256), 0, s, x, n, row_len, col0, ncols);
+  OUTRO_LAUNCHED("zero_cols");
+}
+
+void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim) {
+  if (groups <= 0 || gdim <= 0) return;
+  launch("k_zero_top_dim", k_zero_top_dim, dim3(unsigned(groups)), dim3(32), 0, s, x, row, groups, gdim);
+  OUTRO_LAUNCHED("zero_top_dim");
+}
+
+void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
+              const int* seg_len, const int* seg_out, int nseg, int total_rows) {
+  const size_t t = size_t(total_rows) * C * K;
+  if (!t || nseg <= 0) return;
+  launch("k_im2col1d", k_im2col1d, dim3(blocks_for(t, 256)), dim3(256), 0, s, cols, x, C, K, stride, pad, seg_in, seg_len, seg_out, nseg,
+                                                total_rows);
+  OUTRO_LAUNCHED("im2col1d");
+}
+
+void gather_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_t* idx, int n) {
+  const size_t t = size_t(n) * dim;
+  if (!t) return;
+  launch("k_gather_rows", k_gather_rows, dim3(blocks_for(t, 256)), dim3(256), 0, s, y, x, dim, idx, n);
+  OUTRO_LAUNCHED("gather_rows");
+}
+
+void avgpool_rows(cudaStream_t s, float* y, const float* x, int m, int dim, int k) {
+  const size_t t = size_t(m) * dim;
+  if (!t) return;
+  launch("k_avgpool_rows", k_avgpool_rows, dim3(blocks_for(t, 256)), dim3(256), 0, s, y, x, m, dim, k);
+  OUTRO_LAUNCHED("avgpool_rows");
+}
+
+}  // namespace outro::cuda
+
+namespace outro::cuda {
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("OUTRO_CUDA_PDL");
+    if (e && e[0] == '0') return false;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+    return major >= 9;
+  }();
+  return on;
+}
+}  // namespace outro::cuda

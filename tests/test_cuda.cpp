@@ -1,0 +1,516 @@
+// The CUDA backend against the CPU backend: every Backend op on random inputs (all weight dtypes,
+// odd shapes, both attention kernels with the causal, sink-out and segment policies, patterns), a
+// whole forward pass with prefill, decode steps, hooks and OutRo, and the transformers fixtures.
+// Every test needs a GPU: where there is none (CI compiles the backend with nvcc but has no GPU) it
+// is skipped, saying why.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "io/safetensors.h"
+#include "kernels/backend.h"
+#include "models/model.h"
+#include "models/random_model.h"
+#include "outro/outro.h"
+#include "runtime/hooks.h"
+#include "runtime/intervention.h"
+#include "runtime/session.h"
+#include "test_util.h"
+#ifdef OUTRO_HAVE_CUDA
+#include "kernels/cuda/cuda_api.h"
+#endif
+
+namespace outro {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<float> randn(size_t n, uint64_t seed, float sd = 1.f) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> nd(0.f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
+
+// max |a - b| / max |b|
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0, s = 1e-30;
+  for (size_t i = 0; i < b.size(); ++i) {
+    if (!std::isfinite(a[i])) return INFINITY;
+    m = std::max(m, double(std::fabs(a[i] - b[i])));
+    s = std::max(s, double(std::fabs(b[i])));
+  }
+  return m / s;
+}
+
+// A tensor in host memory the backends can take through weight().
+struct HostTensor {
+  TensorInfo info;
+  std::vector<uint8_t> bytes;
+};
+HostTensor tensor(const std::string& name, DType dt, std::vector<int64_t> shape, uint64_t seed, float sd = 0.5f,
+                  float mean = 0.f) {
+  HostTensor t;
+  size_t n = 1;
+  for (auto d : shape) n *= size_t(d);
+  auto v = randn(n, seed, sd);
+  t.bytes.resize(n * dtype_size(dt));
+  for (size_t i = 0; i < n; ++i) {
+    const float x = v[i] + mean;
+    if (dt == DType::F32) std::memcpy(t.bytes.data() + 4 * i, &x, 4);
+    else {
+      const uint16_t h = dt == DType::BF16 ? f32_to_bf16(x) : f32_to_f16(x);
+      std::memcpy(t.bytes.data() + 2 * i, &h, 2);
+    }
+  }
+  t.info.name = name;
+  t.info.dtype = dt;
+  t.info.shape = std::move(shape);
+  t.info.nbytes = t.bytes.size();
+  t.info.file = "test";
+  t.info.data = t.bytes.data();
+  return t;
+}
+
+std::string no_gpu_reason() {
+  std::string why;
+  auto be = make_cuda_backend(0, &why);
+  return be ? std::string() : why;
+}
+
+#define NEED_GPU()                                                                                      \
+  do {                                                                                                   \
+    static const std::string why = no_gpu_reason();                                                      \
+    if (!why.empty()) GTEST_SKIP() << "needs a CUDA GPU, and this machine has none usable: " << why;     \
+  } while (0)
+
+// The same op on both backends.
+struct Pair : ::testing::Test {
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+  std::unique_ptr<Backend> gpu;
+  std::vector<std::pair<Backend*, Buf>> bufs;
+  void SetUp() override {
+    std::string why;
+    gpu = make_cuda_backend(0, &why);
+    if (!gpu) GTEST_SKIP() << "needs a CUDA GPU, and this machine has none usable: " << why;
+  }
+  void TearDown() override {
+    for (auto& [b, buf] : bufs) b->release(buf);
+  }
+  Buf put(Backend& be, const std::vector<float>& v) {
+    Buf b = be.alloc(v.size());
+    be.upload(b, 0, v.data(), v.size());
+    bufs.push_back({&be, b});
+    return b;
+  }
+  std::vector<float> get(Backend& be, const Buf& b) {
+    std::vector<float> v(b.n);
+    be.download(b, 0, v.data(), v.size());
+    return v;
+  }
+  // Runs f(backend, buffers) on both with the same inputs and returns the outputs' relative error.
+  template <typename Fn>
+  double both(const std::vector<std::vector<float>>& in, size_t out_index, Fn fn, std::vector<float>* out_cpu = nullptr,
+              std::vector<float>* out_gpu = nullptr) {
+    std::vector<float> r[2];
+    int k = 0;
+    for (Backend* be : {cpu.get(), gpu.get()}) {
+      std::vector<Buf> b;
+      for (auto& v : in) b.push_back(put(*be, v));
+      fn(*be, b);
+      r[k++] = get(*be, b[out_index]);
+    }
+    if (out_cpu) *out_cpu = r[0];
+    if (out_gpu) *out_gpu = r[1];
+    return rel(r[1], r[0]);
+  }
+};
+
+TEST(Cuda, BackendIsCreatedOrSaysWhyNot) {
+  std::string why;
+  auto be = make_cuda_backend(0, &why);
+  if (!be) {
+    EXPECT_FALSE(why.empty());
+    GTEST_SKIP() << "needs a CUDA GPU, and this machine has none usable: " << why;
+  }
+  EXPECT_STREQ(be->name(), "cuda");
+  auto none = make_cuda_backend(1000, &why);
+  EXPECT_EQ(none, nullptr);
+  EXPECT_NE(why.find("1000"), std::string::npos) << why;
+}
+
+TEST_F(Pair, MemoryOps) {
+  auto a = randn(1000, 1), b = randn(1000, 2);
+  double e = both({a, b}, 0, [](Backend& be, std::vector<Buf>& x) {
+    be.copy(x[0], 10, x[1], 100, 500);
+    be.fill(x[0], 700, 33, 2.5f);
+    be.add(x[0], x[1], 999);
+  });
+  EXPECT_EQ(e, 0.0);
+  // A large upload (over the staging path) round-trips.
+  auto big = randn(size_t(1) << 19, 3);
+  Buf g = put(*gpu, big);
+  EXPECT_EQ(get(*gpu, g), big);
+}
+
+TEST_F(Pair, MatmulEveryDtypeShapeAndRowCount) {
+  for (DType dt : {DType::F32, DType::BF16, DType::F16})
+    for (auto [rows, cols] : {std::pair{7, 50}, std::pair{64, 96}, std::pair{300, 1024}, std::pair{2500, 512},
+                              std::pair{9000, 256}})
+      for (int n : {1, 2, 3, 5, 8, 9, 40})
+        for (bool with_bias : {false, true}) {
+          auto w = tensor("w", dt, {rows, cols}, uint64_t(rows * 7 + cols));
+          auto bias = tensor("b", dt, {rows}, uint64_t(rows + 5));
+          Weight wc = cpu->weight(w.info), wg = gpu->weight(w.info);
+          Weight bc = cpu->weight(bias.info), bg = gpu->weight(bias.info);
+          auto x = randn(size_t(n) * cols, uint64_t(n));
+          std::vector<float> yc, yg;
+          int k = 0;
+          for (Backend* be : {cpu.get(), gpu.get()}) {
+            Buf xb = put(*be, x), yb = put(*be, std::vector<float>(size_t(n) * rows, NAN));
+            const Weight& ww = k == 0 ? wc : wg;
+            const Weight& bb = k == 0 ? bc : bg;
+            be->matmul(yb, xb, n, ww, with_bias ? &bb : nullptr);
+            (k++ == 0 ? yc : yg) = get(*be, yb);
+          }
+          // GEMV (n <= 8) reads x in float32: only the summation order differs. cuBLAS (n > 8) rounds
+          // x to bf16 for bf16 weights; f16 weights are kept as bf16 on the GPU.
+          const double tol = dt == DType::F16 ? 2e-2 : (dt == DType::BF16 && n > 8) ? 1e-2 : 1e-5;
+          EXPECT_LT(rel(yg, yc), tol) << dtype_name(dt) << " " << rows << "x" << cols << " n=" << n
+                                      << " bias=" << with_bias;
+        }
+}
+
+TEST_F(Pair, NormsRopeSwigluEmbed) {
+  for (int d : {64, 896, 3584}) {
+    const int n = 5;
+    auto g = tensor("g", DType::BF16, {d}, 7, 0.2f, 1.f);
+    Weight gc = cpu->weight(g.info), gg = gpu->weight(g.info);
+    auto x = randn(size_t(n) * d, 9, 3.f);
+    std::vector<float> out[2];
+    int k = 0;
+    for (Backend* be : {cpu.get(), gpu.get()}) {
+      Buf xb = put(*be, x), yb = put(*be, std::vector<float>(x.size(), NAN));
+      be->rmsnorm(yb, xb, n, k == 0 ? gc : gg, 1e-6f);
+      out[k++] = get(*be, yb);
+    }
+    EXPECT_LT(rel(out[1], out[0]), 1e-6) << "rmsnorm d=" << d;
+  }
+  {
+    auto g = randn(4096, 11), u = randn(4096, 12);
+    EXPECT_LT(both({g, u}, 0, [](Backend& be, std::vector<Buf>& b) { be.swiglu(b[0], b[0], b[1], 4096); }), 1e-6);
+  }
+  for (bool contiguous : {true, false}) {
+    const int n = 6, heads = 3, hd = 64;
+    std::vector<float> inv(hd / 2);
+    for (int c = 0; c < hd / 2; ++c) inv[size_t(c)] = std::pow(1e6f, -2.f * c / hd);
+    std::vector<int32_t> pos(n);
+    for (int i = 0; i < n; ++i) pos[size_t(i)] = contiguous ? 4000 + i : 17 * i * i;
+    auto x = randn(size_t(n) * heads * hd, 13);
+    EXPECT_LT(both({x}, 0, [&](Backend& be, std::vector<Buf>& b) { be.rope(b[0], n, heads, hd, pos.data(), inv.data()); }),
+              1e-5)
+        << "rope contiguous=" << contiguous;
+  }
+  for (DType dt : {DType::F32, DType::BF16}) {
+    auto table = tensor("emb", dt, {100, 48}, 21);
+    Weight tc = cpu->weight(table.info), tg = gpu->weight(table.info);
+    std::vector<int32_t> ids = {5, 0, 99, 5, 42};
+    std::vector<float> out[2];
+    int k = 0;
+    for (Backend* be : {cpu.get(), gpu.get()}) {
+      Buf o = put(*be, std::vector<float>(ids.size() * 48, NAN));
+      be->embed(o, k == 0 ? tc : tg, ids.data(), int(ids.size()));
+      out[k++] = get(*be, o);
+    }
+    EXPECT_EQ(out[1], out[0]) << dtype_name(dt);
+  }
+}
+
+struct AttnCase {
+  int H, KV, hd, n_new, past;
+  std::vector<int> sinkout;
+  int sinkout_end;
+  bool pattern;
+};
+
+TEST_F(Pair, AttentionBothKernelsEveryPolicy) {
+#ifdef OUTRO_HAVE_CUDA
+  std::vector<AttnCase> cases = {
+      {4, 2, 16, 12, 0, {}, 0, true},            // tiny, GQA
+      {4, 2, 16, 12, 0, {0, 3}, 12, true},       // sink-out rows
+      {28, 4, 128, 1, 300, {}, 0, false},        // decode, split over the context
+      {28, 4, 128, 1, 5000, {0}, 200, false},    // long decode; a sink row is not the new row
+      {8, 2, 128, 200, 0, {}, 0, false},         // prefill, tensor cores
+      {8, 2, 128, 200, 0, {0, 77}, 180, true},   // prefill with sink-out rows and the pattern
+      {6, 6, 64, 333, 17, {20, 100}, 350, false},  // prefill after a past, MHA, hd 64
+      {14, 2, 64, 70, 0, {}, 0, false},
+      {4, 1, 128, 1, 1, {}, 0, true},
+  };
+  for (const auto& c : cases)
+    for (int force : {1, 2}) {
+      const int total = c.past + c.n_new;
+      auto q = randn(size_t(c.n_new) * c.H * c.hd, 31, 1.f);
+      auto kc = randn(size_t(total) * c.KV * c.hd, 32, 1.f), vc = randn(size_t(total) * c.KV * c.hd, 33);
+      std::vector<float> pat[2], z[2];
+      int k = 0;
+      for (Backend* be : {cpu.get(), gpu.get()}) {
+        cuda_api::set_attention_kernel(*be, force);
+        AttnParams p;
+        p.n_heads = c.H, p.n_kv = c.KV, p.head_dim = c.hd, p.scale = 1.f / std::sqrt(float(c.hd));
+        p.n_new = c.n_new, p.past = c.past;
+        p.sinkout_rows = c.sinkout.data(), p.n_sinkout = int(c.sinkout.size()), p.sinkout_end = c.sinkout_end;
+        if (c.pattern) {
+          pat[k].assign(size_t(c.H) * c.n_new * total, NAN);
+          p.pattern_out = pat[k].data();
+        }
+        Buf qb = put(*be, q), kb = put(*be, kc), vb = put(*be, vc), zb = put(*be, std::vector<float>(q.size(), NAN));
+        be->attention(zb, qb, kb, vb, p);
+        z[k++] = get(*be, zb);
+      }
+      const std::string used = cuda_api::last_attention_kernel(*gpu);
+      // Tensor cores take q, k, v and the probabilities in bf16.
+      const double tol = used == "mma" ? 2e-2 : 1e-5;
+      EXPECT_LT(rel(z[1], z[0]), tol) << "H" << c.H << " KV" << c.KV << " hd" << c.hd << " n" << c.n_new << " past"
+                                      << c.past << " sinkout " << c.sinkout.size() << " kernel " << used;
+      if (c.pattern) EXPECT_LT(test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()), 1e-5) << used;
+    }
+  cuda_api::set_attention_kernel(*gpu, 0);
+#endif
+}
+
+TEST_F(Pair, AttentionNonCausalSegments) {
+#ifdef OUTRO_HAVE_CUDA
+  for (int force : {1, 2})
+    for (int hd : {16, 64}) {
+      const int H = 4, KV = 4, n = 150;
+      std::vector<int> seg = {0, 40, 41, 150};
+      auto q = randn(size_t(n) * H * hd, 41), kc = randn(size_t(n) * KV * hd, 42), vc = randn(size_t(n) * KV * hd, 43);
+      std::vector<float> z[2], pat[2];
+      for (int withseg : {0, 1}) {
+        int k = 0;
+        for (Backend* be : {cpu.get(), gpu.get()}) {
+          cuda_api::set_attention_kernel(*be, force);
+          AttnParams p;
+          p.n_heads = H, p.n_kv = KV, p.head_dim = hd, p.scale = 0.2f, p.n_new = n, p.past = 0, p.causal = false;
+          if (withseg) p.segments = seg.data(), p.n_segments = 3;
+          pat[k].assign(size_t(H) * n * n, NAN);
+          p.pattern_out = pat[k].data();
+          Buf qb = put(*be, q), kb = put(*be, kc), vb = put(*be, vc), zb = put(*be, std::vector<float>(q.size(), NAN));
+          be->attention(zb, qb, kb, vb, p);
+          z[k++] = get(*be, zb);
+        }
+        const bool mma = cuda_api::last_attention_kernel(*gpu) == "mma";
+        EXPECT_LT(rel(z[1], z[0]), mma ? 2e-2 : 1e-5) << "hd " << hd << " segments " << withseg << " force " << force;
+        EXPECT_LT(test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()), 1e-5);
+      }
+    }
+  cuda_api::set_attention_kernel(*gpu, 0);
+#endif
+}
+
+TEST_F(Pair, InterventionOps) {
+  const int n = 7, groups = 4, gdim = 32, D = groups * gdim;
+  auto x = randn(size_t(n) * D, 51, 2.f);
+  std::vector<int> rows = {0, 3};
+  EXPECT_LT(both({x, std::vector<float>(D)}, 1,
+                 [&](Backend& be, std::vector<Buf>& b) { be.mean_rows(b[1], b[0], D, rows.data(), 2); }),
+            1e-6);
+  auto t = randn(size_t(D), 52);
+  std::vector<uint8_t> skip = {1, 0, 0, 1, 0, 0, 0};
+  for (bool use_skip : {false, true})
+    for (int g : {1, groups})
+      EXPECT_LT(both({x, t}, 0,
+                     [&](Backend& be, std::vector<Buf>& b) {
+                       be.align_rows(b[0], n, g, D / g, b[1], use_skip ? skip.data() : nullptr, 0.3f);
+                     }),
+                1e-5);
+  EXPECT_EQ(both({x}, 0, [&](Backend& be, std::vector<Buf>& b) { be.zero_cols(b[0], n, D, 32, 32); }), 0.0);
+  EXPECT_EQ(both({x}, 0, [&](Backend& be, std::vector<Buf>& b) { be.zero_top_dim(b[0], 2, groups, gdim); }), 0.0);
+}
+
+TEST_F(Pair, EncoderOps) {
+  const int n = 9, d = 200;
+  auto x = randn(size_t(n) * d, 61, 2.f);
+  auto w = tensor("ln.w", DType::BF16, {d}, 62, 0.1f, 1.f), b = tensor("ln.b", DType::F32, {d}, 63);
+  for (bool with_bias : {false, true}) {
+    std::vector<float> out[2];
+    int k = 0;
+    for (Backend* be : {cpu.get(), gpu.get()}) {
+      Weight ww = be->weight(w.info), bb = be->weight(b.info);
+      Buf xb = put(*be, x), yb = put(*be, std::vector<float>(x.size(), NAN));
+      be->layernorm(yb, xb, n, ww, with_bias ? &bb : nullptr, 1e-5f);
+      out[k++] = get(*be, yb);
+    }
+    EXPECT_LT(rel(out[1], out[0]), 1e-5) << "layernorm bias=" << with_bias;
+  }
+  for (bool th : {false, true})
+    EXPECT_LT(both({x, std::vector<float>(x.size())}, 1,
+                   [&](Backend& be, std::vector<Buf>& bb) { be.gelu(bb[1], bb[0], x.size(), th); }),
+              1e-6)
+        << "gelu tanh=" << th;
+  {
+    const int heads = 2, hd = 16;
+    std::vector<int> sections = {2, 3, 3};
+    std::vector<int32_t> pos(3 * size_t(n));
+    for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i * 7 % 23);
+    std::vector<float> inv(hd / 2);
+    for (int c = 0; c < hd / 2; ++c) inv[size_t(c)] = std::pow(1e4f, -2.f * c / hd);
+    auto xr = randn(size_t(n) * heads * hd, 64);
+    EXPECT_LT(both({xr}, 0,
+                   [&](Backend& be, std::vector<Buf>& bb) {
+                     be.rope_sections(bb[0], n, heads, hd, pos.data(), sections.data(), 3, inv.data());
+                   }),
+              1e-5);
+  }
+  {
+    const int C = 6, K = 3, stride = 2, pad = 1;
+    std::vector<int> seg = {0, 4, 4, 9};
+    const int rows = 2 + 0 + 3;  // (4+2-3)/2+1, empty, (5+2-3)/2+1
+    auto xi = randn(size_t(9) * C, 65);
+    EXPECT_EQ(both({xi, std::vector<float>(size_t(rows) * C * K, NAN)}, 1,
+                   [&](Backend& be, std::vector<Buf>& bb) { be.im2col1d(bb[1], bb[0], C, K, stride, pad, seg.data(), 3); }),
+              0.0);
+  }
+  {
+    std::vector<int32_t> idx = {8, 0, 3, 3};
+    EXPECT_EQ(both({x, std::vector<float>(4 * size_t(d), NAN)}, 1,
+                   [&](Backend& be, std::vector<Buf>& bb) { be.gather_rows(bb[1], bb[0], d, idx.data(), 4); }),
+              0.0);
+    EXPECT_LT(both({x, std::vector<float>(4 * size_t(d), NAN)}, 1,
+                   [&](Backend& be, std::vector<Buf>& bb) { be.avgpool_rows(bb[1], bb[0], n, d, 2); }),
+              1e-6);
+  }
+}
+
+// ---- whole forward passes ----
+
+struct TmpModel {
+  std::string dir;
+  explicit TmpModel(const RandomModelSpec& s, const std::string& name) {
+    dir = test::tmp_dir("cuda_" + name);
+    write_random_model(dir, s);
+  }
+  ~TmpModel() { fs::remove_all(dir); }
+};
+
+std::vector<float> last_row(const std::vector<float>& all, int V) { return {all.end() - V, all.end()}; }
+
+TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
+  NEED_GPU();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    RandomModelSpec s;
+    s.hidden = 256, s.intermediate = 512, s.layers = 4, s.heads = 4, s.kv_heads = 2, s.vocab = 300;
+    s.dtype = dt;
+    TmpModel tm(s, dt == DType::F32 ? "f32" : "bf16");
+    auto m = Model::load(tm.dir);
+    const int V = m->config().vocab;
+    std::vector<int32_t> ids;
+    for (int i = 0; i < 70; ++i) ids.push_back(int32_t((i * 37 + 11) % V));
+    for (bool with_outro : {false, true}) {
+      std::vector<float> res[2], steps[2];
+      std::vector<float> pat[2];
+      auto cpu = make_cpu_backend();
+      std::string why;
+      auto gpu = make_cuda_backend(0, &why);
+      ASSERT_TRUE(gpu) << why;
+      // float32 checkpoints: the float32 row kernel for attention, so that only the summation
+      // order differs; bf16: the default kernels (tensor-core prefill attention, cuBLAS in bf16).
+#ifdef OUTRO_HAVE_CUDA
+      cuda_api::set_attention_kernel(*gpu, dt == DType::F32 ? 1 : 0);
+#endif
+      int k = 0;
+      for (Backend* be : {cpu.get(), gpu.get()}) {
+        Session sess(*m, *be, 80);
+        Recorder rec({hook_name(1, Hook::Pattern), hook_name(2, Hook::ResidPost)});
+        sess.add_observer(&rec);
+        std::unique_ptr<OutRo> o;
+        if (with_outro) {
+          OutroParams p = outro_preset("outro");
+          p.l_out = 1, p.auto_sinks = false, p.sinks = {0, 5};
+          o = std::make_unique<OutRo>(p);
+          sess.add_intervention(o.get());
+        }
+        std::vector<float> logits;
+        sess.forward(ids, &logits, true);
+        res[k] = logits;
+        pat[k] = rec.get(hook_name(1, Hook::Pattern))->data;
+        sess.clear_observers();
+        for (int t = 0; t < 4; ++t) {
+          int32_t id = int32_t((t * 91 + 3) % V);
+          sess.forward(&id, 1, &logits);
+          steps[k].insert(steps[k].end(), logits.begin(), logits.end());
+        }
+        ++k;
+      }
+      const double tol = dt == DType::F32 ? 1e-4 : 5e-2;
+      std::printf("  forward %s outro=%d: prefill logits rel err %.2e, decode %.2e, pattern max abs %.2e\n",
+                  dtype_name(dt), int(with_outro), rel(res[1], res[0]), rel(steps[1], steps[0]),
+                  test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()));
+      EXPECT_LT(rel(res[1], res[0]), tol) << dtype_name(dt) << " outro=" << with_outro << " prefill";
+      EXPECT_LT(rel(steps[1], steps[0]), tol) << dtype_name(dt) << " outro=" << with_outro << " decode";
+      EXPECT_LT(test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()), dt == DType::F32 ? 1e-4 : 3e-2);
+    }
+  }
+}
+
+TEST(CudaForward, TransformersFixtures) {
+  NEED_GPU();
+  for (const char* name : {"qwen2_gqa_f32", "qwen2_tied_f32", "qwen2_mqa_bf16", "llama_gqa_f32", "llama_bias_f16",
+                           "qwen2_sharded_f32", "omni_thinker_f32", "vl_f32"}) {
+    const std::string dir = test::fixture(std::string("models/") + name);
+    if (!fs::exists(dir + "/ref.safetensors")) continue;
+    auto m = Model::load(dir);
+    auto ref = WeightStore::open(dir + "/ref.safetensors");
+    auto idsl = read_i64(ref->get("input_ids"));
+    std::vector<int32_t> ids(idsl.begin(), idsl.end());
+    std::string why;
+    auto gpu = make_cuda_backend(0, &why);
+    ASSERT_TRUE(gpu) << why;
+    Session s(*m, *gpu, int(ids.size()) + 1);
+    std::vector<float> logits;
+    s.forward(ids, &logits, true);
+    const DType dt = m->layers[0].q->dtype;
+    // f32 checkpoints stay float32 on the GPU; bf16 ones are compared with the reference's
+    // float32-math logits; f16 ones are converted to bf16 on upload.
+    const double e =
+        rel(logits, read_f32(ref->get(dt != DType::F32 && ref->has("logits_f32math") ? "logits_f32math" : "logits")));
+    std::printf("  fixture %s (%s): logits rel err %.2e\n", name, dtype_name(dt), e);
+    EXPECT_LT(e, dt == DType::F32 ? 1e-4 : 5e-2) << name;
+  }
+}
+
+TEST(CudaForward, TooLargeCacheIsAnErrorNotACrash) {
+  NEED_GPU();
+  RandomModelSpec s;
+  s.hidden = 64, s.intermediate = 128, s.layers = 2, s.heads = 4, s.kv_heads = 2, s.vocab = 100;
+  TmpModel tm(s, "big");
+  auto m = Model::load(tm.dir);
+  std::string why;
+  auto gpu = make_cuda_backend(0, &why);
+  ASSERT_TRUE(gpu) << why;
+  // 2 layers x 2 x 2^34 floats: far beyond any GPU.
+  try {
+    Session sess(*m, *gpu, 1 << 30);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("do not fit"), std::string::npos) << e.what();
+  }
+  // The backend still works afterwards.
+  Session ok(*m, *gpu, 16);
+  std::vector<float> logits;
+  std::vector<int32_t> ids = {1, 2, 3};
+  ok.forward(ids, &logits);
+  EXPECT_EQ(logits.size(), size_t(100));
+}
+
+}  // namespace
+}  // namespace outro
