@@ -1,0 +1,763 @@
+#!/usr/bin/env python3
+"""Trains outro's omni demo model: a small Qwen2_5OmniThinkerForConditionalGeneration (vision encoder,
+audio encoder, Qwen2 decoder, ~7M parameters) from scratch on the synthetic audio-visual QA clips of
+tools/omni_clips.py, mixed with plain text (tools/train_demo.py's corpus) so the decoder is a language
+model. Run on the GPU machine (torch + transformers 5.17, no network):
+
+    python3 tools/omni_clips.py --out out/omni              # here (ffmpeg), once
+    python3 tools/train_omni_demo.py out/omni OUTDIR [--minutes 4] [--seed 0] [--smoke]
+
+OUTDIR receives the Hugging Face folder (bf16 model.safetensors, config.json, tokenizer.json, processor
+configs), train_log.json (time, losses, held-out accuracy per question type, sink statistics) and
+reference.safetensors + reference.json (the reference's float32 logits on a few held-out items).
+
+Prompt format (what `outro eval` builds, src/eval/prompt.cpp, with the Qwen2 chat template):
+    <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
+    <|vision_bos|><|audio_bos|>{8 x <|VIDEO|>}{50 x <|AUDIO|>}<|audio_eos|><|vision_eos|>Question: ... Options: A. x B. y
+    <|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n
+The media slot is the Qwen2.5-Omni processor's expansion of <|vision_bos|><|VIDEO|><|vision_eos|> with
+use_audio_in_video=True (2 s clip: one 2-second chunk = all video tokens, then all audio tokens).
+"""
+import argparse
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import tarfile
+import time
+import traceback
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import omni_clips as oc  # noqa: E402
+import train_demo as td  # noqa: E402
+
+SYSTEM = "You are a helpful assistant."
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>",
+            "<|VIDEO|>", "<|IMAGE|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>"]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+PATCH, MERGE, TPATCH = 14, 2, 2
+LOG = []
+
+
+def log(*a):
+    s = " ".join(str(x) for x in a)
+    print(s, flush=True)
+    LOG.append(s)
+
+
+def chat_prefix():
+    return f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n"
+
+
+def chat(user, answer):
+    return chat_prefix() + user + "<|im_end|>\n<|im_start|>assistant\n" + answer + "<|im_end|>\n"
+
+
+# ------------------------------------------------------------------ text data
+def text_documents(rng, n, train_scenes):
+    """Plain text: train_demo's documents re-wrapped so that every one starts with <|im_start|>, plus
+    text-only versions of the clip questions (the clip described in words, as an item's `context`)."""
+    docs = []
+    for _ in range(n):
+        r = rng.random()
+        if r < 0.35:
+            d = td.document(rng)
+            if d.startswith("<|endoftext|>"):
+                d = chat("Tell me a story.", d[len("<|endoftext|>"):].strip())
+            docs.append(d)
+        elif r < 0.55:
+            docs.append(chat("Tell me a story.", td.story(rng)))
+        else:
+            s = rng.choice(train_scenes)
+            q = None
+            while q is None:
+                q = oc.question(s, rng.choice(oc.TASKS), rng)
+            text, opts, ans = q
+            docs.append(chat(oc.describe(s) + " " + oc.prompt_text(text, opts), ans))
+    return docs
+
+
+def train_tokenizer(texts, vocab_size):
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    pat = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+           r"\s+(?!\S)|\s+")
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(pat), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
+# ------------------------------------------------------------------ media
+def load_pack(d):
+    import numpy as np
+    ix = json.load(open(os.path.join(d, "index.json")))
+    pack = open(os.path.join(d, "pack.bin"), "rb").read()
+    S, T = ix["size"], ix["frames"]
+    frames = np.stack([np.frombuffer(zlib.decompress(pack[c["video"]["offset"]:c["video"]["offset"] + c["video"]["length"]]),
+                                     dtype=np.uint8).reshape(T, S, S, 3) for c in ix["clips"]])
+    audio = [np.frombuffer(zlib.decompress(pack[a["offset"]:a["offset"] + a["length"]]), dtype="<i2")
+             for a in ix["audio"]]
+    return ix, frames, audio
+
+
+def own_patchify(frames):
+    """frames uint8 [T,H,W,3] -> [grid_t*grid_h*grid_w, 3*TPATCH*PATCH*PATCH] as the Qwen2-VL processors lay
+    them out (rescale 1/255, CLIP mean/std, temporal pad by repeating the last frame)."""
+    import torch
+    x = torch.as_tensor(frames).float().permute(0, 3, 1, 2) / 255.0
+    x = (x - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    if x.shape[0] % TPATCH:
+        x = torch.cat([x, x[-1:].repeat(TPATCH - x.shape[0] % TPATCH, 1, 1, 1)])
+    T, C, H, W = x.shape
+    gt, gh, gw = T // TPATCH, H // PATCH, W // PATCH
+    x = x.view(gt, TPATCH, C, gh // MERGE, MERGE, PATCH, gw // MERGE, MERGE, PATCH)
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8).reshape(gt * gh * gw, C * TPATCH * PATCH * PATCH)
+    return x, (gt, gh, gw)
+
+
+def make_processors(tok_path, size, notes):
+    import transformers
+    px = size * size
+    fe = transformers.WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=30,
+                                              n_fft=400)
+    vp = None
+    for name in ("Qwen2_5OmniVideoProcessor", "Qwen2VLVideoProcessor"):
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
+        try:
+            vp = cls(min_pixels=px, max_pixels=4 * px, size={"shortest_edge": px, "longest_edge": 4 * px},
+                     patch_size=PATCH, temporal_patch_size=TPATCH, merge_size=MERGE, do_sample_frames=False)
+            notes.append(f"video processor: {name}")
+            break
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{name}: {e!r}")
+    ip = None
+    for name in ("Qwen2VLImageProcessorFast", "Qwen2VLImageProcessor"):
+        cls = getattr(transformers, name, None)
+        if cls is None:
+            continue
+        try:
+            ip = cls(min_pixels=px, max_pixels=4 * px, size={"shortest_edge": px, "longest_edge": 4 * px},
+                     patch_size=PATCH, temporal_patch_size=TPATCH, merge_size=MERGE)
+            break
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"{name}: {e!r}")
+    hf_tok, proc = None, None
+    try:
+        extra = {"image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+                 "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                 "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+        hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=tok_path, eos_token="<|im_end|>",
+                                                      pad_token="<|endoftext|>", extra_special_tokens=extra,
+                                                      model_max_length=1024)
+        hf_tok.chat_template = CHAT_TEMPLATE
+        proc = transformers.Qwen2_5OmniProcessor(image_processor=ip, video_processor=vp, feature_extractor=fe,
+                                                 tokenizer=hf_tok, chat_template=CHAT_TEMPLATE)
+        notes.append("Qwen2_5OmniProcessor built")
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"Qwen2_5OmniProcessor not built: {e!r}")
+    return fe, vp, ip, hf_tok, proc
+
+
+CHAT_TEMPLATE = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+                 "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+                 "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+                 "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def media_string(grid, n_audio, second_per_grid, pos_per_s=25, s_per_chunk=2.0):
+    """The Qwen2.5-Omni processor's expansion of <|vision_bos|><|VIDEO|><|vision_eos|> with use_audio_in_video:
+    video tokens (time index t*second_per_grid*25) and audio tokens (index i) cut into 2-second chunks, each
+    chunk's video tokens then its audio tokens."""
+    gt, gh, gw = grid
+    per_t = (gh // MERGE) * (gw // MERGE)
+    vidx = [int(t * second_per_grid * pos_per_s) for t in range(gt) for _ in range(per_t)]
+    aidx = list(range(n_audio))
+    per_chunk = int(pos_per_s * s_per_chunk)
+
+    def chunks(ix):
+        out, start, cur = [], 0, 1
+        for i, v in enumerate(ix):
+            if v >= cur * per_chunk:
+                out.append(i - start)
+                start, cur = i, cur + 1
+        out.append(len(ix) - start)
+        return out
+    vc, ac = chunks(vidx), chunks(aidx)
+    s = "<|vision_bos|><|audio_bos|>"
+    for j in range(max(len(vc), len(ac))):
+        if j < len(vc):
+            s += "<|VIDEO|>" * vc[j]
+        if j < len(ac):
+            s += "<|AUDIO|>" * ac[j]
+    return s + "<|audio_eos|><|vision_eos|>"
+
+
+# ------------------------------------------------------------------ model
+def build_model(vocab, ids, smoke, notes):
+    import transformers
+    sec = [8, 12, 12]  # sums to head_dim/2 = 32
+    text = dict(vocab_size=vocab, hidden_size=256, intermediate_size=640, num_hidden_layers=8, num_attention_heads=4,
+                num_key_value_heads=2, hidden_act="silu", max_position_embeddings=2048, rms_norm_eps=1e-6,
+                tie_word_embeddings=False, use_sliding_window=False, bos_token_id=ids["<|im_start|>"],
+                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
+    vision = dict(depth=3, hidden_size=96, intermediate_size=192, num_heads=3, in_channels=3, patch_size=PATCH,
+                  spatial_merge_size=MERGE, temporal_patch_size=TPATCH, window_size=112, out_hidden_size=256,
+                  fullatt_block_indexes=[2], hidden_act="silu")
+    audio = dict(num_mel_bins=128, encoder_layers=3, encoder_attention_heads=3, encoder_ffn_dim=192, d_model=96,
+                 max_source_positions=1500, n_window=100, output_dim=256)
+    tok_ids = dict(audio_token_index=ids["<|AUDIO|>"], image_token_index=ids["<|IMAGE|>"],
+                   video_token_index=ids["<|VIDEO|>"], audio_start_token_id=ids["<|audio_bos|>"],
+                   audio_end_token_id=ids["<|audio_eos|>"], user_token_id=ids.get("user", 0),
+                   position_id_per_seconds=25, seconds_per_chunk=2)
+    cfg, err = None, []
+    for style in ("rope_scaling", "rope_parameters"):
+        t = dict(text)
+        if style == "rope_scaling":  # how Qwen2.5-Omni checkpoints write it
+            t["rope_theta"] = 10000.0
+            t["rope_scaling"] = {"mrope_section": sec, "rope_type": "default", "type": "default"}
+        else:
+            t["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sec}
+        try:
+            cfg = transformers.Qwen2_5OmniThinkerConfig(text_config=t, vision_config=vision, audio_config=audio,
+                                                        tie_word_embeddings=False, **tok_ids)
+            notes.append(f"config: {style}")
+            break
+        except Exception as e:  # noqa: BLE001
+            err.append(repr(e))
+    if cfg is None:
+        raise RuntimeError("no config variant worked: " + " | ".join(err))
+    # transformers 5.17's thinker config has no field for these, but get_rope_index reads them
+    cfg.vision_start_token_id = ids["<|vision_bos|>"]
+    cfg.vision_end_token_id = ids["<|vision_eos|>"]
+    try:
+        cfg._attn_implementation = "sdpa"
+    except Exception:  # noqa: BLE001
+        pass
+    model = transformers.Qwen2_5OmniThinkerForConditionalGeneration(cfg)
+    return model, cfg
+
+
+def set_attn(model, name):
+    try:
+        model.set_attn_implementation(name)
+    except Exception as e:  # noqa: BLE001
+        log(f"set_attn_implementation({name}) failed: {e!r}")
+        for m in model.modules():
+            c = getattr(m, "config", None)
+            if c is not None:
+                try:
+                    c._attn_implementation = name
+                except Exception:  # noqa: BLE001
+                    pass
+
+
+# ------------------------------------------------------------------ main
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("out")
+    ap.add_argument("--minutes", type=float, default=4.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--text-batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--caption-frac", type=float, default=0.0,
+                    help="fraction of the audio-visual examples whose target is the clip's description in words "
+                         "(direct supervision of the encoders); 0 = the recipe of the committed checkpoint. "
+                         "Not yet run on the GPU machine.")
+    args = ap.parse_args()
+    import numpy as np
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    notes = []
+    log(f"torch {torch.__version__} transformers {transformers.__version__} device {dev}"
+        + (f" {torch.cuda.get_device_name(0)}" if dev == "cuda" else ""))
+
+    # ---- data
+    ix, frames, audio = load_pack(args.data)
+    clips = ix["clips"]
+    train_ids = [i for i, c in enumerate(clips) if c["split"] == "train"]
+    held_ids = {c["id"]: i for i, c in enumerate(clips) if c["split"] == "heldout"}
+    log(f"clips: {len(train_ids)} train, {len(held_ids)} held-out, {len(audio)} audio tracks, frames {frames.shape}")
+    rng = random.Random(args.seed)
+    docs = text_documents(rng, 3000 if args.smoke else 60000, [clips[i]["scene"] for i in train_ids])
+
+    # ---- tokenizer (BPE on the text + every question/option text)
+    tok_texts = docs[:20000] + [oc.prompt_text(*oc.question(clips[i]["scene"], t, random.Random(i))[:2])
+                                for i in train_ids[:500] for t in oc.TASKS
+                                if oc.question(clips[i]["scene"], t, random.Random(i))]
+    tok = train_tokenizer(tok_texts, 1024)
+    tok_path = os.path.join(args.out, "tokenizer.json")
+    tok.save(tok_path)
+    ids = {s: tok.token_to_id(s) for s in SPECIALS}
+    if tok.token_to_id("user") is not None:
+        ids["user"] = tok.token_to_id("user")
+    V = tok.get_vocab_size()
+    for w in ["A", "B", "C", "D", "yes", "no"]:
+        notes.append(f"answer {w!r} -> {tok.encode(w).ids}")
+    log(f"tokenizer: {V} tokens; specials {ids}")
+
+    # ---- processors and features
+    fe, vp, ip, hf_tok, proc = make_processors(tok_path, ix["size"], notes)
+    tp = time.time()
+    pv_own = []
+    for f in frames:
+        x, grid = own_patchify(f)
+        pv_own.append(x)
+    pv = torch.stack(pv_own)  # [N, 32, 1176]
+    if vp is not None:
+        try:
+            chk = list(range(0, len(frames), max(1, len(frames) // 16)))
+            out = vp(videos=[torch.as_tensor(frames[i]) for i in chk], return_tensors="pt", do_sample_frames=False)
+            hp = out["pixel_values_videos"].view(len(chk), -1, pv.shape[-1])
+            diff = float((hp - pv[chk]).abs().max())
+            notes.append(f"video processor vs own patchify on {len(chk)} clips: max |diff| {diff:.3g}, "
+                         f"grid {out['video_grid_thw'][0].tolist()} vs {list(grid)}")
+            if hp.shape == pv[chk].shape and diff < 1e-4:
+                out = vp(videos=[torch.as_tensor(f) for f in frames], return_tensors="pt", do_sample_frames=False)
+                pv = out["pixel_values_videos"].view(len(frames), -1, pv.shape[-1]).float()
+                notes.append("pixel values: from the transformers video processor")
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"video processor failed: {e!r}; own patchify used")
+    grid = tuple(int(g) for g in grid)
+    feats = []
+    for a in audio:
+        o = fe(a.astype(np.float32) / 32768.0, sampling_rate=16000, return_attention_mask=True, padding="max_length",
+               return_tensors="np")
+        n = int(o["attention_mask"][0].sum())
+        feats.append(torch.tensor(o["input_features"][0][:, :n]))
+    n_feat = feats[0].shape[1]
+    assert all(f.shape[1] == n_feat for f in feats)
+    feats = torch.stack(feats)  # [A, 128, n_feat]
+    n_audio_tok = ((n_feat - 1) // 2 + 1 - 2) // 2 + 1
+    sec_per_grid = TPATCH / ix["sample_fps"]
+    MEDIA = media_string(grid, n_audio_tok, sec_per_grid)
+    log(f"media: grid {grid}, {n_feat} mel frames -> {n_audio_tok} audio tokens, {sec_per_grid} s per grid; "
+        f"preprocessing {time.time() - tp:.1f}s")
+    clip_audio = torch.tensor([c["audio"] for c in clips])
+    pv_dev, feats_dev, clip_audio_dev = pv.to(dev), feats.to(dev), clip_audio.to(dev)
+
+    # ---- model
+    model, cfg = build_model(V, ids, args.smoke, notes)
+    model.to(dev)
+    nparams = sum(p.numel() for p in model.parameters())
+    parts = {k: sum(p.numel() for n, p in model.named_parameters() if n.startswith(k))
+             for k in ("model.", "visual.", "audio_tower.", "lm_head.")}
+    log(f"model: {nparams / 1e6:.2f}M parameters {parts}")
+    fwd_params = set(inspect.signature(model.forward).parameters)
+    notes.append("forward takes: " + ",".join(sorted(fwd_params)))
+
+    def encode(strings):
+        return [e.ids for e in tok.encode_batch(strings)]
+
+    def av_batch(clip_idx, texts, answer_start):
+        """texts: full strings; answer_start: char-free marker -> use the tokenised prompt length."""
+        seqs = encode(texts)
+        L = max(len(s) for s in seqs)
+        B = len(seqs)
+        x = torch.full((B, L), ids["<|endoftext|>"], dtype=torch.long)
+        am = torch.zeros((B, L), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            x[b, :len(s)] = torch.tensor(s)
+            am[b, :len(s)] = 1
+        ci = torch.tensor(clip_idx, device=dev)
+        kw = dict(input_ids=x.to(dev), attention_mask=am.to(dev),
+                  pixel_values_videos=pv_dev[ci].reshape(-1, pv_dev.shape[-1]),
+                  video_grid_thw=torch.tensor([list(grid)] * B, device=dev),
+                  input_features=feats_dev[clip_audio_dev[ci]],
+                  feature_attention_mask=torch.ones((B, n_feat), dtype=torch.long, device=dev),
+                  use_audio_in_video=True)
+        if "video_second_per_grid" in fwd_params:
+            kw["video_second_per_grid"] = torch.tensor([sec_per_grid] * B, device=dev)
+        if use_own_pos["on"] and model.training:
+            kw["position_ids"] = position_ids(seqs, L)
+        return kw, seqs
+
+    prefix = chat_prefix() + MEDIA
+    prefix_ids = tok.encode(prefix).ids
+    pos_prefix = {}
+
+    def position_ids(seqs, L):
+        """mrope position ids [3, B, L]: the (constant) system + media prefix as get_rope_index lays it out,
+        then text positions counting on from the prefix's largest position + 1."""
+        P = len(prefix_ids)
+        if "p" not in pos_prefix:
+            x = torch.tensor([prefix_ids], device=dev)
+            p, _ = model.get_rope_index(x, None, torch.tensor([list(grid)], device=dev), torch.ones_like(x), True,
+                                        torch.tensor([n_feat], device=dev), torch.tensor([sec_per_grid], device=dev))
+            pos_prefix["p"] = p[:, 0].to(dev)
+        pp = pos_prefix["p"]
+        out = torch.zeros((3, len(seqs), L), dtype=torch.long, device=dev)
+        out[:, :, :P] = pp[:, None, :]
+        out[:, :, P:] = (pp.max() + 1 + torch.arange(L - P, device=dev))[None, None, :]
+        return out
+
+    use_own_pos = {"on": True}
+
+    def av_texts(clip_idx, r, fixed=None):
+        texts, prompts = [], []
+        for k, i in enumerate(clip_idx):
+            if fixed is not None:
+                q, opts, ans = fixed[k]
+            elif args.caption_frac > 0 and r.random() < args.caption_frac:
+                p = prefix + "Describe the clip.<|im_end|>\n<|im_start|>assistant\n"
+                prompts.append(p)
+                texts.append(p + oc.describe(clips[i]["scene"]) + "<|im_end|>\n")
+                continue
+            else:
+                q = None
+                while q is None:
+                    q = oc.question(clips[i]["scene"], r.choice(oc.TASKS), r)
+                q, opts, ans = q
+            p = prefix + oc.prompt_text(q, opts) + "<|im_end|>\n<|im_start|>assistant\n"
+            prompts.append(p)
+            texts.append(p + ans + "<|im_end|>\n")
+        return texts, prompts
+
+    # text LM windows, every one starting at a document's first token (<|im_start|>)
+    tdata, doc_starts = [], []
+    for sq in encode(docs):
+        doc_starts.append(len(tdata))
+        tdata.extend(sq)
+    tdata = torch.tensor(tdata)
+    SEQ = 128
+    starts = torch.tensor([i for i in doc_starts if i + SEQ + 1 <= len(tdata)])
+    assert all(int(tdata[i]) == ids["<|im_start|>"] for i in starts[:100].tolist())
+    log(f"text: {len(docs)} documents, {len(tdata)} tokens, {len(starts)} window starts")
+
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    g = torch.Generator().manual_seed(args.seed)
+    r = random.Random(args.seed + 1)
+    budget = args.minutes * 60
+    max_steps = 12 if args.smoke else 10 ** 9
+    step, hist = 0, []
+    tstart = time.time()
+    model.train()
+    while True:
+        el = time.time() - tstart
+        if step >= max_steps or (not args.smoke and el > budget):
+            break
+        frac = step / max_steps if args.smoke else min(1.0, el / budget)
+        lr = args.lr * min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for pg in opt.param_groups:
+            pg["lr"] = lr
+        # audio-visual questions: loss on the answer and the <|im_end|> after it
+        ci = [train_ids[j] for j in torch.randint(len(train_ids), (args.batch,), generator=g).tolist()]
+        texts, prompts = av_texts(ci, r)
+        kw, seqs = av_batch(ci, texts, None)
+        penc = encode(prompts)
+        plen = [len(s) for s in penc]
+        if step == 0:
+            assert all(s[:len(p)] == p for s, p in zip(seqs, penc)), "prompt ids are not a prefix"
+            assert all(sq[:len(prefix_ids)] == prefix_ids for sq in seqs), "media prefix differs"
+            with torch.no_grad():
+                ref_pos, _ = model.get_rope_index(kw["input_ids"], None, kw["video_grid_thw"], kw["attention_mask"],
+                                                  True, kw["feature_attention_mask"].sum(-1),
+                                                  torch.tensor([sec_per_grid] * len(seqs), device=dev))
+            m = kw["attention_mask"].bool()
+            same = bool((ref_pos.to(dev)[:, m] == kw["position_ids"][:, m]).all())
+            log(f"own position ids equal get_rope_index's: {same}")
+            if not same:
+                use_own_pos["on"] = False
+                kw.pop("position_ids")
+            log("first training sequence: " + repr(tok.decode(seqs[0], skip_special_tokens=False)[-160:]))
+        labels = torch.full_like(kw["input_ids"], -100)
+        for b, s in enumerate(seqs):
+            labels[b, plen[b]:len(s) - 1] = kw["input_ids"][b, plen[b]:len(s) - 1]  # answer + <|im_end|>
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
+            out = model(**kw)
+        lg = out.logits.float()
+        loss_av = torch.nn.functional.cross_entropy(lg[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1).to(dev),
+                                                    ignore_index=-100)
+        # plain text LM
+        si = starts[torch.randint(len(starts), (args.text_batch,), generator=g)]
+        xt = torch.stack([tdata[i:i + SEQ + 1] for i in si.tolist()]).to(dev)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
+            xi = xt[:, :-1]
+            out_t = model(input_ids=xi, attention_mask=torch.ones_like(xi),
+                          position_ids=torch.arange(SEQ, device=dev)[None, None, :].expand(3, xi.shape[0], SEQ))
+        lt = out_t.logits.float()
+        loss_txt = torch.nn.functional.cross_entropy(lt.reshape(-1, V), xt[:, 1:].reshape(-1))
+        loss = loss_av + 0.5 * loss_txt
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        hist.append((float(loss_av.detach()), float(loss_txt.detach())))
+        if step % 100 == 0 or args.smoke:
+            log(f"step {step} av {hist[-1][0]:.3f} text {hist[-1][1]:.3f} lr {lr:.2e} {time.time() - tstart:.0f}s")
+        step += 1
+    train_s = time.time() - tstart
+    log(f"trained {step} steps in {train_s:.0f}s")
+    model.eval()
+
+    # ---- held-out accuracy (teacher-forced greedy check: every answer token and <|im_end|> is the argmax)
+    def score(items_clip, fixed, bs=128, dtype_ctx=True):
+        res = []
+        for k in range(0, len(items_clip), bs):
+            ci = items_clip[k:k + bs]
+            texts, prompts = av_texts(ci, None, fixed[k:k + bs])
+            kw, seqs = av_batch(ci, texts, None)
+            plen = [len(s) for s in encode(prompts)]
+            with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.bfloat16,
+                                                 enabled=dev == "cuda" and dtype_ctx):
+                lg = model(**kw).logits.float()
+            pred = lg.argmax(-1)
+            for b, s in enumerate(seqs):
+                want = torch.tensor(s[plen[b]:len(s) - 1], device=dev)
+                got = pred[b, plen[b] - 1:len(s) - 2]
+                res.append((bool((want == got).all()), tok.decode([int(pred[b, plen[b] - 1])])))
+        return res
+
+    items = ix["heldout_items"]
+    if args.smoke:
+        items = items[:64]
+    hc = [held_ids["h" + it["id"].split("-")[1]] for it in items]
+    fixed = [(it["question"], it["options"], it["answer"]) for it in items]
+    res = score(hc, fixed)
+    per = {}
+    for it, (ok, p) in zip(items, res):
+        d = per.setdefault(it["task"], [0, 0])
+        d[0] += ok
+        d[1] += 1
+    acc = sum(ok for ok, _ in res) / len(res)
+    per_acc = {k: {"accuracy": v[0] / v[1], "n": v[1], "category": oc.CATEGORY[k]} for k, v in sorted(per.items())}
+    log(f"held-out accuracy {acc:.3f} on {len(res)} questions; per type "
+        + ", ".join(f"{k} {v['accuracy']:.2f} ({v['n']})" for k, v in per_acc.items()))
+    # the same on training clips (fresh questions), to see over-fitting
+    rr = random.Random(99)
+    tc = [train_ids[j] for j in range(0, len(train_ids), max(1, len(train_ids) // 300))][:300]
+    tq = []
+    for i in tc:
+        q = None
+        while q is None:
+            q = oc.question(clips[i]["scene"], rr.choice(oc.TASKS), rr)
+        tq.append(q)
+    tr_acc = sum(ok for ok, _ in score(tc, tq)) / len(tc)
+    log(f"accuracy on {len(tc)} questions about training clips: {tr_acc:.3f}")
+
+    # ---- sink statistics (float32, eager attention)
+    model.float()
+    set_attn(model, "eager")
+    sinks = []
+    for k in range(4):
+        it = items[k * 7 % len(items)]
+        texts, prompts = av_texts([held_ids["h" + it["id"].split("-")[1]]], None,
+                                  [(it["question"], it["options"], it["answer"])])
+        kw, _ = av_batch([held_ids["h" + it["id"].split("-")[1]]], prompts, None)
+        sinks.append(("av:" + it["id"], kw))
+    for t in ["Tell me a story.", "What is 7 plus 5?"]:
+        s = chat_prefix() + t + "<|im_end|>\n<|im_start|>assistant\n"
+        x = torch.tensor([tok.encode(s).ids], device=dev)
+        sinks.append(("text:" + t, dict(input_ids=x, attention_mask=torch.ones_like(x))))
+    sink_log = []
+    for name, kw in sinks:
+        try:
+            with torch.no_grad():
+                o = model(**kw, output_attentions=True, output_hidden_states=True)
+            att0 = [float(A[0, :, 1:, 0].mean()) for A in o.attentions] if o.attentions else None
+            hs = o.hidden_states[:-1]
+            ent = {"item": name, "tokens": int(kw["input_ids"].shape[1]), "attention_to_first_per_layer": att0,
+                   "first_token_max_abs": [float(h[0, 0].abs().max()) for h in hs],
+                   "first_token_argmax_channel": [int(h[0, 0].abs().argmax()) for h in hs],
+                   "median_abs": [float(h[0].abs().median()) for h in hs],
+                   "other_tokens_max_abs": [float(h[0, 1:].abs().max()) for h in hs]}
+            ent["first_token_max_over_median"] = [a / max(b, 1e-12) for a, b in
+                                                  zip(ent["first_token_max_abs"], ent["median_abs"])]
+            sink_log.append(ent)
+            log(f"sinks {name}: attn->0 {[round(v, 2) for v in att0] if att0 else None} "
+                f"max|h0| {[round(v, 1) for v in ent['first_token_max_abs']]} "
+                f"max|h_other| {[round(v, 1) for v in ent['other_tokens_max_abs']]} "
+                f"max/median {[round(v) for v in ent['first_token_max_over_median']]}")
+        except Exception as e:  # noqa: BLE001
+            log(f"sinks {name} failed: {e!r}")
+            traceback.print_exc()
+
+    # ---- save (bf16), tokenizer, processor configs
+    model = model.to(torch.bfloat16).cpu()
+    set_attn(model, "sdpa")
+    gc = model.generation_config
+    gc.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
+    gc.bos_token_id = ids["<|im_start|>"]
+    gc.pad_token_id = ids["<|endoftext|>"]
+    model.save_pretrained(args.out)
+    cj = json.load(open(os.path.join(args.out, "config.json")))
+    if "vision_start_token_id" not in cj:
+        cj["vision_start_token_id"] = ids["<|vision_bos|>"]
+        cj["vision_end_token_id"] = ids["<|vision_eos|>"]
+        json.dump(cj, open(os.path.join(args.out, "config.json"), "w"), indent=2)
+        notes.append("vision_start/end_token_id added to config.json by hand")
+    saved_proc = False
+    if proc is not None:
+        try:
+            proc.save_pretrained(args.out)
+            saved_proc = True
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"processor.save_pretrained failed: {e!r}")
+    tok.save(tok_path)  # keep our own tokenizer.json (the wrapper may rewrite it)
+    tc_path = os.path.join(args.out, "tokenizer_config.json")
+    tcfg = json.load(open(tc_path)) if os.path.exists(tc_path) else {}
+    tcfg.update({"model_max_length": 2048, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+                 "chat_template": CHAT_TEMPLATE, "extra_special_tokens": {
+                     "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+                     "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+                     "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}})
+    json.dump(tcfg, open(tc_path, "w"), indent=1)
+    if not saved_proc:
+        try:
+            fe.save_pretrained(args.out)
+            if vp is not None:
+                vp.save_pretrained(args.out)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"saving processor parts failed: {e!r}")
+
+    # ---- reference fixture: reload the saved bf16 folder, float32 on CPU, eager
+    ref, ref_meta = {}, {"items": [], "notes": []}
+    try:
+        torch.set_num_threads(1)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        rm = transformers.Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            args.out, dtype=torch.float32, attn_implementation="eager").eval()
+        cap = {}
+        dec = rm.model if hasattr(rm, "model") else rm.get_decoder()
+        hook = dec.register_forward_pre_hook(lambda m, a, k: cap.__setitem__("emb", k.get("inputs_embeds")),
+                                             with_kwargs=True)
+        # in the reloaded model the forward signature is the same
+        picks, seen = [], set()
+        for it in items:
+            clip = it["id"].split("-")[1]
+            if it["task"] in ("colour", "beeps", "sync") and it["task"] not in seen and clip not in seen:
+                picks.append(it)
+                seen.update([it["task"], clip])
+        for k, it in enumerate(picks):
+            i = held_ids["h" + it["id"].split("-")[1]]
+            texts, prompts = av_texts([i], None, [(it["question"], it["options"], it["answer"])])
+            kw, seqs = av_batch([i], prompts, None)
+            kw = {a: (b.cpu() if torch.is_tensor(b) else b) for a, b in kw.items()}
+            with torch.no_grad():
+                lg = rm(**kw).logits[0].float()
+                emb = cap.get("emb")
+                try:
+                    pos = rm.get_rope_index(kw["input_ids"], None, kw["video_grid_thw"], kw["attention_mask"], True,
+                                            kw["feature_attention_mask"].sum(-1), torch.tensor([sec_per_grid]))
+                except Exception as e:  # noqa: BLE001
+                    ref_meta["notes"].append(f"get_rope_index failed: {e!r}")
+                    pos = None
+                gen = list(seqs[0])
+                for _ in range(3):  # greedy, full recompute
+                    kk = dict(kw)
+                    kk["input_ids"] = torch.tensor([gen])
+                    kk["attention_mask"] = torch.ones_like(kk["input_ids"])
+                    nxt = int(rm(**kk).logits[0, -1].argmax())
+                    gen.append(nxt)
+                    if nxt == ids["<|im_end|>"]:
+                        break
+            p = f"item{k}."
+            ref[p + "input_ids"] = kw["input_ids"][0].clone()
+            ref[p + "pixel_values_videos"] = kw["pixel_values_videos"].float().contiguous()
+            ref[p + "video_grid_thw"] = kw["video_grid_thw"].clone()
+            ref[p + "video_second_per_grid"] = torch.tensor([sec_per_grid], dtype=torch.float32)
+            ref[p + "input_features"] = kw["input_features"].float().contiguous()
+            ref[p + "feature_attention_mask"] = kw["feature_attention_mask"].clone()
+            if pos is not None:
+                ref[p + "position_ids"] = pos[0][:, 0].contiguous().long()
+                ref[p + "rope_delta"] = torch.as_tensor(pos[1]).reshape(-1).long()
+            ref[p + "logits_last8"] = lg[-8:].contiguous()
+            ref[p + "greedy"] = torch.tensor(gen[len(seqs[0]):], dtype=torch.long)
+            if emb is not None and k == 0:
+                xi = kw["input_ids"][0]
+                ref[p + "video_embeds"] = emb[0][xi == ids["<|VIDEO|>"]].float().contiguous()
+                ref[p + "audio_embeds"] = emb[0][xi == ids["<|AUDIO|>"]].float().contiguous()
+            ref_meta["items"].append({"key": p, "bench_id": it["id"], "clip": "clips/h" + it["id"].split("-")[1] + ".mp4",
+                                      "task": it["task"], "prompt": prompts[0], "answer": it["answer"],
+                                      "greedy_text": tok.decode(gen[len(seqs[0]):]), "n_tokens": len(seqs[0])})
+        # the transformers processor on the same clip and question must give the same inputs
+        if proc is not None:
+            try:
+                it = picks[0]
+                i = held_ids["h" + it["id"].split("-")[1]]
+                t = (chat_prefix() + "<|vision_bos|><|VIDEO|><|vision_eos|>" + oc.prompt_text(it["question"], it["options"])
+                     + "<|im_end|>\n<|im_start|>assistant\n")
+                po = proc(text=[t], videos=[torch.as_tensor(frames[i])], audio=[audio[clips[i]["audio"]].astype(np.float32) / 32768.0],
+                          use_audio_in_video=True, fps=float(ix["sample_fps"]), return_tensors="pt",
+                          videos_kwargs={"min_pixels": ix["size"] ** 2, "max_pixels": 4 * ix["size"] ** 2,
+                                         "size": {"shortest_edge": ix["size"] ** 2,
+                                                  "longest_edge": 4 * ix["size"] ** 2}})
+                fm = po["feature_attention_mask"][0].bool()
+                chk = {"input_ids_equal": po["input_ids"][0].tolist() == ref["item0.input_ids"].tolist(),
+                       "pixel_values_max_diff": float((po["pixel_values_videos"].float() - ref["item0.pixel_values_videos"]).abs().max()),
+                       "input_features_max_diff": float((po["input_features"][0][:, fm].float() - ref["item0.input_features"][0]).abs().max()),
+                       "feature_frames": int(fm.sum()), "video_grid_thw": po["video_grid_thw"].tolist(),
+                       "video_second_per_grid": [float(v) for v in po.get("video_second_per_grid", [])]}
+                ref_meta["processor_check"] = chk
+                log(f"Qwen2_5OmniProcessor on item0: {chk}")
+            except Exception as e:  # noqa: BLE001
+                ref_meta["processor_check"] = f"failed: {e!r}"
+                log(f"processor check failed: {e!r}")
+        # one text-only item
+        s = chat_prefix() + "Tell me a story.<|im_end|>\n<|im_start|>assistant\n"
+        x = torch.tensor([tok.encode(s).ids])
+        with torch.no_grad():
+            lg = rm(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float()
+        k = len(picks)
+        ref[f"item{k}.input_ids"] = x[0].clone()
+        ref[f"item{k}.logits_last8"] = lg[-8:].contiguous()
+        ref_meta["items"].append({"key": f"item{k}.", "task": "text", "prompt": s})
+        hook.remove()
+        ref_meta["notes"] += ["reference: Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(this folder, "
+                             "dtype=float32, attn_implementation='eager') on CPU, use_audio_in_video=True",
+                             "logits_last8: the last 8 positions of the prompt (ends with '<|im_start|>assistant\\n')",
+                             "input_features: the valid 200 mel frames only (the processor pads to 3000 and masks)",
+                             "position_ids: [3, n] from get_rope_index; video/audio_embeds: the rows spliced into "
+                             "the decoder's input embeddings at <|VIDEO|>/<|AUDIO|>",
+                             f"transformers {transformers.__version__}, torch {torch.__version__}"]
+        save_file(ref, os.path.join(args.out, "reference.safetensors"))
+        json.dump(ref_meta, open(os.path.join(args.out, "reference.json"), "w"), indent=1)
+        log("reference fixture: " + ", ".join(f"{m['task']}: {m.get('greedy_text', '')!r} (gold {m.get('answer')})"
+                                              for m in ref_meta["items"]))
+    except Exception as e:  # noqa: BLE001
+        log(f"reference fixture failed: {e!r}")
+        traceback.print_exc()
+
+    last = hist[-50:]
+    tlog = {"steps": step, "train_seconds": train_s, "total_seconds": time.time() - t0, "seed": args.seed,
+            "final_loss_av": sum(a for a, _ in last) / max(1, len(last)),
+            "final_loss_text": sum(b for _, b in last) / max(1, len(last)),
+            "loss_history": [hist[i] for i in range(0, len(hist), max(1, len(hist) // 100))],
+            "params": nparams, "param_groups": parts, "batch_av": args.batch, "batch_text": args.text_batch,
+            "text_seq": SEQ, "lr": args.lr, "heldout_accuracy": acc, "heldout_questions": len(res),
+            "heldout_per_type": per_acc, "train_clip_accuracy": tr_acc, "sink_stats": sink_log, "notes": notes,
+            "clips": {"train": len(train_ids), "heldout": len(held_ids), "size": ix["size"], "frames": ix["frames"],
+                      "sample_fps": ix["sample_fps"], "duration": ix["duration"], "clip_seed": ix["seed"]},
+            "device": dev, "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}, "log": LOG}
+    json.dump(tlog, open(os.path.join(args.out, "train_log.json"), "w"), indent=1)
+    for n in notes:
+        print("note:", n)
+    print(json.dumps({k: v for k, v in tlog.items() if k not in ("loss_history", "sink_stats", "log", "notes")}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
