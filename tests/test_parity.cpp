@@ -1,5 +1,5 @@
 // Parity with the reference implementation (transformers), on tiny random checkpoints made by
-// tools/reference_fixtures.py: logits, hidden states, q/k/v/z, attention patterns, greedy decoding,
+// tools/make_fixtures.py: logits, hidden states, q/k/v/z, attention patterns, greedy decoding,
 // head ablation and sink-key dimension zeroing.
 #include <gtest/gtest.h>
 
@@ -56,7 +56,7 @@ class Parity : public ::testing::TestWithParam<std::string> {};
 TEST_P(Parity, LogitsHiddenStatesAndAttention) {
   const std::string name = GetParam();
   const std::string dir = fixture("models/" + name);
-  ASSERT_TRUE(fs::exists(dir + "/ref.safetensors")) << "missing fixture " << dir << " (make it with tools/reference_fixtures.py)";
+  ASSERT_TRUE(fs::exists(dir + "/ref.safetensors")) << "missing fixture " << dir << " (make it with tools/make_fixtures.py)";
   auto m = Model::load(dir);
   auto be = make_cpu_backend();
   Ref ref = load_ref(name);
