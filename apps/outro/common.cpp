@@ -46,7 +46,9 @@ std::vector<int32_t> prompt_tokens(const Args& a, const Loaded& l) {
     msgs.push_back({"user", text});
     text = apply_chat_template(msgs, true);
   }
-  auto ids = l.tokenizer->encode(text, true);
+  // Outside the chat template the tokenizer's post-processor adds what the reference adds by
+  // default (LLaMA's <s>); the chat template already holds every special token it needs.
+  auto ids = l.tokenizer->encode(text, true, !chat);
   return std::vector<int32_t>(ids.begin(), ids.end());
 }
 
