@@ -5,6 +5,7 @@
 // time chunks) and the logits of mixed video + audio + image + text prompts.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
@@ -241,6 +242,70 @@ TEST(OmniConfig, BadVisionFieldIsNamed) {
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("cfg.json: field vision_config.depth"), std::string::npos) << e.what();
+  }
+}
+
+// The checkpoint's processor settings replace the Qwen utilities' defaults: a model trained on
+// small frames must see them at the size it was trained on.
+TEST(OmniConfig, ProcessorConfigSetsThePixelBudget) {
+  namespace fs = std::filesystem;
+  const std::string dir = test::tmp_dir("omni_proc");
+  for (const auto& e : fs::directory_iterator(fixture("omni/omni_mm")))
+    fs::copy_file(e.path(), fs::path(dir) / e.path().filename(), fs::copy_options::overwrite_existing);
+  auto write = [&](const std::string& name, const std::string& text) { std::ofstream(dir + "/" + name) << text; };
+  {
+    auto model = Model::load(dir);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    auto p = mm.vision_params();
+    EXPECT_EQ(p.video_min_pixels, 128 * 28 * 28);  // no processor file: the defaults
+    EXPECT_EQ(p.video_max_pixels, 768 * 28 * 28);
+  }
+  write("processor_config.json",
+        R"({"image_processor":{"min_pixels":1000,"max_pixels":5000,"image_mean":[0.5,0.5,0.5]},)"
+        R"("video_processor":{"size":{"shortest_edge":3136,"longest_edge":12544},"min_frames":2}})");
+  {
+    auto model = Model::load(dir);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    auto p = mm.vision_params();
+    EXPECT_EQ(p.video_min_pixels, 3136);
+    EXPECT_EQ(p.video_max_pixels, 12544);
+    EXPECT_EQ(p.min_frames, 2);
+    EXPECT_EQ(p.image_min_pixels, 1000);
+    EXPECT_EQ(p.image_max_pixels, 5000);
+    EXPECT_FLOAT_EQ(p.mean[1], 0.5f);
+    // 56x56 frames stay 56x56 under this budget: 2x2 merged tokens per temporal patch.
+    std::vector<media::Image> frames(4);
+    for (auto& f : frames) f.width = 56, f.height = 56, f.rgb.assign(56 * 56 * 3, 100);
+    auto px = media::process_video_frames(frames, p, "clip");
+    EXPECT_EQ(px.tokens(p.merge), 8);
+  }
+  write("processor_config.json", R"({"video_processor":{"size":{"shortest_edge":20000,"longest_edge":100}}})");
+  {
+    auto model = Model::load(dir);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    try {
+      mm.vision_params();
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      const std::string w = e.what();
+      EXPECT_NE(w.find("processor_config.json: video_processor"), std::string::npos) << w;
+      EXPECT_NE(w.find("min pixels 20000"), std::string::npos) << w;
+    }
+  }
+  write("processor_config.json", R"({"image_processor":{"max_pixels":"many"}})");
+  {
+    auto model = Model::load(dir);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    try {
+      mm.vision_params();
+      FAIL() << "expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'max_pixels' must be a positive pixel count"), std::string::npos) << e.what();
+    }
   }
 }
 

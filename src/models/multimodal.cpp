@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -321,11 +324,90 @@ AudioEncoder& MultimodalModel::audio() {
   return *audio_;
 }
 
+namespace {
+
+// Reads a processor section's pixel budget, frame limits and normalisation into p (image or
+// video side). Accepts both spellings the Qwen processors save: size.{shortest,longest}_edge
+// (pixel counts, transformers 5) and top-level min_pixels / max_pixels.
+void read_processor_section(const nlohmann::json& j, const std::string& where, bool video, media::VisionParams& p) {
+  if (!j.is_object()) fail(where, ": expected an object, found ", j.type_name());
+  auto count = [&](const nlohmann::json& v, const std::string& key) -> int64_t {
+    if (!v.is_number() || v.get<double>() < 1 || v.get<double>() > 1e12)
+      fail(where, ": '", key, "' must be a positive pixel count, found ", v.dump());
+    return int64_t(v.get<double>());
+  };
+  int64_t lo = -1, hi = -1;
+  if (j.contains("size") && j["size"].is_object()) {
+    const auto& s = j["size"];
+    if (s.contains("shortest_edge")) lo = count(s["shortest_edge"], "size.shortest_edge");
+    if (s.contains("longest_edge")) hi = count(s["longest_edge"], "size.longest_edge");
+  }
+  if (j.contains("min_pixels") && !j["min_pixels"].is_null()) lo = count(j["min_pixels"], "min_pixels");
+  if (j.contains("max_pixels") && !j["max_pixels"].is_null()) hi = count(j["max_pixels"], "max_pixels");
+  int64_t& dlo = video ? p.video_min_pixels : p.image_min_pixels;
+  int64_t& dhi = video ? p.video_max_pixels : p.image_max_pixels;
+  if (lo > 0) dlo = lo;
+  if (hi > 0) dhi = hi;
+  if (dlo > dhi) fail(where, ": min pixels ", dlo, " is larger than max pixels ", dhi);
+  for (const char* k : {"image_mean", "image_std"}) {
+    if (!j.contains(k)) continue;
+    const auto& v = j[k];
+    if (!v.is_array() || v.size() != 3 || !v[0].is_number() || !v[1].is_number() || !v[2].is_number())
+      fail(where, ": '", k, "' must be 3 numbers, found ", v.dump());
+    float* dst = std::string(k) == "image_mean" ? p.mean : p.std;
+    for (int c = 0; c < 3; ++c) dst[c] = v[size_t(c)].get<float>();
+    if (dst == p.std)
+      for (int c = 0; c < 3; ++c)
+        if (!(p.std[c] > 0)) fail(where, ": 'image_std' must be positive, found ", v.dump());
+  }
+  if (video) {
+    auto frames = [&](const char* k, int& dst) {
+      if (!j.contains(k) || j[k].is_null()) return;
+      if (!j[k].is_number_integer() || j[k].get<int64_t>() < 1 || j[k].get<int64_t>() > 100000)
+        fail(where, ": '", k, "' must be a positive frame count, found ", j[k].dump());
+      dst = j[k].get<int>();
+    };
+    frames("min_frames", p.min_frames);
+    frames("max_frames", p.max_frames);
+    if (j.contains("fps") && j["fps"].is_number()) {
+      if (!(j["fps"].get<double>() > 0)) fail(where, ": 'fps' must be positive, found ", j["fps"].dump());
+      p.fps = j["fps"].get<double>();
+    }
+  }
+}
+
+nlohmann::json read_json_file(const std::filesystem::path& f) {
+  std::ifstream in(f);
+  if (!in) fail(f.string(), ": cannot be read");
+  auto j = nlohmann::json::parse(in, nullptr, false);
+  if (j.is_discarded()) fail(f.string(), ": not valid JSON");
+  if (!j.is_object()) fail(f.string(), ": expected a JSON object");
+  return j;
+}
+
+}  // namespace
+
 media::VisionParams MultimodalModel::vision_params() const {
   media::VisionParams p;
   p.patch = c_.vision.patch;
   p.merge = c_.vision.merge;
   p.temporal = c_.vision.temporal;
+  // The checkpoint's own processor settings, where it ships them (otherwise the defaults of the
+  // Qwen video utilities): preprocessor_config.json (image processor, flat),
+  // video_preprocessor_config.json (flat), processor_config.json (transformers 5: nested sections).
+  namespace fs = std::filesystem;
+  const fs::path dir(model_.dir());
+  const fs::path pre = dir / "preprocessor_config.json", vid = dir / "video_preprocessor_config.json",
+                 proc = dir / "processor_config.json";
+  if (fs::exists(pre)) read_processor_section(read_json_file(pre), pre.string(), false, p);
+  if (fs::exists(vid)) read_processor_section(read_json_file(vid), vid.string(), true, p);
+  if (fs::exists(proc)) {
+    const auto j = read_json_file(proc);
+    if (j.contains("image_processor"))
+      read_processor_section(j["image_processor"], proc.string() + ": image_processor", false, p);
+    if (j.contains("video_processor"))
+      read_processor_section(j["video_processor"], proc.string() + ": video_processor", true, p);
+  }
   return p;
 }
 
