@@ -14,21 +14,14 @@
 namespace outro {
 namespace {
 
+using test::error_of;
+
 std::vector<uint8_t> image(const std::string& header, size_t data_len) {
   std::vector<uint8_t> b(8 + header.size() + data_len, 0);
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) b[size_t(i)] = uint8_t(n >> (8 * i));
   std::memcpy(b.data() + 8, header.data(), header.size());
   return b;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 std::string parse_err(const std::string& header, size_t data_len) {

@@ -16,6 +16,8 @@
 namespace outro {
 namespace {
 
+using test::error_of;
+
 namespace fs = std::filesystem;
 
 class Clips : public ::testing::Test {
@@ -46,15 +48,6 @@ class Clips : public ::testing::Test {
 };
 std::string Clips::dir;
 bool Clips::ok = false;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 TEST_F(Clips, ProbesAndDecodesMp4) {
   auto v = media::probe_video(dir + "/av.mp4");

@@ -17,6 +17,8 @@
 namespace outro {
 namespace {
 
+using test::error_of;
+
 using json = nlohmann::json;
 
 std::string read(const std::string& path) {
@@ -32,15 +34,6 @@ std::string tok_path(const std::string& name) {
 }
 
 json cases_of(const std::string& name) { return json::parse(read(test::fixture("tokenizer/" + name + ".cases.json"))); }
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
 
 std::string show(const std::string& s) {
   std::string o;
