@@ -3,7 +3,8 @@
 // Qwen2.5-Omni-7B thinker's decoder (hidden 3584, 28 layers, 28 heads, 4 KV heads, intermediate
 // 18944, vocab 152064, untied, q/k/v biases, rope_theta 1e6), loads it onto the GPU and times:
 //   - decode at batch 1 (after a short prompt; logits of every step copied back), as tokens/s and
-//     as weight bytes read per second over the measured copy bandwidth;
+//     as weight bytes read per second over the measured copy bandwidth, with the backend's op fusion
+//     off and on;
 //   - the decode step's matrix products alone (our GEMV over every weight matrix once);
 //   - prefill of long prompts (default 4096 and 16384 tokens) as tokens/s and as the fraction of the
 //     measured bf16 matrix rate (matrix FLOPs + causal attention FLOPs).
@@ -273,6 +274,26 @@ int main(int argc, char** argv) {
     // ---- decode ----
     const auto p_ids = rnd_ids(prompt), d_ids = rnd_ids(decode);
     std::vector<float> logits;
+    // The same decode with the backend's op fusion off (every small op its own kernel), for comparison.
+    {
+      cuda_api::set_fusion(*be, false);
+      std::vector<double> un;
+      for (int r = 0; r <= reps; ++r) {
+        sess.reset();
+        sess.forward(p_ids, &logits);
+        be->synchronize();
+        auto t1 = Clock::now();
+        for (int i = 0; i < decode; ++i) sess.forward(&d_ids[size_t(i)], 1, &logits);
+        if (r) un.push_back(since(t1) / decode);
+      }
+      cuda_api::set_fusion(*be, true);
+      const double u = median(un);
+      std::printf("\ndecode with op fusion off (OUTRO_CUDA_FUSE=0): median %.2f ms/token = %.1f tok/s = %.1f%% of the "
+                  "copy bandwidth\n",
+                  u * 1e3, 1 / u, 100 * bytes_per_token / u / bw);
+      out["decode_tok_s_unfused"] = 1 / u;
+      out["decode_bw_fraction_unfused"] = bytes_per_token / u / bw;
+    }
     std::vector<double> dec;
     for (int r = 0; r <= reps; ++r) {  // the first is a warm-up
       sess.reset();
@@ -320,6 +341,73 @@ int main(int argc, char** argv) {
                   "the step: %.2f ms\n",
                   g * 1e3, bytes_per_token / g / 1e9, 100 * bytes_per_token / g / bw, (dstep - g) * 1e3);
       out["gemv_bw_fraction"] = bytes_per_token / g / bw;
+      // The same products as a decode step launches them: q/k/v together, gate/up with the SwiGLU.
+      const size_t Dn = size_t(c.hidden), In = size_t(c.intermediate), KVn = size_t(c.kv_heads) * c.head_dim;
+      Buf yq = be->alloc(Dn), yk = be->alloc(KVn), yv = be->alloc(KVn), yo = be->alloc(Dn), yg = be->alloc(In),
+          yu = be->alloc(In), yd = be->alloc(Dn), yl = be->alloc(size_t(c.vocab));
+      std::vector<double> tf;
+      for (int r = 0; r < 6; ++r) {
+        be->synchronize();
+        auto t2 = Clock::now();
+        for (size_t l = 0; l + 1 < ws.size(); l += 7) {
+          be->matmul(yq, xin, 1, ws[l], nullptr);
+          be->matmul(yk, xin, 1, ws[l + 1], nullptr);
+          be->matmul(yv, xin, 1, ws[l + 2], nullptr);
+          be->matmul(yo, xin, 1, ws[l + 3], nullptr);
+          be->matmul(yg, xin, 1, ws[l + 4], nullptr);
+          be->matmul(yu, xin, 1, ws[l + 5], nullptr);
+          be->swiglu(yg, yg, yu, In);
+          be->matmul(yd, yg, 1, ws[l + 6], nullptr);
+        }
+        be->matmul(yl, xin, 1, ws.back(), nullptr);
+        be->synchronize();
+        if (r) tf.push_back(since(t2));
+      }
+      const double gf = median(tf);
+      std::printf("  GEMV as a decode step launches it (q/k/v in one launch, gate/up with the SwiGLU): %.2f ms = %.0f "
+                  "GB/s = %.1f%% of copy bandwidth; the rest of the step: %.2f ms\n",
+                  gf * 1e3, bytes_per_token / gf / 1e9, 100 * bytes_per_token / gf / bw, (dstep - gf) * 1e3);
+      out["gemv_fused_bw_fraction"] = bytes_per_token / gf / bw;
+      for (Buf* b : {&yq, &yk, &yv, &yo, &yg, &yu, &yd, &yl}) be->release(*b);
+
+      // The small ops between the products, each repeated in a dependent chain (as in a step).
+      {
+        const int H = c.heads, hd = c.head_dim, past = prompt + decode / 2;
+        Weight nw = be->weight(*model->layers[0].attn_norm);
+        Buf xr = be->alloc(Dn), ar = be->alloc(Dn), xn = be->alloc(Dn), q = be->alloc(size_t(H) * hd),
+            k = be->alloc(KVn), v = be->alloc(KVn), z = be->alloc(size_t(H) * hd),
+            kc = be->alloc(size_t(past + 1) * KVn), vc = be->alloc(size_t(past + 1) * KVn);
+        const int32_t pos[1] = {past};
+        AttnParams ap;
+        ap.n_heads = H, ap.n_kv = c.kv_heads, ap.head_dim = hd, ap.scale = 1.f / std::sqrt(float(hd));
+        ap.n_new = 1, ap.past = past;
+        auto lat = [&](auto fn) {
+          fn();
+          be->synchronize();
+          auto t3 = Clock::now();
+          for (int i = 0; i < 200; ++i) fn();
+          be->synchronize();
+          return since(t3) / 200 * 1e6;
+        };
+        const double t_norm = lat([&] {
+          be->add(xr, ar, Dn);
+          be->rmsnorm(xn, xr, 1, nw, c.rms_eps);
+        });
+        const double t_rope = lat([&] {
+          be->rope(q, 1, H, hd, pos, model->inv_freq.data());
+          be->rope(k, 1, c.kv_heads, hd, pos, model->inv_freq.data());
+          be->copy(kc, size_t(past) * KVn, k, 0, KVn);
+          be->copy(vc, size_t(past) * KVn, v, 0, KVn);
+        });
+        const double t_attn = lat([&] { be->attention(z, q, kc, vc, ap); });
+        const double per_layer = 2 * t_norm + t_rope + t_attn;
+        std::printf("  small ops (each in a chain of 200): add + RMSNorm %.1f us, RoPE + KV-cache writes %.1f us, "
+                    "attention over %d keys %.1f us; per layer 2 x %.1f + %.1f + %.1f = %.1f us, x %d layers = %.2f ms\n",
+                    t_norm, t_rope, past + 1, t_attn, t_norm, t_rope, t_attn, per_layer, c.layers,
+                    per_layer * c.layers / 1e3);
+        out["small_ops_us"] = {{"add_rmsnorm", t_norm}, {"rope_kv_write", t_rope}, {"attention", t_attn}};
+        for (Buf* b : {&xr, &ar, &xn, &q, &k, &v, &z, &kc, &vc}) be->release(*b);
+      }
       be->release(xin);
       be->release(yout);
     }

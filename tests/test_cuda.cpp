@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -317,6 +318,108 @@ TEST_F(Pair, AttentionNonCausalSegments) {
 #endif
 }
 
+// The decoder's op sequences that the CUDA backend fuses (add + RMSNorm; q/k/v GEMVs of one x;
+// gate/up GEMVs + SwiGLU; rope(q), rope(k) + the KV-cache copies) against the CPU composition of
+// the same ops, and against the GPU with fusion off.
+TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
+#ifdef OUTRO_HAVE_CUDA
+  for (DType dt : {DType::BF16, DType::F32})
+    for (int n : {1, 3, 6}) {
+      const int D = 256, H = 4, KV = 2, hd = 64, I = 384, past = 9;
+      auto g1 = tensor("g1", DType::BF16, {D}, 101, 0.2f, 1.f);
+      auto wq = tensor("wq", dt, {H * hd, D}, 102), wk = tensor("wk", dt, {KV * hd, D}, 103),
+           wv = tensor("wv", dt, {KV * hd, D}, 104);
+      auto bq = tensor("bq", dt, {H * hd}, 105), bk = tensor("bk", dt, {KV * hd}, 106), bv = tensor("bv", dt, {KV * hd}, 107);
+      auto wg = tensor("wg", dt, {I, D}, 108), wu = tensor("wu", dt, {I, D}, 109), wd = tensor("wd", dt, {D, I}, 110);
+      std::vector<float> inv(hd / 2);
+      for (int c = 0; c < hd / 2; ++c) inv[size_t(c)] = std::pow(1e6f, -2.f * c / hd);
+      std::vector<int32_t> pos(static_cast<size_t>(n));
+      for (int i = 0; i < n; ++i) pos[size_t(i)] = past + i;
+      auto x0 = randn(size_t(n) * D, 111, 2.f), a0 = randn(size_t(n) * D, 112, 2.f);
+      auto kc0 = randn(size_t(past + n) * KV * hd, 113), vc0 = randn(size_t(past + n) * KV * hd, 114);
+      auto t0 = randn(size_t(D), 115, 3.f);
+      // outputs: x, xn, q, k, v, kcache, vcache, gate, up, down, x after the second add + norm, its norm
+      auto run = [&](Backend& be) {
+        Weight G = be.weight(g1.info), Q = be.weight(wq.info), K = be.weight(wk.info), V = be.weight(wv.info);
+        Weight BQ = be.weight(bq.info), BK = be.weight(bk.info), BV = be.weight(bv.info);
+        Weight WG = be.weight(wg.info), WU = be.weight(wu.info), WD = be.weight(wd.info);
+        Buf x = put(be, x0), a = put(be, a0), xn = put(be, std::vector<float>(x0.size(), NAN));
+        Buf q = put(be, std::vector<float>(size_t(n) * H * hd, NAN)), k = put(be, std::vector<float>(size_t(n) * KV * hd, NAN)),
+            v = put(be, std::vector<float>(size_t(n) * KV * hd, NAN));
+        Buf kc = put(be, kc0), vc = put(be, vc0), t = put(be, t0);
+        Buf gate = put(be, std::vector<float>(size_t(n) * I, NAN)), up = put(be, std::vector<float>(size_t(n) * I, NAN)),
+            down = put(be, std::vector<float>(size_t(n) * D, NAN));
+        be.add(x, a, size_t(n) * D);
+        be.rmsnorm(xn, x, n, G, 1e-6f);
+        be.matmul(q, xn, n, Q, &BQ);
+        be.matmul(k, xn, n, K, &BK);
+        be.matmul(v, xn, n, V, &BV);
+        be.rope(q, n, H, hd, pos.data(), inv.data());
+        be.rope(k, n, KV, hd, pos.data(), inv.data());
+        const size_t row = size_t(KV) * hd;
+        be.copy(kc, size_t(past) * row, k, 0, size_t(n) * row);
+        be.copy(vc, size_t(past) * row, v, 0, size_t(n) * row);
+        be.matmul(gate, xn, n, WG, nullptr);
+        be.matmul(up, xn, n, WU, nullptr);
+        be.swiglu(gate, gate, up, size_t(n) * I);
+        be.matmul(down, gate, n, WD, nullptr);
+        std::vector<std::vector<float>> out = {get(be, x), get(be, xn), get(be, q), get(be, k), get(be, v),
+                                               get(be, kc), get(be, vc), get(be, gate), get(be, up), get(be, down)};
+        be.add(x, down, size_t(n) * D);  // the next layer's norm, in place
+        be.rmsnorm(x, x, n, G, 1e-6f);
+        out.push_back(get(be, x));
+        be.add(x, a, size_t(n) * D);  // OutRo's alignment of a decode row between the add and the norm
+        be.align_rows(x, n, 1, D, t, nullptr, 0.1f);
+        be.rmsnorm(xn, x, n, G, 1e-6f);
+        out.push_back(get(be, x));
+        out.push_back(get(be, xn));
+        std::vector<uint8_t> skip(static_cast<size_t>(n), 0);  // and of a prefill, the sink row skipped
+        skip[0] = 1;
+        be.add(x, a, size_t(n) * D);
+        be.align_rows(x, n, 1, D, t, skip.data(), 0.3f);
+        be.rmsnorm(xn, x, n, G, 1e-6f);
+        out.push_back(get(be, x));
+        out.push_back(get(be, xn));
+        return out;
+      };
+      auto c = run(*cpu);
+      cuda_api::set_fusion(*gpu, false);
+      auto u = run(*gpu);
+      cuda_api::set_fusion(*gpu, true);
+      auto f = run(*gpu);
+      const char* names[] = {"x",      "xn", "q",    "k",  "v",  "kcache", "vcache",
+                             "swiglu", "up", "down", "x2", "x3", "xn3", "x4", "xn4"};
+      for (size_t i = 0; i < c.size(); ++i) {
+        EXPECT_LT(rel(f[i], c[i]), 1e-4) << names[i] << " " << dtype_name(dt) << " n=" << n;
+        EXPECT_LT(rel(f[i], u[i]), 1e-6) << names[i] << " fused vs unfused " << dtype_name(dt) << " n=" << n;
+      }
+    }
+#endif
+}
+
+// OutRo's automatic sinks: the GPU's row maxima and median of |h| equal the host's exactly.
+TEST_F(Pair, PhiLlmStatsOnGpuEqualHost) {
+#ifdef OUTRO_HAVE_CUDA
+  for (auto [n, dim] : {std::pair{1, 1}, std::pair{1, 7}, std::pair{2, 3}, std::pair{70, 256}, std::pair{300, 3584},
+                        std::pair{1024, 896}}) {
+    auto h = randn(size_t(n) * dim, uint64_t(n * 31 + dim), 0.5f);
+    for (int r = 0; r < n; r += 17) h[size_t(r) * dim + size_t(r % dim)] = r % 2 ? -900.f : 1200.f;  // massive
+    for (size_t i = 0; i < h.size(); i += 5) h[i] = h[i / 2];                                        // ties
+    if (h.size() > 10) h[3] = -0.f, h[4] = 0.f, h[5] = std::numeric_limits<float>::infinity();
+    PhiLLM want = phi_llm(h.data(), n, dim, 100.0, 1000.0);
+    Buf b = put(*gpu, h);
+    std::vector<float> row_max;
+    float median = -1.f;
+    ASSERT_TRUE(cuda_api::phi_llm_stats(*gpu, b, n, dim, &row_max, &median));
+    EXPECT_EQ(median, want.median) << n << "x" << dim;
+    EXPECT_EQ(row_max, want.row_max) << n << "x" << dim;
+  }
+  std::vector<float> rm;
+  float med = 0.f;
+  EXPECT_FALSE(cuda_api::phi_llm_stats(*cpu, Buf{}, 1, 1, &rm, &med));
+#endif
+}
+
 TEST_F(Pair, InterventionOps) {
   const int n = 7, groups = 4, gdim = 32, D = groups * gdim;
   auto x = randn(size_t(n) * D, 51, 2.f);
@@ -415,8 +518,9 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
     const int V = m->config().vocab;
     std::vector<int32_t> ids;
     for (int i = 0; i < 70; ++i) ids.push_back(int32_t((i * 37 + 11) % V));
-    for (bool with_outro : {false, true}) {
+    for (int with_outro : {0, 1, 2}) {  // 2: sinks chosen by Φ_LLM (on the GPU for the CUDA backend)
       std::vector<float> res[2], steps[2];
+      std::vector<int> chosen[2];
       std::vector<float> pat[2];
       auto cpu = make_cpu_backend();
       std::string why;
@@ -435,13 +539,15 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
         std::unique_ptr<OutRo> o;
         if (with_outro) {
           OutroParams p = outro_preset("outro");
-          p.l_out = 1, p.auto_sinks = false, p.sinks = {0, 5};
+          p.l_out = 1, p.auto_sinks = with_outro == 2, p.sinks = {0, 5};
+          if (with_outro == 2) p.tau_abs = 0.0, p.tau_rel = 0.0;  // every row passes: the set is all of them
           o = std::make_unique<OutRo>(p);
           sess.add_intervention(o.get());
         }
         std::vector<float> logits;
         sess.forward(ids, &logits, true);
         res[k] = logits;
+        if (o) chosen[k] = o->sinks();
         pat[k] = rec.get(hook_name(1, Hook::Pattern))->data;
         sess.clear_observers();
         for (int t = 0; t < 4; ++t) {
@@ -451,6 +557,7 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
         }
         ++k;
       }
+      EXPECT_EQ(chosen[1], chosen[0]) << "outro=" << with_outro;
       const double tol = dt == DType::F32 ? 1e-4 : 5e-2;
       std::printf("  forward %s outro=%d: prefill logits rel err %.2e, decode %.2e, pattern max abs %.2e\n",
                   dtype_name(dt), int(with_outro), rel(res[1], res[0]), rel(steps[1], steps[0]),

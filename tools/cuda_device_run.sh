@@ -4,7 +4,7 @@
 # $BIN (default build-cuda/dist, carried): built on the build machine (nvcc 13.0, as on the image)
 # rather than there; cuda_tests is test_cuda.cpp linked alone with
 # -Wl,--as-needed so that it needs only libcublas from the image (see README, "CUDA backend").
-#   STEP=all|tests|bench|outro|tf  BENCH_ARGS=...  OUTRO_PROMPT=1024
+#   STEP=all or a comma list of tests,bench,outro,tf  BENCH_ARGS=...  OUTRO_PROMPT=1024
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 D=${BIN:-build-cuda/dist}
@@ -16,18 +16,19 @@ nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv
 df -h /dev/shm /tmp | tail -2
 ldd $D/cuda_tests | grep "not found"
 STEP=${STEP:-all}
-if [[ $STEP == all || $STEP == tests ]]; then
+step() { [[ $STEP == all || ,$STEP, == *,$1,* ]]; }
+if step tests; then
   timeout 200 $D/cuda_tests 2>&1 | tee $OUT/tests.log | grep -E "^\[  (FAILED|PASSED|SKIPPED) |rel err|Failure|Expected|Which is|error|Actual" | head -80
 fi
-if [[ $STEP == all || $STEP == bench ]]; then
+if step bench; then
   timeout 240 $D/bench_cuda --json $OUT/ours.json --dir /tmp/m7b --keep ${BENCH_ARGS} 2>&1 | tee $OUT/bench.log
 fi
-if [[ $STEP == all || $STEP == outro ]]; then
+if step outro; then
   timeout 120 $D/bench_outro --device cuda --model /tmp/m7b --prompt ${OUTRO_PROMPT:-1024} --decode 32 --reps 5 2>&1 | tee $OUT/outro.log | grep -A4 "^| strategy"
   printf 'strategy = "outro"\nsinks = [0]\n' > /tmp/outro_sinks.toml
   echo "OutRo with the sink given (no host-side sink detection):"
   timeout 120 $D/bench_outro --device cuda --model /tmp/m7b --prompt ${OUTRO_PROMPT:-1024} --decode 32 --reps 5 --outro-config /tmp/outro_sinks.toml 2>&1 | tee $OUT/outro_sinks.log | grep -A8 "^| strategy"
 fi
-if [[ $STEP == all || $STEP == tf ]]; then
+if step tf; then
   PYTHONUNBUFFERED=1 timeout 240 python3 tools/bench_transformers.py --json $OUT/theirs.json --ours $OUT/ours.json 2>&1 | tee $OUT/tf.log | grep -v Warning
 fi

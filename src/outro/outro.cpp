@@ -8,6 +8,9 @@
 
 #include "core/error.h"
 #include "io/config.h"
+#ifdef OUTRO_HAVE_CUDA
+#include "kernels/cuda/cuda_api.h"
+#endif
 
 namespace outro {
 
@@ -100,6 +103,14 @@ float kth_abs(const float* h, size_t n, size_t k) {
   return v;
 }
 
+// The rows whose max|h| passes both thresholds.
+void phi_llm_threshold(PhiLLM& r, int n, double tau_abs, double tau_rel) {
+  for (int i = 0; i < n; ++i) {
+    const double m = r.row_max[size_t(i)];
+    if (m >= tau_abs && m >= tau_rel * double(r.median)) r.sinks.push_back(i);
+  }
+}
+
 }  // namespace
 
 PhiLLM phi_llm(const float* h, int n, int dim, double tau_abs, double tau_rel) {
@@ -114,10 +125,7 @@ PhiLLM phi_llm(const float* h, int n, int dim, double tau_abs, double tau_rel) {
     r.row_max[size_t(i)] = m;
   }
   r.median = kth_abs(h, N, (N - 1) / 2);
-  for (int i = 0; i < n; ++i) {
-    const double m = r.row_max[size_t(i)];
-    if (m >= tau_abs && m >= tau_rel * double(r.median)) r.sinks.push_back(i);
-  }
+  phi_llm_threshold(r, n, tau_abs, tau_rel);
   return r;
 }
 
@@ -207,9 +215,20 @@ void OutRo::begin(ForwardCtx& ctx) {
 
 void OutRo::choose_sinks_phi(ForwardCtx& ctx, const Buf& h) {
   const int D = ctx.cfg->hidden;
-  host_.resize(size_t(ctx.n) * size_t(D));
-  ctx.be->download(h, 0, host_.data(), host_.size());
-  PhiLLM r = phi_llm(host_.data(), ctx.n, D, p_.tau_abs, p_.tau_rel);
+  PhiLLM r;
+  bool on_device = false;
+#ifdef OUTRO_HAVE_CUDA
+  // On a GPU the row maxima and the median are computed there (the same values); only they come back.
+  if (cuda_api::phi_llm_stats(*ctx.be, h, ctx.n, D, &r.row_max, &r.median)) {
+    phi_llm_threshold(r, ctx.n, p_.tau_abs, p_.tau_rel);
+    on_device = true;
+  }
+#endif
+  if (!on_device) {
+    host_.resize(size_t(ctx.n) * size_t(D));
+    ctx.be->download(h, 0, host_.data(), host_.size());
+    r = phi_llm(host_.data(), ctx.n, D, p_.tau_abs, p_.tau_rel);
+  }
   phi_median_ = r.median;
   phi_max_ = r.row_max.empty() ? 0.f : *std::max_element(r.row_max.begin(), r.row_max.end());
   if (r.sinks.empty())

@@ -6,7 +6,8 @@
 //    128 on sm_80 and newer. K and V are first converted once to bf16 (the cache itself is float32).
 //  - k_attn_rows: the portable kernel (any head_dim <= 256, any GPU): one block per (row, head, split)
 //    with an online softmax over its share of the keys; the decode path, split over the context so
-//    long contexts fill the GPU, then k_attn_combine merges the splits.
+//    long contexts fill the GPU; the last split block of each (row, head) merges the splits (or
+//    k_attn_combine, when no counters are given).
 //  - k_attn_pattern: the probabilities [H, n_new, total], only when an observer asks for them.
 #include <cfloat>
 #include <climits>
@@ -79,15 +80,29 @@ __device__ __forceinline__ float block_max_f(float v, float* sh) {
 // Scores: a warp per key, lanes over dims. P·V: each warp takes every 4th key, lanes own dims;
 // the warps' sums meet in shared memory at the end.
 __global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float* q, const float* kc, const float* vc,
-                                                           AttnDev p, int nsplit, float* partial) {
+                                                           AttnDev p, int nsplit, float* partial, unsigned* counters) {
   constexpr int W = kRowThreads / 32;
   __shared__ float qs[256];
   __shared__ float sc[kRowChunk];
   __shared__ float red[32];
   __shared__ float pv[W][256];
-  pdl_begin();
   const int r = blockIdx.x / nsplit, sp = blockIdx.x % nsplit, h = blockIdx.y;
   const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, kvh = h / (H / KV);
+  // The cached keys and values before this call's rows depend on no running kernel: start bringing
+  // this block's share into L2 before waiting for the previous kernel (a hint; causal rows only).
+  pdl_trigger();
+  if (p.causal && p.n_sinkout == 0 && r < p.n_new) {
+    const int hi0 = p.past + r + 1, per0 = (hi0 + nsplit - 1) / nsplit;
+    const int a0 = sp * per0, a1 = min(min(hi0, a0 + per0), p.past);
+    const int lines = (hd * 4 + 127) / 128;
+    const size_t ks = size_t(KV) * hd;
+    for (int t = threadIdx.x; t < (a1 - a0) * lines * 2; t += kRowThreads) {
+      const int key = a0 + t / (2 * lines), rem = t % (2 * lines);
+      const float* base = (rem < lines ? kc : vc) + size_t(key) * ks + size_t(kvh) * hd;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(base) + (rem % lines) * 128));
+    }
+  }
+  pdl_wait();
   int lo, hi;
   row_range(p, r, lo, hi);
   const int len = hi - lo, per = (len + nsplit - 1) / nsplit;
@@ -103,12 +118,25 @@ __global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float
   const size_t kstride = size_t(KV) * hd;
   for (int c0 = k0; c0 < k1; c0 += kRowChunk) {
     const int cn = min(kRowChunk, k1 - c0);
-    for (int j = warp; j < cn; j += W) {
-      const float* kr = kc + size_t(c0 + j) * kstride + size_t(kvh) * hd;
-      float s = 0.f;
-      for (int d = lane; d < hd; d += 32) s += qs[d] * kr[d];
-      s = warp_sum(s);
-      if (lane == 0) sc[j] = s * p.scale;
+    // Each warp takes 8 consecutive keys at a time, their loads all in flight before the sums.
+    constexpr int KU = 8;
+    for (int j0 = warp * KU; j0 < cn; j0 += W * KU) {
+      float sv[KU];
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const int j = min(j0 + u, cn - 1);
+        const float* kr = kc + size_t(c0 + j) * kstride + size_t(kvh) * hd;
+        float a = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i)  // d = lane + 32 i < hd <= 256, in the order of d
+          if (lane + 32 * i < hd) a += qs[lane + 32 * i] * kr[lane + 32 * i];
+        sv[u] = a;
+      }
+#pragma unroll
+      for (int u = 0; u < KU; ++u) {
+        const float t = warp_sum(sv[u]);
+        if (lane == 0 && j0 + u < cn) sc[j0 + u] = t * p.scale;
+      }
     }
     __syncthreads();
     float mx = -FLT_MAX;
@@ -126,7 +154,7 @@ __global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float
 #pragma unroll
     for (int i = 0; i < 8; ++i) acc[i] *= corr;
     const float* vb = vc + size_t(c0) * kstride + size_t(kvh) * hd;
-#pragma unroll 4
+#pragma unroll 8
     for (int j = warp; j < cn; j += W) {
       const float pj = sc[j];
       const float* vr = vb + size_t(j) * kstride;
@@ -152,6 +180,35 @@ __global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float
       if (d == 0) pr[0] = m, pr[1] = l;
       pr[2 + d] = a;
     }
+  }
+  if (nsplit == 1 || !counters) return;
+  // The last split of (row, head) to finish merges them all (as k_attn_combine) and resets its counter.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned* ctr = counters + (size_t(r) * H + h);
+    last = atomicAdd(ctr, 1u) == unsigned(nsplit - 1);
+    if (last) *ctr = 0u;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* pr = partial + (size_t(r) * H + h) * nsplit * (hd + 2);
+  float M = -FLT_MAX;
+  for (int s = 0; s < nsplit; ++s)
+    if (__ldcg(pr + s * (hd + 2) + 1) > 0.f) M = fmaxf(M, __ldcg(pr + s * (hd + 2)));
+  for (int d = threadIdx.x; d < hd; d += kRowThreads) {
+    float L = 0.f, a = 0.f;
+    for (int s = 0; s < nsplit; ++s) {
+      const float* ps = pr + s * (hd + 2);
+      const float ls = __ldcg(ps + 1);
+      if (ls <= 0.f) continue;
+      const float w = expf(__ldcg(ps) - M);
+      L += ls * w;
+      a += __ldcg(ps + 2 + d) * w;
+    }
+    z[(size_t(r) * H + h) * hd + d] = L > 0.f ? a / L : 0.f;
   }
 }
 
@@ -486,9 +543,10 @@ const char* attention(cudaStream_t s, float* z, const float* q, const float* kc,
       if (scratch.bytes < need) fail("attention: scratch too small");
       part = static_cast<float*>(scratch.ptr);
     }
+    unsigned* ctr = ns > 1 && size_t(p.n_new) * p.n_heads <= size_t(kAttnCounters) ? scratch.counters : nullptr;
     launch("attention (rows)", k_attn_rows, dim3(unsigned(p.n_new) * unsigned(ns), unsigned(p.n_heads)),
-           dim3(kRowThreads), 0, s, z, q, kc, vc, p, ns, part);
-    if (ns > 1) {
+           dim3(kRowThreads), 0, s, z, q, kc, vc, p, ns, part, ctr);
+    if (ns > 1 && !ctr) {
       const int th = (p.head_dim + 31) / 32 * 32;
       launch("attention (combine)", k_attn_combine, dim3(unsigned(p.n_new), unsigned(p.n_heads)), dim3(th), 0, s, z,
              part, p.n_heads, p.head_dim, ns);

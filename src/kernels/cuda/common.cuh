@@ -96,6 +96,20 @@ enum class WType { F32, BF16 };
 // gemv.cu: y[n, rows] = x[n, cols] · wᵀ (+ bias), for small n (the decode path).
 void gemv(cudaStream_t s, float* y, const float* x, int n, const void* w, WType wt, int64_t rows, int64_t cols,
           const float* bias);
+// One matrix of a fused GEMV launch: y[n, rows] = x[n, cols] · wᵀ (+ bias).
+struct GemvOut {
+  float* y;
+  const void* w;
+  const float* bias;
+  int64_t rows;
+};
+// Whether the vector GEMV can take these operands (16-byte aligned, cols a multiple of 8).
+bool gemv_vectorizable(const void* w, WType wt, const float* x, int64_t cols);
+// Up to 3 matrices sharing x (same cols and weight type) in one launch per 4 rows of x. With
+// swiglu_out (count 2, equal rows; gate then up): also swiglu_out = silu(y0) * y1, written after y0
+// and y1 (it may be either of them). Every operand must pass gemv_vectorizable.
+void gemv_multi(cudaStream_t s, const float* x, int n, int64_t cols, WType wt, const GemvOut* outs, int count,
+                float* swiglu_out);
 // y[i, r] += bias[r]
 void add_bias(cudaStream_t s, float* y, const float* bias, int n, int64_t rows);
 // float32 -> bf16 copy
@@ -115,7 +129,11 @@ struct AttnDev {
 struct AttnScratch {
   void* ptr = nullptr;
   size_t bytes = 0;
+  // kAttnCounters zero-initialised counters, left zero by every call (the split decode kernel's
+  // last block per row and head merges the splits); null: a separate merge kernel.
+  unsigned* counters = nullptr;
 };
+constexpr int kAttnCounters = 1024;
 // Bytes of scratch attention() needs for these parameters (0 when none).
 size_t attention_scratch_bytes(const AttnDev& p, int sm_major);
 // z = attention(q, kcache, vcache); pattern (device, [H, n_new, past + n_new]) when non-null.
@@ -126,9 +144,21 @@ const char* attention(cudaStream_t s, float* z, const float* q, const float* kc,
 // ops.cu
 void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n);
 void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps);
+// x[n, d] += a; then y = rmsnorm(x) (the add and the norm of the residual stream in one kernel).
+void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps);
+// x += a; align_rows(x, n, 1, d, t, skip, lambda); y = rmsnorm(x) (OutRo's hidden alignment between
+// the residual add and the norm). False (nothing launched) when the operands are not 16-byte aligned
+// rows (d % 4 != 0).
+bool add_align_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, const float* t, const uint8_t* skip,
+                       float lambda, int n, int d, const float* g, float eps);
 void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps);
 // positions: pos (device-readable) or, when pos == nullptr, pos0 + i
 void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq);
+// rope() on q [n, hq, hd] and k [n, hk, hd] (positions pos0 + i) in one kernel; then, when kdst is
+// non-null, kdst[n, hk, hd] = the rotated k, and when vdst is non-null, vdst[n, hk, hd] = vsrc (the
+// KV-cache writes).
+void rope_qk_cache(cudaStream_t s, float* q, int hq, float* k, int hk, int n, int hd, int pos0,
+                   const float* inv_freq, float* kdst, float* vdst, const float* vsrc);
 void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
                    const float* inv_freq);
 void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n);
@@ -141,6 +171,10 @@ void align_rows(cudaStream_t s, float* x, int n, int groups, int gdim, const flo
                 float lambda);
 void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols);
 void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
+// Φ_LLM statistics of h[n, dim] (n * dim < 2^32): writes, in scratch (phi_llm_scratch_bytes(n)), n row
+// maxima of |h| followed by the ((n·dim - 1) / 2)-th smallest |h|, and returns where (n + 1 floats).
+size_t phi_llm_scratch_bytes(int n);
+float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch);
 // out rows [seg_out[s], seg_out[s+1]) come from input rows starting at seg_in[s] of length seg_len[s]
 void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
               const int* seg_len, const int* seg_out, int nseg, int total_rows);

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 
@@ -27,5 +28,13 @@ bool set_attention_kernel(Backend& be, int force);
 std::string last_attention_kernel(Backend& be);
 // Device memory the backend holds for weights, in bytes.
 size_t weight_bytes(Backend& be);
+// Fusion of the decoder's small ops (add + RMSNorm, GEMVs sharing x, gate/up + SwiGLU, q/k RoPE +
+// KV-cache writes); on unless OUTRO_CUDA_FUSE=0. Returns false when `be` is not a CUDA backend.
+bool set_fusion(Backend& be, bool on);
+// Φ_LLM's statistics of rows h[n, dim] held by a CUDA backend, computed on the GPU: row_max[i] =
+// max_c |h[i,c]| and median = the ((n·dim - 1) / 2)-th smallest |h| (the lower middle), exactly the
+// values outro::phi_llm computes on the host; only these n + 1 floats are copied back. False (nothing
+// done) when `be` is not a CUDA backend or n·dim is 0 or >= 2^32.
+bool phi_llm_stats(Backend& be, const Buf& h, int n, int dim, std::vector<float>* row_max, float* median);
 
 }  // namespace outro::cuda_api

@@ -62,13 +62,18 @@ class CudaBackend final : public Backend {
       const std::string v = e;
       force_attn_ = v == "rows" ? 1 : v == "mma" ? 2 : 0;
     }
+    if (const char* e = std::getenv("OUTRO_CUDA_FUSE")) fuse_ = e[0] != '0';
   }
   ~CudaBackend() override {
+    try {
+      flush();
+    } catch (...) {
+    }
     cudaStreamSynchronize(s_);
     for (void* p : owned_) cudaFree(p);
     if (pin_) cudaFreeHost(pin_);
     if (dring_) cudaFree(dring_);
-    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_)})
+    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_)})
       if (p) cudaFree(p);
     cublasDestroy(blas_);
     cudaStreamDestroy(s_);
@@ -92,6 +97,7 @@ class CudaBackend final : public Backend {
   }
 
   Buf alloc(size_t n) override {
+    flush();
     Buf b;
     b.n = n;
     if (!n) return b;
@@ -100,6 +106,7 @@ class CudaBackend final : public Backend {
     return b;
   }
   void release(Buf& b) override {
+    flush();
     if (b.ptr) {
       OUTRO_CK(cudaStreamSynchronize(s_));
       OUTRO_CK(cudaFree(b.ptr));
@@ -107,6 +114,7 @@ class CudaBackend final : public Backend {
     b = Buf{};
   }
   void upload(Buf dst, size_t off, const float* src, size_t n) override {
+    flush();
     if (!n) return;
     const size_t bytes = n * sizeof(float);
     if (bytes <= (size_t(1) << 20)) {
@@ -118,6 +126,7 @@ class CudaBackend final : public Backend {
     }
   }
   void download(const Buf& src, size_t off, float* dst, size_t n) override {
+    flush();
     if (!n) return;
     OUTRO_CK(cudaMemcpyAsync(dst, F(src) + off, n * sizeof(float), cudaMemcpyDeviceToHost, s_));
     OUTRO_CK(cudaStreamSynchronize(s_));
@@ -126,6 +135,24 @@ class CudaBackend final : public Backend {
     if (!n) return;
     float* d = F(dst) + doff;
     const float* sp = F(src) + soff;
+    // The KV-cache writes after rope(q), rope(k): the rotated k's copy, then v's copy (which launches
+    // the group as one kernel).
+    if (pend_ == Pend::Rope && pr_count_ == 2 && !pr_vdst_) {
+      const size_t kn = size_t(pr_n_) * size_t(pr_heads_[1]) * size_t(pr_hd_), kb = kn * 4;
+      const size_t qb = size_t(pr_n_) * size_t(pr_heads_[0]) * size_t(pr_hd_) * 4;
+      if (n == kn && !pr_kdst_ && sp == pr_x_[1] && !ov(d, kb, pr_x_[0], qb) && !ov(d, kb, pr_x_[1], kb)) {
+        pr_kdst_ = d;
+        return;
+      }
+      if (n == kn && pr_kdst_ && !ov(sp, kb, pr_x_[0], qb) && !ov(sp, kb, pr_x_[1], kb) && !ov(sp, kb, pr_kdst_, kb) &&
+          !ov(d, kb, pr_x_[0], qb) && !ov(d, kb, pr_x_[1], kb) && !ov(d, kb, pr_kdst_, kb) && !ov(d, kb, sp, kb)) {
+        pr_vdst_ = d;
+        pr_vsrc_ = sp;
+        flush();
+        return;
+      }
+    }
+    flush();
     if (d < sp + n && sp < d + n && d != sp) {  // overlapping (memmove semantics): through a temporary
       if (n > tmp_n_) {
         if (tmp_) {
@@ -141,8 +168,14 @@ class CudaBackend final : public Backend {
     }
     cuda::copy(s_, d, sp, n);  // a kernel: keeps the chain of dependent launches
   }
-  void fill(Buf dst, size_t off, size_t n, float v) override { cuda::fill(s_, F(dst) + off, n, v); }
-  void synchronize() override { OUTRO_CK(cudaStreamSynchronize(s_)); }
+  void fill(Buf dst, size_t off, size_t n, float v) override {
+    flush();
+    cuda::fill(s_, F(dst) + off, n, v);
+  }
+  void synchronize() override {
+    flush();
+    OUTRO_CK(cudaStreamSynchronize(s_));
+  }
 
   // ---- weights ----
   Weight weight(const TensorInfo& t) override {
@@ -202,6 +235,7 @@ class CudaBackend final : public Backend {
 
   // ---- ops ----
   void embed(Buf out, const Weight& table, const int32_t* ids, int n) override {
+    flush();
     if (n <= 0) return;
     const int32_t* d = static_cast<const int32_t*>(stage(ids, size_t(n) * 4));
     cuda::embed(s_, F(out), table.data, wt(table), table.cols, d, n);
@@ -211,9 +245,28 @@ class CudaBackend final : public Backend {
     const float* b = bias && *bias ? static_cast<const float*>(bias->data) : nullptr;
     if (n <= 0) return;
     if (n <= kGemvMaxN) {
+      // Products that share x (q, k, v; gate, up) wait to be launched together.
+      const WType t = wt(w);
+      const size_t yb = size_t(n) * size_t(w.rows) * 4, xb = size_t(n) * size_t(w.cols) * 4;
+      if (fuse_ && cuda::gemv_vectorizable(w.data, t, F(x), w.cols) && !ov(y.ptr, yb, x.ptr, xb)) {
+        bool join = pend_ == Pend::Gemv && pg_count_ < 3 && pg_x_ == F(x) && pg_n_ == n && pg_cols_ == w.cols &&
+                    pg_wt_ == t;
+        for (int i = 0; join && i < pg_count_; ++i)
+          if (ov(y.ptr, yb, pg_[i].y, size_t(n) * size_t(pg_[i].rows) * 4)) join = false;
+        if (!join) {
+          flush();
+          pend_ = Pend::Gemv;
+          pg_count_ = 0;
+          pg_x_ = F(x), pg_n_ = n, pg_cols_ = w.cols, pg_wt_ = t;
+        }
+        pg_[pg_count_++] = cuda::GemvOut{F(y), w.data, b, w.rows};
+        return;
+      }
+      flush();
       cuda::gemv(s_, F(y), F(x), n, w.data, wt(w), w.rows, w.cols, b);
       return;
     }
+    flush();
     const float one = 1.f, zero = 0.f;
     if (wt(w) == WType::BF16) {
       const size_t nx = size_t(n) * size_t(w.cols);
@@ -239,19 +292,64 @@ class CudaBackend final : public Backend {
   }
 
   void rmsnorm(Buf y, const Buf& x, int n, const Weight& w, float eps) override {
-    cuda::rmsnorm(s_, F(y), F(x), n, int(w.cols), vec_ptr(w), eps);
+    const int d = int(w.cols);
+    const float* g = vec_ptr(w);
+    if (pend_ == Pend::AddAlign && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(d) && pal_gdim_ == d) {
+      const size_t bytes = pa_n_ * 4;
+      if (!ov(y.ptr, bytes, pa_x_, bytes) && !ov(y.ptr, bytes, pal_t_, size_t(d) * 4) &&
+          (y.ptr == x.ptr || !ov(y.ptr, bytes, x.ptr, bytes))) {
+        if (cuda::add_align_rmsnorm(s_, F(y), F(x), pa_x_, pal_t_, pal_skip_, pal_lambda_, n, d, g, eps)) {
+          pend_ = Pend::None;
+          return;
+        }
+      }
+    }
+    // A residual add waiting for this norm of its sum: one kernel.
+    if (pend_ == Pend::Add && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(d)) {
+      const size_t bytes = pa_n_ * 4;
+      if (!ov(pa_x_, bytes, pa_y_, bytes) && !ov(y.ptr, bytes, pa_x_, bytes) &&
+          (y.ptr == x.ptr || !ov(y.ptr, bytes, x.ptr, bytes))) {
+        pend_ = Pend::None;
+        cuda::add_rmsnorm(s_, F(y), F(x), pa_x_, n, d, g, eps);
+        return;
+      }
+    }
+    flush();
+    cuda::rmsnorm(s_, F(y), F(x), n, d, g, eps);
   }
 
   void rope(Buf x, int n, int heads, int hd, const int32_t* pos, const float* inv_freq) override {
     if (n <= 0) return;
-    const float* f = inv_freq_dev(inv_freq, hd / 2);
     bool contiguous = true;
     for (int i = 1; i < n && contiguous; ++i) contiguous = pos[i] == pos[0] + i;
+    if (fuse_ && contiguous) {  // rope(q), rope(k) and the cache writes that follow: one kernel
+      const int half = hd / 2;
+      const bool same_f = invf_host_.size() == size_t(half) && std::memcmp(invf_host_.data(), inv_freq, size_t(half) * 4) == 0;
+      const bool join = pend_ == Pend::Rope && pr_count_ == 1 && same_f && pr_n_ == n && pr_hd_ == hd &&
+                        pr_pos0_ == pos[0] &&
+                        !ov(x.ptr, size_t(n) * heads * hd * 4, pr_x_[0], size_t(n) * pr_heads_[0] * hd * 4);
+      if (!join) flush();
+      const float* f = inv_freq_dev(inv_freq, half);
+      if (join) {
+        pr_x_[1] = F(x), pr_heads_[1] = heads, pr_count_ = 2;
+      } else {
+        pend_ = Pend::Rope;
+        pr_count_ = 1;
+        pr_x_[0] = F(x), pr_heads_[0] = heads;
+        pr_n_ = n, pr_hd_ = hd, pr_pos0_ = pos[0], pr_f_ = f;
+        pr_kdst_ = pr_vdst_ = nullptr;
+        pr_vsrc_ = nullptr;
+      }
+      return;
+    }
+    flush();
+    const float* f = inv_freq_dev(inv_freq, hd / 2);
     const int32_t* dp = contiguous ? nullptr : static_cast<const int32_t*>(stage(pos, size_t(n) * 4));
     cuda::rope(s_, F(x), n, heads, hd, dp, pos[0], f);
   }
 
   void attention(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) override {
+    flush();
     cuda::AttnDev d{};
     d.n_heads = p.n_heads, d.n_kv = p.n_kv, d.head_dim = p.head_dim, d.n_new = p.n_new, d.past = p.past;
     d.scale = p.scale;
@@ -300,8 +398,12 @@ class CudaBackend final : public Backend {
       }
       pat = pattern_dev_;
     }
-    last_attn_ = cuda::attention(s_, F(z), F(q), F(kc), F(vc), d, pat, {attn_scratch_, attn_bytes_}, sm_major_,
-                                 force_attn_);
+    if (!attn_ctr_) {
+      attn_ctr_ = static_cast<unsigned*>(dmalloc(cuda::kAttnCounters * sizeof(unsigned), "attention counters"));
+      OUTRO_CK(cudaMemsetAsync(attn_ctr_, 0, cuda::kAttnCounters * sizeof(unsigned), s_));
+    }
+    last_attn_ = cuda::attention(s_, F(z), F(q), F(kc), F(vc), d, pat, {attn_scratch_, attn_bytes_, attn_ctr_},
+                                 sm_major_, force_attn_);
     if (pat) {
       OUTRO_CK(cudaMemcpyAsync(p.pattern_out, pat, pat_n * 4, cudaMemcpyDeviceToHost, s_));
       OUTRO_CK(cudaStreamSynchronize(s_));
@@ -309,31 +411,78 @@ class CudaBackend final : public Backend {
   }
 
   void swiglu(Buf out, const Buf& gate, const Buf& up, size_t n) override {
+    // gate and up products waiting with the same x: one GEMV launch that also writes the SwiGLU.
+    if (pend_ == Pend::Gemv && pg_count_ == 2 && pg_[0].y == F(gate) && pg_[1].y == F(up) &&
+        pg_[0].rows == pg_[1].rows && size_t(pg_n_) * size_t(pg_[0].rows) == n) {
+      const size_t bytes = n * 4, xb = size_t(pg_n_) * size_t(pg_cols_) * 4;
+      if (!ov(out.ptr, bytes, pg_x_, xb) &&
+          (out.ptr == gate.ptr || out.ptr == up.ptr || (!ov(out.ptr, bytes, gate.ptr, bytes) && !ov(out.ptr, bytes, up.ptr, bytes)))) {
+        pend_ = Pend::None;
+        cuda::gemv_multi(s_, pg_x_, pg_n_, pg_cols_, pg_wt_, pg_, 2, F(out));
+        return;
+      }
+    }
+    flush();
     cuda::swiglu(s_, F(out), F(gate), F(up), n);
   }
-  void add(Buf y, const Buf& x, size_t n) override { cuda::add(s_, F(y), F(x), n); }
+  // Waits for the next op: an RMSNorm of the sum takes it into its kernel.
+  void add(Buf y, const Buf& x, size_t n) override {
+    flush();
+    if (fuse_ && n > 0) {
+      pend_ = Pend::Add;
+      pa_y_ = F(y), pa_x_ = F(x), pa_n_ = n;
+      return;
+    }
+    cuda::add(s_, F(y), F(x), n);
+  }
 
   void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {
+    flush();
     const int* d = n_rows > 0 ? static_cast<const int*>(stage(rows, size_t(n_rows) * 4)) : nullptr;
     cuda::mean_rows(s_, F(out), F(x), dim, d, n_rows);
   }
   void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
                   float lambda) override {
+    // OutRo's alignment of the residual stream between an add and the norm: joins them.
+    if (pend_ == Pend::Add && groups == 1 && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(gdim) &&
+        !ov(target.ptr, size_t(gdim) * 4, pa_y_, pa_n_ * 4) && !ov(pa_x_, pa_n_ * 4, pa_y_, pa_n_ * 4)) {
+      // A staged skip array stays valid until the group is launched: stage() launches waiting groups
+      // before it reuses the ring (and then the add is no longer waiting).
+      const uint8_t* ds = skip ? static_cast<const uint8_t*>(stage(skip, size_t(n))) : nullptr;
+      if (pend_ == Pend::Add) {
+        pend_ = Pend::AddAlign;
+        pal_skip_ = ds;
+        pal_t_ = F(target), pal_lambda_ = lambda, pal_gdim_ = gdim;
+        return;
+      }
+      cuda::align_rows(s_, F(x), n, groups, gdim, F(target), ds, lambda);
+      return;
+    }
+    flush();
     const uint8_t* d = skip && n > 0 ? static_cast<const uint8_t*>(stage(skip, size_t(n))) : nullptr;
     cuda::align_rows(s_, F(x), n, groups, gdim, F(target), d, lambda);
   }
   void zero_cols(Buf x, int n, int row_len, int col0, int ncols) override {
+    flush();
     cuda::zero_cols(s_, F(x), n, row_len, col0, ncols);
   }
-  void zero_top_dim(Buf x, int row, int groups, int gdim) override { cuda::zero_top_dim(s_, F(x), row, groups, gdim); }
+  void zero_top_dim(Buf x, int row, int groups, int gdim) override {
+    flush();
+    cuda::zero_top_dim(s_, F(x), row, groups, gdim);
+  }
 
   // ---- encoder ops ----
   void layernorm(Buf y, const Buf& x, int n, const Weight& w, const Weight* bias, float eps) override {
+    flush();
     cuda::layernorm(s_, F(y), F(x), n, int(w.cols), vec_ptr(w), bias && *bias ? vec_ptr(*bias) : nullptr, eps);
   }
-  void gelu(Buf y, const Buf& x, size_t n, bool tanh_approx) override { cuda::gelu(s_, F(y), F(x), n, tanh_approx); }
+  void gelu(Buf y, const Buf& x, size_t n, bool tanh_approx) override {
+    flush();
+    cuda::gelu(s_, F(y), F(x), n, tanh_approx);
+  }
   void rope_sections(Buf x, int n, int heads, int hd, const int32_t* pos, const int* sections, int n_sections,
                      const float* inv_freq) override {
+    flush();
     if (n <= 0) return;
     const int half = hd / 2;
     std::vector<int> sec_of(size_t(half), n_sections - 1);
@@ -349,6 +498,7 @@ class CudaBackend final : public Backend {
     cuda::rope_sections(s_, F(x), n, heads, hd, dp, ds, df);
   }
   void im2col1d(Buf cols, const Buf& x, int C, int K, int stride, int pad, const int* seg, int nseg) override {
+    flush();
     const int rows = host::im2col1d_rows(K, stride, pad, seg, nseg);
     if (rows <= 0 || nseg <= 0) return;
     std::vector<int> a(size_t(nseg) * 3);
@@ -364,16 +514,82 @@ class CudaBackend final : public Backend {
     cuda::im2col1d(s_, F(cols), F(x), C, K, stride, pad, d, d + nseg, d + 2 * nseg, nseg, rows);
   }
   void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n) override {
+    flush();
     if (n <= 0) return;
     const int32_t* d = static_cast<const int32_t*>(stage(idx, size_t(n) * 4));
     cuda::gather_rows(s_, F(y), F(x), dim, d, n);
   }
   void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
+    flush();
     if (k <= 0) fail("avgpool_rows: k must be positive, found ", k);
     cuda::avgpool_rows(s_, F(y), F(x), n / k, dim, k);
   }
 
+  // ---- deferred ops ----
+  // The decoder's small ops are fused by looking one call ahead: an add waits for the RMSNorm of
+  // its sum (add_rmsnorm; an OutRo alignment of the sum in between joins them), GEMVs of the same x wait for each other (q/k/v, gate/up) and for a
+  // SwiGLU of their outputs, rope(q) waits for rope(k) and for the KV-cache copies of k and v. Any
+  // call that cannot join the waiting group launches it first (flush), so every op still happens in
+  // program order; downloads, uploads and releases flush too. OUTRO_CUDA_FUSE=0 turns it off.
+  void flush() {
+    const Pend p = pend_;
+    pend_ = Pend::None;
+    switch (p) {
+      case Pend::None:
+        return;
+      case Pend::Add:
+        cuda::add(s_, pa_y_, pa_x_, pa_n_);
+        return;
+      case Pend::AddAlign:
+        cuda::add(s_, pa_y_, pa_x_, pa_n_);
+        cuda::align_rows(s_, pa_y_, int(pa_n_ / size_t(pal_gdim_)), 1, pal_gdim_, pal_t_, pal_skip_, pal_lambda_);
+        return;
+      case Pend::Gemv:
+        if (pg_count_ == 1)
+          cuda::gemv(s_, pg_[0].y, pg_x_, pg_n_, pg_[0].w, pg_wt_, pg_[0].rows, pg_cols_, pg_[0].bias);
+        else
+          cuda::gemv_multi(s_, pg_x_, pg_n_, pg_cols_, pg_wt_, pg_, pg_count_, nullptr);
+        return;
+      case Pend::Rope:
+        if (pr_count_ == 1)
+          cuda::rope(s_, pr_x_[0], pr_n_, pr_heads_[0], pr_hd_, nullptr, pr_pos0_, pr_f_);
+        else
+          cuda::rope_qk_cache(s_, pr_x_[0], pr_heads_[0], pr_x_[1], pr_heads_[1], pr_n_, pr_hd_, pr_pos0_, pr_f_,
+                              pr_kdst_, pr_vdst_, pr_vsrc_);
+        return;
+    }
+  }
+  static bool ov(const void* a, size_t an, const void* b, size_t bn) {
+    const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
+    return an && bn && pa < pb + bn && pb < pa + an;
+  }
+
   // ---- for cuda_api ----
+  void set_fusion(bool on) {
+    flush();
+    fuse_ = on;
+  }
+  // Φ_LLM's row maxima and median on the GPU; only n + 1 floats come back.
+  void phi_llm_stats(const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
+    flush();
+    const size_t need = cuda::phi_llm_scratch_bytes(n);
+    if (need > phi_bytes_) {
+      if (phi_scratch_) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFree(phi_scratch_);
+        phi_scratch_ = nullptr;
+      }
+      phi_bytes_ = std::max(need, size_t(64) << 10);
+      phi_scratch_ = dmalloc(phi_bytes_, "phi_llm scratch");
+    }
+    const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_);
+    std::vector<float> host(size_t(n) + 1);
+    OUTRO_CK(cudaMemcpyAsync(host.data(), out, host.size() * 4, cudaMemcpyDeviceToHost, s_));
+    OUTRO_CK(cudaStreamSynchronize(s_));
+    *median = host[size_t(n)];
+    host.resize(size_t(n));
+    *row_max = std::move(host);
+  }
   int force_attn_ = 0;
   std::string last_attn_;
   size_t weight_bytes_ = 0;
@@ -437,8 +653,12 @@ class CudaBackend final : public Backend {
   const void* stage(const void* src, size_t bytes) {
     if (!bytes) return nullptr;
     const size_t need = (bytes + 255) & ~size_t(255);
-    if (need > ring_cap_) ring_grow(std::max(need, ring_cap_ * 2));
+    if (need > ring_cap_) {
+      flush();
+      ring_grow(std::max(need, ring_cap_ * 2));
+    }
     if (ring_off_ + need > ring_cap_) {
+      flush();
       OUTRO_CK(cudaStreamSynchronize(s_));
       ring_off_ = 0;
     }
@@ -479,6 +699,7 @@ class CudaBackend final : public Backend {
   char* dring_ = nullptr;
   size_t ring_cap_ = 0, ring_off_ = 0;
   void* attn_scratch_ = nullptr;
+  unsigned* attn_ctr_ = nullptr;
   size_t attn_bytes_ = 0;
   __nv_bfloat16* xb_ = nullptr;
   size_t xb_n_ = 0;
@@ -488,7 +709,32 @@ class CudaBackend final : public Backend {
   size_t invf_cap_ = 0;
   float* tmp_ = nullptr;
   size_t tmp_n_ = 0;
+  void* phi_scratch_ = nullptr;
+  size_t phi_bytes_ = 0;
   std::vector<float> invf_host_;
+
+  enum class Pend { None, Add, AddAlign, Gemv, Rope };
+  bool fuse_ = true;
+  Pend pend_ = Pend::None;
+  float* pa_y_ = nullptr;  // Add: y += x over n
+  const float* pa_x_ = nullptr;
+  size_t pa_n_ = 0;
+  const float* pal_t_ = nullptr;  // AddAlign: then align_rows(y, n, 1, gdim, t, skip, lambda)
+  const uint8_t* pal_skip_ = nullptr;  // staged
+  float pal_lambda_ = 0.f;
+  int pal_gdim_ = 0;
+  cuda::GemvOut pg_[3] = {};  // Gemv: up to 3 products of x [n, cols]
+  int pg_count_ = 0, pg_n_ = 0;
+  const float* pg_x_ = nullptr;
+  int64_t pg_cols_ = 0;
+  WType pg_wt_ = WType::F32;
+  float* pr_x_[2] = {};  // Rope: q (and k) [n, heads, hd] at positions pos0 + i
+  int pr_heads_[2] = {};
+  int pr_count_ = 0, pr_n_ = 0, pr_hd_ = 0, pr_pos0_ = 0;
+  const float* pr_f_ = nullptr;
+  float* pr_kdst_ = nullptr;  // the KV-cache copies of k and v
+  float* pr_vdst_ = nullptr;
+  const float* pr_vsrc_ = nullptr;
 };
 
 }  // namespace
@@ -628,6 +874,19 @@ std::string last_attention_kernel(Backend& be) {
 size_t weight_bytes(Backend& be) {
   auto* c = dynamic_cast<CudaBackend*>(&be);
   return c ? c->weight_bytes_ : 0;
+}
+bool set_fusion(Backend& be, bool on) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (!c) return false;
+  c->set_fusion(on);
+  return true;
+}
+bool phi_llm_stats(Backend& be, const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  const size_t N = size_t(n > 0 ? n : 0) * size_t(dim > 0 ? dim : 0);
+  if (!c || N == 0 || N >= (size_t(1) << 32) || h.n < N) return false;
+  c->phi_llm_stats(h, n, dim, row_max, median);
+  return true;
 }
 
 }  // namespace cuda_api

@@ -3,6 +3,9 @@
 // each block streams R whole weight rows with 16-byte loads (several in flight per thread, L1 not
 // allocated for them), multiplies them with NX rows of x (which stay in L1), and reduces across the
 // block. Accumulation in float32.
+#include <cstdio>
+#include <cstdlib>
+
 #include "kernels/cuda/common.cuh"
 
 namespace outro::cuda {
@@ -52,20 +55,38 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, int64_t c, f
   }
 }
 
-template <int R, int NX, typename WT>
-__global__ void __launch_bounds__(kThreads) k_gemv(float* __restrict__ y, const float* __restrict__ x,
-                                                   const WT* __restrict__ w, int64_t rows, int64_t cols,
-                                                   const float* __restrict__ bias) {
+// Up to three matrices that share x (q/k/v, gate/up) in one launch: blocks [seg[s].block0, ...) take
+// the rows of matrix s, R rows per block. PAIR (two matrices of equal rows, gate and up): every block
+// takes R/2 rows of each at the same row indices and also writes out = silu(gate) * up for them.
+struct SegArgs {
+  const void* w[3];
+  const float* bias[3];
+  float* y[3];
+  int64_t rows[3];
+  unsigned block0[3];
+  int nseg;
+  float* out;  // PAIR: swiglu output
+};
+
+template <int R, int NX, typename WT, bool PAIR>
+__global__ void __launch_bounds__(kThreads) k_gemv(SegArgs a, const float* __restrict__ x, int64_t cols) {
   using C = Chunk<WT>;
   constexpr int E = C::E;
   constexpr int U = R * NX <= 4 ? 4 : 2;  // chunks per row in flight per thread
-  const int64_t r0 = int64_t(blockIdx.x) * R;
+  constexpr int RH = PAIR ? R / 2 : R;
+  const int s = PAIR ? 0 : (a.nseg > 2 && blockIdx.x >= a.block0[2]) ? 2 : (a.nseg > 1 && blockIdx.x >= a.block0[1]) ? 1 : 0;
+  const WT* w0 = static_cast<const WT*>(s == 0 ? a.w[0] : s == 1 ? a.w[1] : a.w[2]);
+  const WT* w1 = static_cast<const WT*>(a.w[1]);
+  const int64_t rows = s == 0 ? a.rows[0] : s == 1 ? a.rows[1] : a.rows[2];
+  const unsigned b0 = s == 0 ? a.block0[0] : s == 1 ? a.block0[1] : a.block0[2];
+  const int64_t r0 = int64_t(blockIdx.x - b0) * RH;
   const int64_t nch = cols / E;
   const uint4* wp[R];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    const int64_t row = r0 + r < rows ? r0 + r : rows - 1;
-    wp[r] = reinterpret_cast<const uint4*>(w + row * cols);
+    const int rr = r < RH ? r : r - RH;
+    const int64_t row = r0 + rr < rows ? r0 + rr : rows - 1;
+    wp[r] = reinterpret_cast<const uint4*>((PAIR && r >= RH ? w1 : w0) + row * cols);
   }
   // The weights depend on no earlier kernel: start fetching them into L2 before waiting for x.
   pdl_trigger();
@@ -131,13 +152,26 @@ __global__ void __launch_bounds__(kThreads) k_gemv(float* __restrict__ y, const 
       if (lane == 0) sh[warp][r * NX + j] = v;
     }
   __syncthreads();
-  if (threadIdx.x < R * NX) {
+  if (threadIdx.x < RH * NX) {
     const int r = threadIdx.x / NX, j = threadIdx.x % NX;
-    float s = 0.f;
+    float sv = 0.f;
 #pragma unroll
-    for (int k = 0; k < kThreads / 32; ++k) s += sh[k][threadIdx.x];
+    for (int k = 0; k < kThreads / 32; ++k) sv += sh[k][threadIdx.x];
     const int64_t row = r0 + r;
-    if (row < rows) y[j * rows + row] = s + (bias ? bias[row] : 0.f);
+    if (row < rows) {
+      const float* bias = s == 0 ? a.bias[0] : s == 1 ? a.bias[1] : a.bias[2];
+      float* y = s == 0 ? a.y[0] : s == 1 ? a.y[1] : a.y[2];
+      const float g = sv + (bias ? bias[row] : 0.f);
+      y[j * rows + row] = g;
+      if (PAIR) {  // the second matrix's row at the same index, then the SwiGLU of the two
+        float su = 0.f;
+#pragma unroll
+        for (int k = 0; k < kThreads / 32; ++k) su += sh[k][RH * NX + threadIdx.x];
+        const float u = su + (a.bias[1] ? a.bias[1][row] : 0.f);
+        a.y[1][j * rows + row] = u;
+        a.out[j * rows + row] = g / (1.f + expf(-g)) * u;
+      }
+    }
   }
 }
 
@@ -157,49 +191,102 @@ __global__ void k_gemv_scalar(float* y, const float* x, int n, const WT* w, int6
   }
 }
 
-template <int R, int NX, typename WT>
-void launch_rnx(cudaStream_t s, float* y, const float* x, const WT* w, int64_t rows, int64_t cols, const float* b) {
-  const unsigned grid = unsigned((rows + R - 1) / R);
-  launch("gemv", k_gemv<R, NX, WT>, dim3(grid), dim3(kThreads), 0, s, y, x, w, rows, cols, b);
+template <int R, int NX, typename WT, bool PAIR>
+void launch_rnx(cudaStream_t s, const SegArgs& a, unsigned grid, const float* x, int64_t cols) {
+  launch("gemv", k_gemv<R, NX, WT, PAIR>, dim3(grid), dim3(kThreads), 0, s, a, x, cols);
 }
 
-template <int NX, typename WT>
-void launch_nx(cudaStream_t s, float* y, const float* x, const WT* w, int64_t rows, int64_t cols, const float* b) {
-  // Fewer rows per block for small matrices, so that every multiprocessor gets blocks.
-  if (rows >= 8192)
-    launch_rnx<4, NX>(s, y, x, w, rows, cols, b);
-  else if (rows >= 2048)
-    launch_rnx<2, NX>(s, y, x, w, rows, cols, b);
-  else
-    launch_rnx<1, NX>(s, y, x, w, rows, cols, b);
+// Block layout for R rows per block (R / 2 of each matrix for PAIR).
+template <int R, bool PAIR>
+unsigned layout(SegArgs& a) {
+  constexpr int RH = PAIR ? R / 2 : R;
+  unsigned b = 0;
+  for (int i = 0; i < a.nseg; ++i) {
+    a.block0[i] = b;
+    b += unsigned((a.rows[i] + RH - 1) / RH);
+    if (PAIR) break;
+  }
+  return b;
+}
+
+// Rows per block by size: more rows per block read x (from L2) fewer times per weight byte, fewer
+// keep every multiprocessor busy on small matrices. Thresholds (total rows) for 8, 4 and 2 rows per
+// block; OUTRO_CUDA_GEMV="t8,t4,t2" overrides them (for tuning).
+struct RowsPerBlock {
+  int64_t t8 = int64_t(1) << 40, t4 = 2048, t2 = 1024;
+};
+const RowsPerBlock& rows_per_block() {
+  static const RowsPerBlock r = [] {
+    RowsPerBlock v;
+    if (const char* e = std::getenv("OUTRO_CUDA_GEMV")) {
+      long long a = 0, b = 0, c = 0;
+      if (std::sscanf(e, "%lld,%lld,%lld", &a, &b, &c) == 3) v.t8 = a, v.t4 = b, v.t2 = c;
+    }
+    return v;
+  }();
+  return r;
+}
+
+template <int NX, typename WT, bool PAIR>
+void launch_nx(cudaStream_t s, SegArgs a, const float* x, int64_t cols) {
+  int64_t rows = 0;
+  for (int i = 0; i < a.nseg; ++i) rows += a.rows[i];
+  const RowsPerBlock& t = rows_per_block();
+  if (PAIR) {  // by the rows of the two matrices together
+    if (rows >= t.t8)
+      launch_rnx<8, NX, WT, true>(s, a, layout<8, true>(a), x, cols);
+    else if (rows >= t.t4)
+      launch_rnx<4, NX, WT, true>(s, a, layout<4, true>(a), x, cols);
+    else
+      launch_rnx<2, NX, WT, true>(s, a, layout<2, true>(a), x, cols);
+  } else if (rows >= t.t8) {
+    launch_rnx<8, NX, WT, false>(s, a, layout<8, false>(a), x, cols);
+  } else if (rows >= t.t4) {
+    launch_rnx<4, NX, WT, false>(s, a, layout<4, false>(a), x, cols);
+  } else if (rows >= t.t2) {
+    launch_rnx<2, NX, WT, false>(s, a, layout<2, false>(a), x, cols);
+  } else {
+    launch_rnx<1, NX, WT, false>(s, a, layout<1, false>(a), x, cols);
+  }
+}
+
+template <typename WT, bool PAIR>
+void gemv_rows(cudaStream_t s, const GemvOut* o, int count, float* out, const float* x, int n, int64_t cols) {
+  int j = 0;
+  while (j < n) {
+    const int left = n - j;
+    SegArgs a{};
+    a.nseg = count;
+    for (int i = 0; i < count; ++i) {
+      a.w[i] = o[i].w;
+      a.bias[i] = o[i].bias;
+      a.rows[i] = o[i].rows;
+      a.y[i] = o[i].y + size_t(j) * size_t(o[i].rows);
+    }
+    a.out = out ? out + size_t(j) * size_t(o[0].rows) : nullptr;
+    const float* xj = x + size_t(j) * cols;
+    if (left >= 4) {
+      launch_nx<4, WT, PAIR>(s, a, xj, cols);
+      j += 4;
+    } else if (left >= 2) {
+      launch_nx<2, WT, PAIR>(s, a, xj, cols);
+      j += 2;
+    } else {
+      launch_nx<1, WT, PAIR>(s, a, xj, cols);
+      j += 1;
+    }
+  }
 }
 
 template <typename WT>
 void gemv_t(cudaStream_t s, float* y, const float* x, int n, const WT* w, int64_t rows, int64_t cols,
             const float* bias) {
-  constexpr int E = 16 / int(sizeof(WT));
-  const bool vec = cols % E == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(x) % 16 == 0 && cols % 4 == 0;
-  if (!vec) {
+  if (!gemv_vectorizable(w, sizeof(WT) == 2 ? WType::BF16 : WType::F32, x, cols)) {
     launch("gemv", k_gemv_scalar<WT>, dim3(unsigned(rows)), dim3(128), 0, s, y, x, n, w, rows, cols, bias);
     return;
   }
-  int j = 0;
-  while (j < n) {
-    const int left = n - j;
-    float* yj = y + size_t(j) * rows;
-    const float* xj = x + size_t(j) * cols;
-    if (left >= 4) {
-      launch_nx<4>(s, yj, xj, w, rows, cols, bias);
-      j += 4;
-    } else if (left >= 2) {
-      launch_nx<2>(s, yj, xj, w, rows, cols, bias);
-      j += 2;
-    } else {
-      launch_nx<1>(s, yj, xj, w, rows, cols, bias);
-      j += 1;
-    }
-  }
+  const GemvOut o{y, w, bias, rows};
+  gemv_rows<WT, false>(s, &o, 1, nullptr, x, n, cols);
 }
 
 __global__ void k_add_bias(float* y, const float* bias, size_t total, int64_t rows) {
@@ -215,6 +302,29 @@ __global__ void k_to_bf16(__nv_bfloat16* y, const float* x, size_t n) {
 }
 
 }  // namespace
+
+bool gemv_vectorizable(const void* w, WType wt, const float* x, int64_t cols) {
+  const int E = wt == WType::BF16 ? 8 : 4;
+  return cols % E == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+         cols % 4 == 0;
+}
+
+void gemv_multi(cudaStream_t s, const float* x, int n, int64_t cols, WType wt, const GemvOut* outs, int count,
+                float* swiglu_out) {
+  if (n <= 0 || count <= 0) return;
+  if (count > 3 || (swiglu_out && (count != 2 || outs[0].rows != outs[1].rows)))
+    fail("gemv_multi: expected at most 3 matrices (2 of equal rows with a SwiGLU output)");
+  for (int i = 0; i < count; ++i)
+    if (!gemv_vectorizable(outs[i].w, wt, x, cols)) fail("gemv_multi: unaligned operands");
+  if (wt == WType::BF16) {
+    if (swiglu_out) gemv_rows<__nv_bfloat16, true>(s, outs, count, swiglu_out, x, n, cols);
+    else gemv_rows<__nv_bfloat16, false>(s, outs, count, nullptr, x, n, cols);
+  } else {
+    if (swiglu_out) gemv_rows<float, true>(s, outs, count, swiglu_out, x, n, cols);
+    else gemv_rows<float, false>(s, outs, count, nullptr, x, n, cols);
+  }
+  OUTRO_LAUNCHED("gemv_multi");
+}
 
 void gemv(cudaStream_t s, float* y, const float* x, int n, const void* w, WType wt, int64_t rows, int64_t cols,
           const float* bias) {

@@ -1,6 +1,7 @@
 // The CUDA backend's elementwise and row kernels: embedding, RMSNorm, LayerNorm, RoPE (plain and
 // sectioned), SwiGLU, GELU, add, fill, and the interventions' ops. Each mirrors the CPU twin
 // (cpu_backend.cpp, host_ops.cpp) operation for operation; sums are float32 unless the CPU uses double.
+#include <algorithm>
 #include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
@@ -44,6 +45,139 @@ __global__ void k_rmsnorm(float* y, const float* x, int d, const float* g, float
   for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
 }
 
+// Weights (norm gains, targets, frequencies) depend on no earlier kernel: brings n floats at p into
+// L2 (a hint) before waiting for the previous kernel, then waits.
+__device__ __forceinline__ void pdl_begin_prefetch(const float* p, int n) {
+  pdl_trigger();
+  for (int i = threadIdx.x * 32; i < n; i += blockDim.x * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(p + i));
+  pdl_wait();
+}
+
+// The residual add and the next RMSNorm: each block owns one row, adds, sums the squares of the sums
+// (in double, as k_rmsnorm) and normalises; the same arithmetic as k_add then k_rmsnorm.
+__global__ void k_add_rmsnorm(float* y, float* x, const float* a, int d, const float* g, float eps) {
+  pdl_begin();
+  __shared__ double sh[32];
+  const size_t row = blockIdx.x;
+  float* xr = x + row * d;
+  const float* ar = a + row * d;
+  double ss = 0;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    const float v = xr[c] + ar[c];
+    xr[c] = v;
+    ss += double(v) * double(v);
+  }
+  ss = block_sum(ss, sh);
+  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
+  float* yr = y + row * d;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
+}
+
+// Two sums over the block at once (blockDim.x a multiple of 32); every thread gets both.
+__device__ __forceinline__ void block_sum2(double& a, double& b, double* sh /* >= 64 */) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  a = warp_sum_d(a);
+  b = warp_sum_d(b);
+  __syncthreads();
+  if (lane == 0) sh[w] = a, sh[32 + w] = b;
+  __syncthreads();
+  a = 0, b = 0;
+  for (int i = 0; i < nw; ++i) a += sh[i], b += sh[32 + i];
+}
+
+// add, OutRo's alignment of the row toward t (align_rows with one group; rows with skip[row] set are
+// not aligned), then the RMSNorm: the arithmetic of k_add, k_align_rows and k_rmsnorm in one block
+// per row, 16-byte accesses (d % 4 == 0, aligned rows).
+__global__ void k_add_align_rmsnorm4(float* y, float* x, const float* a, const float* t, const uint8_t* skip,
+                                     float lambda, int d, const float* g, float eps) {
+  pdl_trigger();
+  for (int i = threadIdx.x * 32; i < d; i += blockDim.x * 32) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(g + i));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(t + i));
+  }
+  pdl_wait();
+  __shared__ double sh[64];
+  const size_t row = blockIdx.x;
+  const int d4 = d / 4;
+  float4* xr = reinterpret_cast<float4*>(x + row * d);
+  const float4* ar = reinterpret_cast<const float4*>(a + row * d);
+  const float4* t4 = reinterpret_cast<const float4*>(t);
+  const bool align = !(skip && skip[row]);
+  double nv = 0, nt = 0;
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+    float4 v = xr[c];
+    const float4 b = ar[c];
+    v.x += b.x, v.y += b.y, v.z += b.z, v.w += b.w;
+    xr[c] = v;
+    nv += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+    if (align) {
+      const float4 u = t4[c];
+      nt += double(u.x) * u.x + double(u.y) * u.y + double(u.z) * u.z + double(u.w) * u.w;
+    }
+  }
+  block_sum2(nv, nt, sh);
+  double ss = nv;  // the squares of x, unless the alignment changes x
+  if (align && nv != 0 && nt != 0) {
+    const float ca = float((1.0 - lambda) / sqrt(nv)), cb = float(lambda / sqrt(nt));
+    double nm = 0;
+    for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+      const float4 v = xr[c], u = t4[c];
+      const float4 w = make_float4(ca * v.x + cb * u.x, ca * v.y + cb * u.y, ca * v.z + cb * u.z, ca * v.w + cb * u.w);
+      xr[c] = w;
+      nm += double(w.x) * w.x + double(w.y) * w.y + double(w.z) * w.z + double(w.w) * w.w;
+    }
+    __syncthreads();  // sh is reused
+    nm = block_sum(nm, sh);
+    if (nm != 0) {
+      const float sc = float(sqrt(nv / nm));
+      double s2 = 0;
+      for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+        float4 v = xr[c];
+        v.x *= sc, v.y *= sc, v.z *= sc, v.w *= sc;
+        xr[c] = v;
+        s2 += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
+      }
+      __syncthreads();
+      ss = block_sum(s2, sh);
+    } else {
+      ss = nm;
+    }
+  }
+  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
+  float4* yr = reinterpret_cast<float4*>(y + row * d);
+  const float4* g4 = reinterpret_cast<const float4*>(g);
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+    const float4 v = xr[c], gg = g4[c];
+    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
+  }
+}
+
+// The same with 16-byte accesses (d % 4 == 0, aligned rows), fewer threads per row.
+__global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const float* g, float eps) {
+  pdl_begin_prefetch(g, d);
+  __shared__ double sh[32];
+  const size_t row = blockIdx.x;
+  const int d4 = d / 4;
+  float4* xr = reinterpret_cast<float4*>(x + row * d);
+  const float4* ar = reinterpret_cast<const float4*>(a + row * d);
+  double ss = 0;
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+    float4 v = xr[c];
+    const float4 b = ar[c];
+    v.x += b.x, v.y += b.y, v.z += b.z, v.w += b.w;
+    xr[c] = v;
+    ss += double(v.x) * double(v.x) + double(v.y) * double(v.y) + double(v.z) * double(v.z) + double(v.w) * double(v.w);
+  }
+  ss = block_sum(ss, sh);
+  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
+  float4* yr = reinterpret_cast<float4*>(y + row * d);
+  const float4* g4 = reinterpret_cast<const float4*>(g);
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+    const float4 v = xr[c], gg = g4[c];
+    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
+  }
+}
+
 __global__ void k_layernorm(float* y, const float* x, int d, const float* g, const float* b, float eps) {
   pdl_begin();
   __shared__ double sh[32];
@@ -80,6 +214,45 @@ __global__ void k_rope(float* x, int n, int heads, int hd, const int32_t* pos, i
       const float a = v[c], b = v[c + half];
       v[c] = a * cs - b * sn;
       v[c + half] = b * cs + a * sn;
+    }
+  }
+}
+
+// q and k rotated in one kernel, one thread per (row, head, pair), then the KV-cache writes of the
+// rotated k and of v for the same elements.
+__global__ void k_rope_qk_cache(float* q, int hq, float* k, int hk, int n, int hd, int pos0, const float* inv_freq,
+                                float* kdst, float* vdst, const float* vsrc) {
+  pdl_begin_prefetch(inv_freq, hd / 2);
+  const int half = hd / 2, hh = hq + hk;
+  const size_t total = size_t(n) * hh * half;
+  for (size_t t = blockIdx.x * size_t(blockDim.x) + threadIdx.x; t < total; t += size_t(gridDim.x) * blockDim.x) {
+    const int c = int(t % half);
+    const size_t ih = t / half;
+    const int h = int(ih % hh), i = int(ih / hh);
+    const float p = float(pos0 + i);
+    const float ang = p * inv_freq[c];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    if (h < hq) {
+      float* v = q + (size_t(i) * hq + h) * hd;
+      const float a = v[c], b = v[c + half];
+      v[c] = a * cs - b * sn;
+      v[c + half] = b * cs + a * sn;
+    } else {
+      const size_t off = (size_t(i) * hk + (h - hq)) * hd;
+      float* v = k + off;
+      const float a = v[c], b = v[c + half];
+      const float ra = a * cs - b * sn, rb = b * cs + a * sn;
+      v[c] = ra;
+      v[c + half] = rb;
+      if (kdst) {
+        kdst[off + c] = ra;
+        kdst[off + c + half] = rb;
+      }
+      if (vdst) {
+        vdst[off + c] = vsrc[off + c];
+        vdst[off + c + half] = vsrc[off + c + half];
+      }
     }
   }
 }
@@ -258,7 +431,127 @@ __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) 
   }
 }
 
+
+// ---- Φ_LLM statistics (OutRo's automatic sinks) ----
+// row_max[i] = max_c |h[i,c]| and the k-th smallest |h| over all n·dim values, exactly, by a radix
+// select on the bit patterns (a non-negative float's bits order like its value): three passes of
+// 11, 11 and 10 bits, each a histogram of the values that share the bits fixed so far, then a
+// one-warp scan that fixes the next bits. State: {prefix, mask, k}.
+constexpr int kPhiBins = 2048;
+struct PhiState {
+  uint32_t prefix, mask, k, pad;
+};
+
+__global__ void k_phi_init(unsigned* hist, PhiState* st, uint32_t k) {
+  pdl_begin();
+  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x) hist[i] = 0;
+  if (threadIdx.x == 0) *st = PhiState{0u, 0u, k, 0u};
+}
+
+__global__ void k_row_absmax(float* out, const float* h, int dim) {
+  pdl_begin();
+  __shared__ float sh[32];
+  const float* r = h + size_t(blockIdx.x) * dim;
+  float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
+  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    const float a = fabsf(r[c]);
+    m = m < a ? a : m;
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float b = __shfl_xor_sync(0xffffffffu, m, o);
+    m = m < b ? b : m;
+  }
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x >> 5); ++w) m = m < sh[w] ? sh[w] : m;
+    out[blockIdx.x] = m;
+  }
+}
+
+__global__ void k_phi_hist(const float* h, size_t N, unsigned* hist, const PhiState* st, int shift, int width) {
+  pdl_begin();
+  __shared__ unsigned sh[kPhiBins];
+  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x) sh[i] = 0;
+  __syncthreads();
+  const uint32_t prefix = st->prefix, mask = st->mask, bmask = (1u << width) - 1u;
+  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  // Every thread of a warp runs the same number of iterations, so the warp can aggregate equal bins.
+  for (size_t base = blockIdx.x * size_t(blockDim.x); base < N; base += stride) {
+    const size_t i = base + threadIdx.x;
+    int bin = -1;
+    if (i < N) {
+      const uint32_t b = __float_as_uint(h[i]) & 0x7fffffffu;
+      if ((b & mask) == prefix) bin = int((b >> shift) & bmask);
+    }
+    const unsigned peers = __match_any_sync(0xffffffffu, bin);
+    const int leader = __ffs(peers) - 1;
+    if (bin >= 0 && (threadIdx.x & 31) == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x)
+    if (sh[i]) atomicAdd(&hist[i], sh[i]);
+}
+
+// One warp: the bin that holds the k-th value; fixes its bits, moves k into it, clears the histogram.
+__global__ void k_phi_select(unsigned* hist, PhiState* st, int shift, int width) {
+  pdl_begin();
+  const int lane = threadIdx.x, nb = 1 << width, per = nb / 32;
+  const uint32_t k = st->k;
+  uint32_t mine = 0;
+  for (int j = 0; j < per; ++j) mine += hist[lane * per + j];
+  uint32_t incl = mine;
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
+    if (lane >= o) incl += v;
+  }
+  const uint32_t excl = incl - mine;
+  if (excl <= k && k < incl) {
+    uint32_t acc = excl;
+    int bin = lane * per;
+    for (int j = 0; j < per; ++j, ++bin) {
+      const uint32_t c = hist[bin];
+      if (acc + c > k) break;
+      acc += c;
+    }
+    st->prefix |= uint32_t(bin) << shift;
+    st->mask |= ((1u << width) - 1u) << shift;
+    st->k = k - acc;
+  }
+  __syncwarp();
+  for (int j = 0; j < per; ++j) hist[lane * per + j] = 0;
+}
+
+__global__ void k_phi_result(float* out, const PhiState* st) {
+  pdl_begin();
+  if (threadIdx.x == 0) out[0] = __uint_as_float(st->prefix);
+}
+
 }  // namespace
+
+size_t phi_llm_scratch_bytes(int n) { return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4; }
+
+float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch) {
+  const size_t N = size_t(n) * size_t(dim);
+  unsigned* hist = static_cast<unsigned*>(scratch);
+  PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
+  float* out = reinterpret_cast<float*>(st + 1);
+  launch("k_phi_init", k_phi_init, dim3(1), dim3(256), 0, s, hist, st, uint32_t((N - 1) / 2));
+  launch("k_row_absmax", k_row_absmax, dim3(unsigned(n)), dim3(256), 0, s, out, h, dim);
+  int sm = 0, dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, dev);
+  const unsigned blocks = std::min<unsigned>(blocks_for(N, 1024), unsigned(std::max(sm, 1) * 2));
+  const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+  for (int p = 0; p < 3; ++p) {
+    launch("k_phi_hist", k_phi_hist, dim3(blocks), dim3(1024), 0, s, h, N, hist, static_cast<const PhiState*>(st),
+           shifts[p], widths[p]);
+    launch("k_phi_select", k_phi_select, dim3(1), dim3(32), 0, s, hist, st, shifts[p], widths[p]);
+  }
+  launch("k_phi_result", k_phi_result, dim3(1), dim3(32), 0, s, out + n, static_cast<const PhiState*>(st));
+  OUTRO_LAUNCHED("phi_llm_stats");
+  return out;
+}
 
 void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n) {
   if (n <= 0) return;
@@ -276,6 +569,32 @@ void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float
   OUTRO_LAUNCHED("rmsnorm");
 }
 
+void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps) {
+  if (n <= 0) return;
+  const bool vec = d % 4 == 0 && ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(x) |
+                                   reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(g)) % 16) == 0;
+  if (vec)
+    launch("k_add_rmsnorm", k_add_rmsnorm4, dim3(n), dim3(d >= 4096 ? 512 : d >= 1024 ? 256 : 128), 0, s, y, x, a, d,
+           g, eps);
+  else
+    launch("k_add_rmsnorm", k_add_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, a, d,
+           g, eps);
+  OUTRO_LAUNCHED("add_rmsnorm");
+}
+
+bool add_align_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, const float* t, const uint8_t* skip,
+                       float lambda, int n, int d, const float* g, float eps) {
+  if (n <= 0) return true;
+  const bool vec = d % 4 == 0 && ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(x) |
+                                   reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(t) |
+                                   reinterpret_cast<uintptr_t>(g)) % 16) == 0;
+  if (!vec) return false;
+  launch("k_add_align_rmsnorm", k_add_align_rmsnorm4, dim3(n), dim3(d >= 4096 ? 512 : d >= 1024 ? 256 : 128), 0, s, y,
+         x, a, t, skip, lambda, d, g, eps);
+  OUTRO_LAUNCHED("add_align_rmsnorm");
+  return true;
+}
+
 void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps) {
   if (n <= 0) return;
   launch("k_layernorm", k_layernorm, dim3(n), dim3(d >= 1024 ? 512 : 128), 0, s, y, x, d, g, b, eps);
@@ -287,6 +606,15 @@ void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos
   if (!t) return;
   launch("k_rope", k_rope, dim3(blocks_for(t, 128)), dim3(128), 0, s, x, n, heads, hd, pos, pos0, inv_freq);
   OUTRO_LAUNCHED("rope");
+}
+
+void rope_qk_cache(cudaStream_t s, float* q, int hq, float* k, int hk, int n, int hd, int pos0,
+                   const float* inv_freq, float* kdst, float* vdst, const float* vsrc) {
+  const size_t t = size_t(n) * size_t(hq + hk) * (hd / 2);
+  if (!t) return;
+  launch("k_rope_qk_cache", k_rope_qk_cache, dim3(blocks_for(t, 128)), dim3(128), 0, s, q, hq, k, hk, n, hd, pos0,
+         inv_freq, kdst, vdst, vsrc);
+  OUTRO_LAUNCHED("rope_qk_cache");
 }
 
 void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
