@@ -8,9 +8,12 @@ silence that starts at time t2. Some clips have no shape at all. Questions need 
 or both: colour, direction, shape, is there a shape, what is heard, how many beeps, is the sounding
 object visible, does the sound start when the shape appears.
 
-Every clip is then decoded again with ffmpeg into what the model's processors take: the frames at
-2 fps (frame indices 0, 5, 10, 15 of the 10 fps stream = what the Qwen video processor's uniform
-sampling picks at fps=2), rgb24 56x56, and the audio as 16 kHz mono s16le cut to the clip's 2 s.
+Every clip is then decoded again with ffmpeg into what the model's processors take, the way the
+engine's media path (src/media, qwen-vl-utils' rules) takes a user's file: 4 frames at 2 fps, indices
+round(linspace(0, n - 1, 4)) of the n = 20 decoded frames (0, 6, 13, 19), rgb24 56x56, and the whole
+audio track as 16 kHz mono s16le (AAC: 2.048 s = 32768 samples, 205 mel frames, 51 audio tokens).
+Before 2026-11-23 the frames were 0, 5, 10, 15 and the audio was cut to 2.000 s (200 mel frames,
+50 audio tokens); the committed models/outro-omni-demo was trained on that older pack.
 
     python3 tools/omni_clips.py [--out out/omni] [--train 3000] [--heldout 200] [--seed 8] [--jobs 2]
     python3 tools/omni_clips.py --heldout-only --bench-dir DIR   # held-out clips + bench.jsonl only
@@ -123,23 +126,22 @@ def ffmpeg_make(s, path):
 
 
 def ffmpeg_decode(path):
-    """(frames: bytes of n x SIZE x SIZE x 3 at SAMPLE_FPS, audio: bytes s16le mono SR, cut to DURATION)."""
+    """(frames: bytes of n x SIZE x SIZE x 3 at SAMPLE_FPS, audio: bytes s16le mono SR, the whole track)."""
     with tempfile.TemporaryDirectory() as td:
         v, a = os.path.join(td, "v.raw"), os.path.join(td, "a.raw")
         subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", path,
                         "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "rgb24", v,
-                        "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", str(SR), "-t", str(DURATION), a], check=True)
+                        "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", str(SR), a], check=True)
         vb, ab = open(v, "rb").read(), open(a, "rb").read()
     fr = SIZE * SIZE * 3
     n = len(vb) // fr
-    step = FPS // SAMPLE_FPS
     want = int(DURATION * SAMPLE_FPS)
-    idx = [i * step for i in range(want)]
-    if n < idx[-1] + 1:
+    if n < want:
         raise RuntimeError(f"{path}: {n} frames decoded")
+    # torch.linspace(0, n - 1, want).round() (half to even, as Python's round), what qwen-vl-utils and
+    # src/media/vision_process.cpp pick
+    idx = [round(i * (n - 1) / (want - 1)) for i in range(want)]
     frames = b"".join(vb[i * fr:(i + 1) * fr] for i in idx)
-    want_a = int(DURATION * SR) * 2
-    ab = ab[:want_a] + b"\0" * max(0, want_a - len(ab))
     return frames, ab
 
 

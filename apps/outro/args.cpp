@@ -96,8 +96,9 @@ std::string model_dir(const Args& a) {
   if (a.has("model")) return a.str("model");
   if (const char* e = std::getenv("OUTRO_MODEL")) return e;
   namespace fs = std::filesystem;
-  // The embedded default: models/outro-demo in the source tree the binary was built from.
-  fs::path p = fs::path(OUTRO_SOURCE_DIR) / "models" / "outro-demo";
+  // The embedded default: models/outro-omni-demo (the small trained Qwen2.5-Omni thinker) in the
+  // source tree the binary was built from. The text-only demo model stays at models/outro-demo.
+  fs::path p = fs::path(OUTRO_SOURCE_DIR) / "models" / "outro-omni-demo";
   return p.string();
 }
 

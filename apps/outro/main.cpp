@@ -29,7 +29,7 @@ void usage() {
       "  info      --model DIR          print the model's configuration\n"
       "  hooks     --model DIR          list the hook point names\n"
       "\n"
-      "Without --model the embedded demo model (models/outro-demo) is used.\n",
+      "Without --model the embedded demo model (models/outro-omni-demo) is used.\n",
       stderr);
 }
 
