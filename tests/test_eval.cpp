@@ -80,6 +80,36 @@ std::string synth_bench(int n = 12) {
   return made[n] = d;
 }
 
+
+// On a Qwen2.5-Omni checkpoint (the omni demo model) the harness feeds each item's clip: video
+// tokens and the clip's own audio track are in the prompt; --text-only leaves them out.
+TEST(EvalCli, OmniModelSeesTheMedia) {
+  const std::string model = test::source_dir() + "/models/outro-omni-demo";
+  const std::string bench = test::fixture("omni_demo/bench.jsonl");
+  std::string out = test::tmp_dir("eval_omni"), text = test::tmp_dir("eval_omni_text");
+  const std::string common = "eval --model " + model + " --bench " + bench + " --media-root " + test::fixture("omni_demo") +
+                             " --strategies baseline,outro --limit 4 --threads 1 --no-progress --bootstrap 200 " +
+                             "--system \"You are a helpful assistant.\" --out ";
+  auto r = test::run_cli(common + out);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto t = test::run_cli(common + text + " --text-only");
+  ASSERT_EQ(t.code, 0) << t.out;
+  json s = json::parse(slurp(fs::path(out) / "summary.json"));
+  EXPECT_EQ(s["meta"]["media_mode"], "encoded (video with its own audio track on Omni)");
+  json st = json::parse(slurp(fs::path(text) / "summary.json"));
+  EXPECT_EQ(st["meta"]["media_mode"], "text-only");
+  std::ifstream f(fs::path(out) / "results" / "baseline.rank0.jsonl"), g(fs::path(text) / "results" / "baseline.rank0.jsonl");
+  std::string a, b;
+  int n = 0;
+  while (std::getline(f, a) && std::getline(g, b)) {
+    const int with = json::parse(a)["prompt_tokens"], without = json::parse(b)["prompt_tokens"];
+    // 8 video tokens, 50-51 audio tokens and the four vision/audio bracket tokens
+    EXPECT_GE(with - without, 8 + 50 + 4) << a << "\n" << b;
+    ++n;
+  }
+  EXPECT_EQ(n, 4);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@
 #include "eval/results.h"
 #include "eval/runner.h"
 #include "eval/synth.h"
+#include "media/media.h"
+#include "models/multimodal.h"
+#include "models/multimodal_input.h"
 #include "runtime/generate.h"
 
 namespace outro::cli {
@@ -35,6 +38,7 @@ const char* kEvalUsage =
     "                  [--temperature T --top-k K --top-p P] [--max-new-tokens N] [--system TEXT] [--raw]\n"
     "                  [--limit N] [--allow-missing-media] [--bootstrap N] [--outro-config FILE]\n"
     "                  [--merge-timeout S] [--no-progress] [--device cpu|cuda|auto] [--threads N]\n"
+    "                  [--text-only]   (Omni/VL checkpoints see the items' media unless --text-only)\n"
     "       outro eval convert --format avhbench|dailyomni|worldsense|videoholmes|omnibench --in PATH\n"
     "                  --out FILE.jsonl [--media-template KIND=TEMPLATE[,KIND=TEMPLATE]] [--text-alternative]\n"
     "       outro eval synth --out DIR [--n N] [--seed S] [--no-media]\n"
@@ -113,11 +117,11 @@ int cmd_eval_synth(int argc, char** argv) {
 }
 
 int cmd_eval_run(int argc, char** argv) {
-  Args a(argc, argv, 2, {"raw", "allow-missing-media", "no-progress"});
+  Args a(argc, argv, 2, {"raw", "allow-missing-media", "no-progress", "text-only"});
   std::set<std::string> known = {"bench",          "media-root", "strategies", "seeds",   "temperature",
                                  "top-k",          "top-p",      "max-new-tokens", "system", "raw",
                                  "limit",          "allow-missing-media", "bootstrap", "out", "merge-timeout",
-                                 "no-progress",    "max-context", "outro-config", "stop-after"};
+                                 "no-progress",    "max-context", "outro-config", "stop-after", "text-only"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   a.check_known(known);
   const eval::World w = eval::world_from_env();
@@ -184,10 +188,32 @@ int cmd_eval_run(int argc, char** argv) {
   std::map<std::string, std::vector<std::unique_ptr<Intervention>>> ivs;
   for (auto& s : strategies) ivs[s] = strategy_interventions(s, a, *l.model);
 
+  // Media: a Qwen2.5-Omni / Qwen2.5-VL checkpoint sees each item's video (with its own audio track
+  // on Omni when the item gives no separate audio), audio and image, decoded and encoded as
+  // `outro generate --video ...` does. --text-only (or a text-only model) keeps the text prompt.
+  const bool media_input = (cfg.arch == Arch::Qwen2_5OmniThinker || cfg.arch == Arch::Qwen2_5_VL) &&
+                           l.tokenizer && !a.flag("text-only");
+  std::unique_ptr<MultimodalModel> mmodel;
+  if (media_input) mmodel = std::make_unique<MultimodalModel>(*l.model, *l.backend);
+  auto media_request = [&](const eval::Item& it) {
+    MediaRequest r;
+    for (auto& m : it.media) {
+      const std::string p = eval::resolve_media(media_root, m.path);
+      std::error_code ec;
+      if (!fs::is_regular_file(p, ec)) continue;  // only with --allow-missing-media
+      if (m.kind == "video" && r.video.empty() && mmodel->has_vision()) r.video = p;
+      if (m.kind == "image" && r.image.empty() && mmodel->has_vision()) r.image = p;
+      if (m.kind == "audio" && r.audio.empty() && mmodel->has_audio()) r.audio = p;
+    }
+    if (!r.video.empty() && r.audio.empty() && mmodel->has_audio() && media::probe_video(r.video).has_audio)
+      r.use_audio_in_video = true;
+    return r;
+  };
+
   json meta = {{"bench", bench},
                {"model", l.dir},
                {"media_root", media_root},
-               {"media_mode", "text-only (media paths carried, not encoded yet)"},
+               {"media_mode", media_input ? "encoded (video with its own audio track on Omni)" : "text-only"},
                {"tokenization", l.tokenizer ? "tokenizer.json" : "bytes (no tokenizer.json)"},
                {"max_new_tokens", go.max_new_tokens},
                {"sampling", sampling ? json{{"temperature", go.sampling.temperature},
@@ -272,14 +298,38 @@ int cmd_eval_run(int argc, char** argv) {
                        !a.flag("no-progress"));
     const int stop_after = a.integer("stop-after", -1);  // testing: behave like a run killed after N records
     int written = 0;
+    size_t prepared_item = size_t(-1);
+    PreparedPrompt prepared;
+    bool prepared_media = false;
     for (auto& j : jobs) {
       const eval::Item& it = items[j.item];
+      if (media_input && prepared_item != j.item) {
+        MediaRequest r = media_request(it);
+        prepared_media = r.any();
+        if (prepared_media) {
+          const std::string text = eval::render_text_only(eval::build_prompt(it));
+          prepared = prepare_multimodal(*mmodel, r,
+                                        multimodal_chat_ids(mmodel->config(), *l.tokenizer, r, text, a.str("system")));
+          const int need = int(prepared.prefill.ids.size()) + go.max_new_tokens + 1;
+          if (int(prepared.prefill.ids.size()) > cfg.max_positions)
+            fail(it.id, ": the prompt with its media is ", prepared.prefill.ids.size(),
+                 " tokens, longer than the model's context of ", cfg.max_positions, " tokens");
+          if (need > session->capacity()) session = std::make_unique<Session>(*l.model, *l.backend, std::min(need, cfg.max_positions));
+        }
+        prepared_item = j.item;
+      }
       session->reset();
       session->clear_interventions();
       for (auto& iv : ivs[j.strategy]) session->add_intervention(iv.get());
       GenerateOptions o = go;
       o.sampling.seed = (uint64_t(j.seed) * 0x9E3779B97F4A7C15ull) ^ fnv1a(it.id);
-      GenerateResult r = generate(*session, prompts[j.item], o, l.tokenizer.get(), {});
+      const bool with_media = media_input && prepared_media;
+      if (with_media) {
+        o.prefill_embeds = prepared.prefill.embeds.data();
+        o.prefill_modality = prepared.prefill.modality.data();
+        o.prefill_positions = prepared.prefill.positions.data();
+      }
+      GenerateResult r = generate(*session, with_media ? prepared.prefill.ids : prompts[j.item], o, l.tokenizer.get(), {});
       eval::Record rec;
       rec.id = it.id;
       rec.strategy = j.strategy;
