@@ -502,6 +502,32 @@ TEST(SinkTasks, BadLinesNameTheFileLineAndField) {
   EXPECT_THROW(load_tasks("/nonexistent/prompts.jsonl", nullptr, 16, {}), Error);
 }
 
+TEST(SinkTasks, MediaFieldsAreCheckedPerLine) {
+  const std::string clips = fixture("omni_demo");
+  struct Case {
+    std::string text, must;
+  } cases[] = {
+      {"{\"prompt\": \"q\", \"video\": \"clips/none.mp4\"}\n", "p.jsonl:1: field 'video': no such file " + clips + "/clips/none.mp4"},
+      {"{\"tokens\": [1], \"video\": \"clips/h0000.mp4\"}\n", "p.jsonl:1: an item with media needs a text 'prompt'"},
+      {"{\"prompt\": \"q\", \"audio\": 3}\n", "p.jsonl:1: field 'audio': expected a file path"},
+      {"{\"prompt\": \"q\", \"media\": [1]}\n", "p.jsonl:1: field 'media': expected an object"},
+      {"{\"prompt\": \"q\", \"media\": {\"video\": \"clips/h0000.mp4\"}, \"video\": \"x\"}\n", "not both"},
+      {"{\"prompt\": \"q\", \"audio\": \"clips/h0000.mp4\", \"use_audio_in_video\": true}\n",
+       "field 'use_audio_in_video' needs a 'video'"},
+      {"{\"prompt\": \"q\", \"video\": \"clips/h0000.mp4\"}\n", "p.jsonl:1: field 'prompt' is text but the model folder has no tokenizer.json"},
+  };
+  TaskLoadOptions o;
+  o.media_root = clips;
+  for (const auto& c : cases) {
+    try {
+      parse_tasks(c.text, "p.jsonl", nullptr, 16, o);
+      ADD_FAILURE() << "no error for: " << c.text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.must), std::string::npos) << e.what();
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------- CLI
 
 std::string write_prompts(const std::string& dir, int count) {
@@ -547,6 +573,46 @@ TEST(AnalyzeCli, WritesTheReportAndFindsTheBuiltSink) {
   std::string html((std::istreambuf_iterator<char>(hf)), std::istreambuf_iterator<char>());
   EXPECT_NE(html.find("<svg"), std::string::npos);
   EXPECT_NE(html.find("Fig. 5"), std::string::npos);
+}
+
+// Multimodal prompts: the omni demo model with two held-out clips (video + its audio track) and
+// their questions, options as letters. The prefill holds the clip's 8 video and 51 audio tokens,
+// the report records them, and the task metric is computed on the multimodal prefill (the model
+// answers both questions right: held-out colour and beeps items it gets right in the fixture).
+TEST(AnalyzeCli, MediaPromptsRunOnTheOmniDemo) {
+  const std::string d = test::tmp_dir("analyze_media");
+  RemoveDirs::dirs.push_back(d);
+  {
+    std::ofstream f(d + "/prompts.jsonl");
+    f << R"({"id": "colour", "prompt": "Question: What colour is the shape? Options: A. blue B. green C. purple D. red E. white F. yellow", "media": {"video": "clips/h0000.mp4"}, "options": ["A", "B", "C", "D", "E", "F"], "answer": "C"})"
+      << "\n";
+    f << R"({"id": "beeps", "prompt": "Question: How many beeps do you hear? Options: A. 1 B. 2 C. 3 D. 4", "video": "clips/h0002.mp4", "options": ["A", "B", "C", "D"], "answer": "A"})"
+      << "\n";
+  }
+  const std::string model = test::source_dir() + "/models/outro-omni-demo";
+  auto r = test::run_cli("analyze --model " + model + " --prompts " + d + "/prompts.jsonl --media-root " +
+                         fixture("omni_demo") + " --system \"You are a helpful assistant.\" --out " + d +
+                         "/out --no-tsne --no-pruning --device cpu --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("by modality"), std::string::npos) << r.out;
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(d + "/out/report.json"));
+  ASSERT_EQ(j["per_prompt"].size(), 2u);
+  for (const auto& p : j["per_prompt"]) {
+    std::map<int, int> count;
+    for (int m : p["modality"]) ++count[m];
+    EXPECT_EQ(count[2], 8) << p["id"];   // video tokens: grid 2x4x4 merged 2x2
+    EXPECT_EQ(count[3], 51) << p["id"];  // audio tokens of the 2.048 s AAC track
+    EXPECT_EQ(int(p["modality"].size()), p["n_tokens"].get<int>());
+  }
+  EXPECT_EQ(j["fig1a"]["tokens_by_modality"]["video"].get<int>(), 16);
+  EXPECT_EQ(j["fig1a"]["tokens_by_modality"]["audio"].get<int>(), 102);
+  EXPECT_EQ(j["params"]["metric"], "accuracy");
+  EXPECT_EQ(j["single_head"]["baseline"].get<double>(), 1.0) << j["single_head"]["baseline"];
+  // Without the media the same prompts cannot be run on a text-only model.
+  auto bad = test::run_cli("analyze --model " + test::source_dir() + "/models/outro-demo --prompts " + d + "/prompts.jsonl --media-root " +
+                           fixture("omni_demo") + " --out " + d + "/o2");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint"), std::string::npos) << bad.out;
 }
 
 TEST(AnalyzeCli, BadInputIsOneErrorLine) {

@@ -6,9 +6,11 @@ model. Run on the GPU machine (torch + transformers 5.17, no network):
 
     python3 tools/omni_clips.py --out out/omni              # here (ffmpeg), once
     python3 tools/train_omni_demo.py out/omni OUTDIR [--minutes 6.5] [--seed 0] [--smoke] [--freeze-vision]
+        [--schedule cosine|constant] [--resume DIR --state FILE]
 
-The defaults are the recipe of the committed checkpoint (caption fraction 0.3, lr 2e-3 with the towers
-at 2x, weight decay 0.1, 256-token text windows); it ran beside a second run on one H100 (1467 steps).
+The committed checkpoint: --freeze-vision --lr 3e-3 --wd 0.3 --text-seq 512 (other flags at their defaults), run
+over three device calls of tools/train_omni_device.sh with --schedule constant, constant, cosine (--resume with the
+optimiser state): 4948 steps, 1308 s on one H100.
 
 OUTDIR receives the Hugging Face folder (bf16 model.safetensors, config.json, tokenizer.json, processor
 configs), train_log.json (time, losses, held-out accuracy per question type, sink statistics) and
@@ -16,11 +18,11 @@ reference.safetensors + reference.json (the reference's float32 logits on a few 
 
 Prompt format (what `outro eval` builds, src/eval/prompt.cpp, with the Qwen2 chat template):
     <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
-    <|vision_bos|><|audio_bos|>{8 x <|VIDEO|>}{50 x <|AUDIO|>}<|audio_eos|><|vision_eos|>Question: ... Options: A. x B. y
+    <|vision_bos|><|audio_bos|>{8 x <|VIDEO|>}{51 x <|AUDIO|>}<|audio_eos|><|vision_eos|>Question: ... Options: A. x B. y
     <|im_end|>\n<|im_start|>assistant\nB<|im_end|>\n
 The media slot is the Qwen2.5-Omni processor's expansion of <|vision_bos|><|VIDEO|><|vision_eos|> with
 use_audio_in_video=True (2 s clip: one 2-second chunk = all video tokens, then all audio tokens; the
-number of audio tokens follows the pack's audio: 50 for 2.000 s, 51 for the whole 2.048 s AAC track).
+number of audio tokens follows the pack's audio: 51 for the whole 2.048 s AAC track).
 """
 import argparse
 import inspect
@@ -289,6 +291,16 @@ def main():
                     help="keep the vision tower at its random initialisation (its output already separates colour and "
                          "direction linearly; trained, it collapsed into a large constant the decoder uses as a sink)")
     ap.add_argument("--wd", type=float, default=0.1, help="AdamW weight decay")
+    ap.add_argument("--schedule", choices=["cosine", "constant"], default="cosine",
+                    help="learning rate over this run: cosine down to 5%% by the end of --minutes, or constant (to be "
+                         "continued with --resume); either way a warmup while the optimiser state is fresh")
+    ap.add_argument("--warmup", type=int, default=150, help="warmup steps of a fresh optimiser")
+    ap.add_argument("--resume", default=None,
+                    help="continue from an earlier run: its output folder (tokenizer.json, model.safetensors, "
+                         "train_log.json) and, when --state names a file that exists, the optimiser state too")
+    ap.add_argument("--state", default=None,
+                    help="file for the full training state (float32 weights, AdamW moments, step); read by --resume "
+                         "when present, written after training")
     args = ap.parse_args()
     import numpy as np
     import torch
@@ -317,7 +329,11 @@ def main():
     tok_texts = docs[:20000] + [oc.prompt_text(*oc.question(clips[i]["scene"], t, random.Random(i))[:2])
                                 for i in train_ids[:500] for t in oc.TASKS
                                 if oc.question(clips[i]["scene"], t, random.Random(i))]
-    tok = train_tokenizer(tok_texts, 1024)
+    if args.resume:  # the same tokenizer as the run continued
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(os.path.join(args.resume, "tokenizer.json"))
+    else:
+        tok = train_tokenizer(tok_texts, 1024)
     tok_path = os.path.join(args.out, "tokenizer.json")
     tok.save(tok_path)
     ids = {s: tok.token_to_id(s) for s in SPECIALS}
@@ -463,6 +479,31 @@ def main():
     dec_p = [p for n, p in model.named_parameters() if not n.startswith(("visual.", "audio_tower.")) and p.requires_grad]
     opt = torch.optim.AdamW([{"params": dec_p, "mult": 1.0}, {"params": enc_p, "mult": args.enc_lr_mult}], lr=args.lr,
                             betas=(0.9, 0.95), weight_decay=args.wd)
+    # ---- continue an earlier run: full state when the --state file exists, else the saved bf16 weights
+    step0, hist, segments, fresh_opt = 0, [], [], True
+    if args.resume:
+        prev_log = os.path.join(args.resume, "train_log.json")
+        if os.path.exists(prev_log):
+            pl = json.load(open(prev_log))
+            segments = pl.get("segments") or [{"steps": pl["steps"], "train_seconds": pl["train_seconds"],
+                                              "args": pl.get("args")}]
+        if args.state and os.path.exists(args.state):
+            st = torch.load(args.state, map_location=dev, weights_only=False)
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["opt"])
+            step0, hist, fresh_opt = st["step"], st["hist"], False
+            log(f"resumed from {args.state}: step {step0}, optimiser state kept")
+        else:
+            from safetensors.torch import load_file
+            w = load_file(os.path.join(args.resume, "model.safetensors"))
+            missing, unexpected = model.load_state_dict({k: v.float() for k, v in w.items()}, strict=False)
+            if unexpected or [m for m in missing if "rotary" not in m]:
+                raise RuntimeError(f"resume: missing {missing[:5]} unexpected {unexpected[:5]}")
+            step0 = sum(sg["steps"] for sg in segments)
+            log(f"resumed from {args.resume}/model.safetensors (bf16 weights, fresh optimiser), step {step0}")
+        for pg in opt.param_groups:  # the groups' multipliers follow this run's flags
+            pg["mult"] = 1.0 if pg is opt.param_groups[0] else args.enc_lr_mult
+            pg["weight_decay"] = args.wd
 
     def video_probe(tag):
         """Nearest-centroid classification of colour / shape / direction from the mean-pooled and from the
@@ -503,19 +544,21 @@ def main():
     except Exception as e:  # noqa: BLE001
         log(f"video probe failed: {e!r}")
         traceback.print_exc()
-    g = torch.Generator().manual_seed(args.seed)
-    r = random.Random(args.seed + 1)
+    g = torch.Generator().manual_seed(args.seed + 7919 * step0)
+    r = random.Random(args.seed + 1 + 7919 * step0)
     budget = args.minutes * 60
-    max_steps = 12 if args.smoke else 10 ** 9
-    step, hist = 0, []
+    max_steps = step0 + (12 if args.smoke else 10 ** 9)
+    step = step0
     tstart = time.time()
     model.train()
     while True:
         el = time.time() - tstart
         if step >= max_steps or (not args.smoke and el > budget):
             break
-        frac = step / max_steps if args.smoke else min(1.0, el / budget)
-        lr = args.lr * min(1.0, (step + 1) / 150) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        frac = (step - step0) / 12 if args.smoke else min(1.0, el / budget)
+        warm = min(1.0, (step - step0 + 1) / args.warmup) if fresh_opt else 1.0
+        shape = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)) if args.schedule == "cosine" else 1.0
+        lr = args.lr * warm * shape
         for pg in opt.param_groups:
             pg["lr"] = lr * pg["mult"]
         # audio-visual questions: loss on the answer and the <|im_end|> after it
@@ -524,7 +567,7 @@ def main():
         kw, seqs = av_batch(ci, texts, None)
         penc = encode(prompts)
         plen = [len(s) for s in penc]
-        if step == 0:
+        if step == step0:
             assert all(s[:len(p)] == p for s, p in zip(seqs, penc)), "prompt ids are not a prefix"
             assert all(sq[:len(prefix_ids)] == prefix_ids for sq in seqs), "media prefix differs"
             with torch.no_grad():
@@ -575,7 +618,12 @@ def main():
             log(f"step {step} av {hist[-1][0]:.3f} text {hist[-1][1]:.3f} lr {lr:.2e} {time.time() - tstart:.0f}s")
         step += 1
     train_s = time.time() - tstart
-    log(f"trained {step} steps in {train_s:.0f}s")
+    segments.append({"steps": step - step0, "train_seconds": train_s, "args": vars(args),
+                     "optimiser": "fresh" if fresh_opt else "resumed"})
+    log(f"trained {step - step0} steps in {train_s:.0f}s ({step} in all, "
+        f"{sum(sg['train_seconds'] for sg in segments):.0f}s over {len(segments)} run(s))")
+    if args.state:
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "hist": hist}, args.state)
     model.eval()
     try:
         probes["trained"] = video_probe("trained")
@@ -875,7 +923,7 @@ def main():
         ref_meta["notes"] += ["reference: Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(this folder, "
                              "dtype=float32, attn_implementation='eager') on CPU, use_audio_in_video=True",
                              "logits_last8: the last 8 positions of the prompt (ends with '<|im_start|>assistant\\n')",
-                             "input_features: the valid 200 mel frames only (the processor pads to 3000 and masks)",
+                             f"input_features: the valid {n_feat} mel frames only (the processor pads to 3000 and masks)",
                              "position_ids: [3, n] from get_rope_index; video/audio_embeds: the rows spliced into "
                              "the decoder's input embeddings at <|VIDEO|>/<|AUDIO|>",
                              f"transformers {transformers.__version__}, torch {torch.__version__}"]
@@ -888,7 +936,7 @@ def main():
         traceback.print_exc()
 
     last = hist[-50:]
-    tlog = {"steps": step, "train_seconds": train_s, "total_seconds": time.time() - t0, "seed": args.seed,
+    tlog = {"steps": step, "train_seconds": sum(sg["train_seconds"] for sg in segments), "segments": segments, "total_seconds": time.time() - t0, "seed": args.seed,
             "final_loss_av": sum(a for a, _ in last) / max(1, len(last)),
             "final_loss_text": sum(b for _, b in last) / max(1, len(last)),
             "loss_history": [hist[i] for i in range(0, len(hist), max(1, len(hist) // 100))],

@@ -10,6 +10,7 @@
 #include "common.h"
 #include "core/error.h"
 #include "eval/runner.h"
+#include "models/multimodal.h"
 #include "report/sink_report.h"
 #include "sink/analysis.h"
 
@@ -21,7 +22,8 @@ int cmd_analyze(int argc, char** argv) {
   Args a(argc, argv, 2, bools);
   std::set<std::string> known = {"prompts", "tokens", "out", "tau-abs", "tau-rel", "vlm-tau", "dim-tau", "dsink-top",
                                  "eps", "score-sinks", "metric", "geometry-layer", "geometry-head", "max-points",
-                                 "perplexity", "tsne-iters", "prune-step", "prune-max-frac", "seeds", "max-prompts"};
+                                 "perplexity", "tsne-iters", "prune-step", "prune-max-frac", "seeds", "max-prompts",
+                                 "media-root", "system"};
   known.insert(bools.begin(), bools.end());
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   a.check_known(known);
@@ -72,7 +74,15 @@ int cmd_analyze(int argc, char** argv) {
     o.chat = !a.flag("raw");
     o.max_items = a.integer("max-prompts", 0);
     o.max_positions = c.max_positions;
+    o.media_root = a.str("media-root", "");
     items = sink::load_tasks(a.str("prompts"), l.tokenizer.get(), c.vocab, o);
+    if (sink::any_media(items)) {
+      if (c.arch != Arch::Qwen2_5OmniThinker && c.arch != Arch::Qwen2_5_VL)
+        fail(a.str("prompts"), ": items with video/audio/image need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, ",
+             l.dir, " is ", arch_name(c.arch));
+      MultimodalModel mm(*l.model, *l.backend);
+      sink::attach_media(items, mm, *l.tokenizer, a.str("system", ""), c.max_positions, a.str("prompts"));
+    }
   } else {
     sink::TaskItem it;
     it.id = "--tokens";
@@ -107,6 +117,10 @@ int cmd_analyze(int argc, char** argv) {
   std::fprintf(stderr, "phi_llm sinks: %d over all layers and prompts, %d of them token 0; D_sink %s (%s)\n",
                f["phi_llm_total"].get<int>(), f["phi_llm_total_first_token"].get<int>(), r["d_sink"]["dims"].dump().c_str(),
                r["d_sink"]["rule"].get<std::string>().c_str());
+  if (sink::any_media(items))
+    std::fprintf(stderr, "by modality (text, image, video, audio): tokens %s, phi_llm %s, phi_vlm %s\n",
+                 f["tokens_by_modality"].dump().c_str(), f["phi_llm_by_modality"].dump().c_str(),
+                 f["phi_vlm_by_modality"].dump().c_str());
   return 0;
 }
 

@@ -10,6 +10,7 @@
 #include "core/error.h"
 #include "io/config.h"
 #include "models/model.h"
+#include "models/multimodal.h"
 #include "runtime/hooks.h"
 #include "runtime/session.h"
 
@@ -28,15 +29,18 @@ double dot(const float* a, const float* b, int d) {
 }
 
 // Runs ids with the interventions and returns the patterns of the given layers ([H * n * n] each).
-std::vector<std::vector<float>> record_patterns(const Model& m, Backend& be, const std::vector<int32_t>& ids,
+std::vector<std::vector<float>> record_patterns(const Model& m, Backend& be, const Recorded& r0,
                                                 const std::vector<int>& layers, const std::vector<Intervention*>& ivs) {
   std::vector<std::string> names;
   for (int l : layers) names.push_back(hook_name(l, Hook::Pattern));
   Recorder rec(names);
-  Session s(m, be, int(ids.size()));
+  Session s(m, be, r0.n);
   s.add_observer(&rec);
   for (auto* iv : ivs) s.add_intervention(iv);
-  s.forward(ids, nullptr);
+  TaskItem it;
+  it.prompt = r0.ids;
+  it.prefill = r0.prefill;
+  feed_prompt(s, it, nullptr, false);
   std::vector<std::vector<float>> out;
   for (const auto& n : names) {
     const Recorder::Entry* e = rec.get(n);
@@ -61,6 +65,13 @@ json metric_json(const MetricValue& v) {
 
 Recorded record(const Model& m, Backend& be, const std::vector<int32_t>& ids, bool qkv,
                 const std::vector<Intervention*>& ivs) {
+  TaskItem it;
+  it.prompt = ids;
+  return record(m, be, it, qkv, ivs);
+}
+
+Recorded record(const Model& m, Backend& be, const TaskItem& item, bool qkv, const std::vector<Intervention*>& ivs) {
+  const std::vector<int32_t>& ids = item.prompt;
   const ModelConfig& c = m.config();
   std::vector<std::string> names;
   for (int l = 0; l < c.layers; ++l) {
@@ -73,10 +84,12 @@ Recorded record(const Model& m, Backend& be, const std::vector<int32_t>& ids, bo
   Session s(m, be, int(ids.size()));
   s.add_observer(&rec);
   for (auto* iv : ivs) s.add_intervention(iv);
-  s.forward(ids, nullptr);
+  feed_prompt(s, item, nullptr, false);
   Recorded r;
   r.ids = ids;
   r.n = int(ids.size());
+  r.prefill = item.prefill;
+  r.modality = s.modalities();
   auto take = [&](int l, Hook h) {
     const Recorder::Entry* e = rec.get(hook_name(l, h));
     if (!e) fail("hook point ", hook_name(l, h), " did not fire");
@@ -301,12 +314,12 @@ DimZeroing dim_zeroing(const Model& m, Backend& be, const std::vector<Recorded>&
     z.positions.push_back(Z);
     for (int l = 0; l < L; ++l) z.baseline[size_t(l)] += layer_mass(r.pattern[size_t(l)], H, r.n, Z, exclude_sink_rows);
     SinkDimZeroing all(Z, {});
-    auto pats = record_patterns(m, be, r.ids, all_layers, {&all});
+    auto pats = record_patterns(m, be, r, all_layers, {&all});
     for (int l = 0; l < L; ++l) z.zeroed_all[size_t(l)] += layer_mass(pats[size_t(l)], H, r.n, Z, exclude_sink_rows);
     if (tick) tick();
     for (int l = 0; l < L; ++l) {
       SinkDimZeroing own(Z, {l});
-      auto pl = record_patterns(m, be, r.ids, {l}, {&own});
+      auto pl = record_patterns(m, be, r, {l}, {&own});
       z.zeroed_own[size_t(l)] += layer_mass(pl[0], H, r.n, Z, exclude_sink_rows);
       if (tick) tick();
     }
@@ -395,7 +408,7 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
   stage("forward + hooks", items.size());
   std::vector<Recorded> recs;
   for (const auto& it : items) {
-    recs.push_back(record(m, be, it.prompt, true));
+    recs.push_back(record(m, be, it, true));
     tick();
   }
   done();
@@ -450,7 +463,7 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
                         {"other_max_abs", s.other_max}, {"median_abs", s.median}, {"first_phi_vlm", s.first_phi},
                         {"other_phi_vlm_max", s.other_phi_max}, {"alpha_max_heads", s.alpha_max_heads}});
     pp.push_back({{"id", items[i].id}, {"line", items[i].line}, {"n_tokens", recs[i].n}, {"tokens", recs[i].ids},
-                  {"layers", layers}});
+                  {"modality", recs[i].modality}, {"layers", layers}});
   }
   j["per_prompt"] = pp;
 
@@ -459,6 +472,20 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
     std::vector<double> cl(size_t(L), 0), cv(size_t(L), 0), ca(size_t(L), 0), first(size_t(L), 0), fmax(size_t(L), 0),
         omax(size_t(L), 0), med(size_t(L), 0), tokens_mean(size_t(L), 0);
     int llm_total = 0, llm_first = 0;
+    // sinks counted over all layers and prompts by the modality of the token: text, image, video, audio
+    std::vector<int> llm_mod(4, 0), vlm_mod(4, 0), tok_mod(4, 0);
+    for (size_t p = 0; p < sinks.size(); ++p) {
+      const auto& mod = recs[p].modality;
+      auto kind = [&](int pos) { return pos < int(mod.size()) && mod[size_t(pos)] < 4 ? int(mod[size_t(pos)]) : 0; };
+      for (int t = 0; t < recs[p].n; ++t) ++tok_mod[size_t(kind(t))];
+      for (int l = 0; l < L; ++l) {
+        for (int pos : sinks[p][size_t(l)].llm) ++llm_mod[size_t(kind(pos))];
+        for (int pos : sinks[p][size_t(l)].vlm) ++vlm_mod[size_t(kind(pos))];
+      }
+    }
+    auto by_mod = [](const std::vector<int>& v) {
+      return json{{"text", v[0]}, {"image", v[1]}, {"video", v[2]}, {"audio", v[3]}};
+    };
     for (const auto& ps : sinks)
       for (int l = 0; l < L; ++l) {
         const LayerSinks& s = ps[size_t(l)];
@@ -488,6 +515,9 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
                   {"median_abs", med},
                   {"mean_tokens", mean_tokens},
                   {"phi_llm_total", llm_total},
+                  {"phi_llm_by_modality", by_mod(llm_mod)},
+                  {"phi_vlm_by_modality", by_mod(vlm_mod)},
+                  {"tokens_by_modality", by_mod(tok_mod)},
                   {"phi_llm_total_first_token", llm_first}};
   }
 

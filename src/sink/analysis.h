@@ -11,6 +11,7 @@
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -32,6 +33,8 @@ namespace outro::sink {
 struct Recorded {
   std::vector<int32_t> ids;
   int n = 0;
+  std::shared_ptr<const MultimodalPrefill> prefill;  // the media rows' embeddings and positions, if any
+  std::vector<uint8_t> modality;                     // [n] 0 text, 1 image, 2 video, 3 audio
   std::vector<std::vector<float>> resid;    // [L][n * D]       hook_resid_pre
   std::vector<std::vector<float>> q;        // [L][n * H * hd]  attn.hook_q (after RoPE)
   std::vector<std::vector<float>> k, v;     // [L][n * KV * hd] attn.hook_k / hook_v
@@ -39,6 +42,9 @@ struct Recorded {
 };
 // qkv: also record q/k/v (the geometry needs them; the criteria do not).
 Recorded record(const Model& m, Backend& be, const std::vector<int32_t>& ids, bool qkv = true,
+                const std::vector<Intervention*>& ivs = {});
+// The same for a prompts-file item (its multimodal prefill when it has one).
+Recorded record(const Model& m, Backend& be, const TaskItem& item, bool qkv = true,
                 const std::vector<Intervention*>& ivs = {});
 
 // Which set the sink score, the geometry and dimension zeroing use, per layer.

@@ -2,13 +2,16 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "core/error.h"
 #include "kernels/backend.h"
+#include "media/media.h"
 #include "models/model.h"
+#include "models/multimodal_input.h"
 #include "runtime/session.h"
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
@@ -68,11 +71,44 @@ std::vector<int32_t> continuation(const json& j, const LineCtx& c, const std::st
   fail(c.path, ":", c.line, ": field '", field, "': expected text or an array of token ids, found ", j.dump());
 }
 
+// "video" / "audio" / "image" (or "media": {...}) and "use_audio_in_video" of one line.
+TaskMedia media_fields(const json& j, const LineCtx& c, const std::string& root) {
+  TaskMedia m;
+  const json* src = &j;
+  if (j.contains("media")) {
+    if (!j["media"].is_object())
+      fail(c.path, ":", c.line, ": field 'media': expected an object {\"video\": path, ...}, found ", j["media"].dump());
+    for (const char* k : {"video", "audio", "image"})
+      if (j.contains(k)) fail(c.path, ":", c.line, ": give '", k, "' either at the top level or inside 'media', not both");
+    src = &j["media"];
+  }
+  for (const char* k : {"video", "audio", "image"}) {
+    if (!src->contains(k)) continue;
+    const json& v = (*src)[k];
+    if (!v.is_string() || v.get<std::string>().empty())
+      fail(c.path, ":", c.line, ": field '", k, "': expected a file path, found ", v.dump());
+    std::filesystem::path p = v.get<std::string>();
+    if (p.is_relative()) p = std::filesystem::path(root) / p;
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(p, ec)) fail(c.path, ":", c.line, ": field '", k, "': no such file ", p.string());
+    (std::string(k) == "video" ? m.video : std::string(k) == "audio" ? m.audio : m.image) = p.string();
+  }
+  if (j.contains("use_audio_in_video")) {
+    if (!j["use_audio_in_video"].is_boolean())
+      fail(c.path, ":", c.line, ": field 'use_audio_in_video': expected true or false, found ", j["use_audio_in_video"].dump());
+    if (m.video.empty()) fail(c.path, ":", c.line, ": field 'use_audio_in_video' needs a 'video'");
+    m.use_audio_in_video = j["use_audio_in_video"].get<bool>() ? 1 : 0;
+  }
+  return m;
+}
+
 }  // namespace
 
 std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& path, const Tokenizer* tok, int vocab,
                                   const TaskLoadOptions& o) {
   std::vector<TaskItem> items;
+  const std::string root =
+      !o.media_root.empty() ? o.media_root : std::filesystem::path(path).parent_path().string();
   std::istringstream is(text);
   std::string line;
   int ln = 0;
@@ -93,7 +129,14 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
     else it.id = "line " + std::to_string(ln);
     const bool has_text = j.contains("prompt") || j.contains("question");
     if (has_text && j.contains("tokens")) fail(path, ":", ln, ": give either 'prompt' or 'tokens', not both");
-    if (j.contains("tokens")) {
+    it.media = media_fields(j, c, root);
+    if (it.media.any()) {
+      if (!has_text) fail(path, ":", ln, ": an item with media needs a text 'prompt' (its chat prompt holds the placeholders)");
+      const char* f = j.contains("prompt") ? "prompt" : "question";
+      if (!j[f].is_string()) fail(path, ":", ln, ": field '", f, "': expected text, found ", j[f].dump());
+      if (!tok) fail(path, ":", ln, ": field '", f, "' is text but the model folder has no tokenizer.json");
+      it.text = j[f].get<std::string>();
+    } else if (j.contains("tokens")) {
       if (!j["tokens"].is_array()) fail(path, ":", ln, ": field 'tokens': expected an array of token ids");
       it.prompt = token_array(j["tokens"], c, "tokens");
     } else if (has_text) {
@@ -103,7 +146,7 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
     } else {
       fail(path, ":", ln, ": expected a field 'prompt' (text) or 'tokens' (token ids)");
     }
-    if (it.prompt.empty()) fail(path, ":", ln, ": the prompt has no tokens");
+    if (it.prompt.empty() && !it.media.any()) fail(path, ":", ln, ": the prompt has no tokens");
     if (j.contains("options")) {
       const json& op = j["options"];
       if (!op.is_array() || op.size() < 2) fail(path, ":", ln, ": field 'options': expected an array of at least 2 options");
@@ -137,7 +180,7 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
     }
     size_t longest = it.answer.size();
     for (const auto& op : it.options) longest = std::max(longest, op.size());
-    if (o.max_positions > 0 && it.prompt.size() + longest > size_t(o.max_positions))
+    if (!it.media.any() && o.max_positions > 0 && it.prompt.size() + longest > size_t(o.max_positions))
       fail(path, ":", ln, ": ", it.prompt.size() + longest, " tokens is longer than the model's context of ",
            o.max_positions, " tokens");
     items.push_back(std::move(it));
@@ -153,6 +196,54 @@ std::vector<TaskItem> load_tasks(const std::string& path, const Tokenizer* tok, 
   std::stringstream ss;
   ss << f.rdbuf();
   return parse_tasks(ss.str(), path, tok, vocab, o);
+}
+
+bool any_media(const std::vector<TaskItem>& items) {
+  return std::any_of(items.begin(), items.end(), [](const TaskItem& t) { return t.media.any(); });
+}
+
+void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Tokenizer& tok, const std::string& system,
+                  int max_positions, const std::string& path) {
+  for (auto& it : items) {
+    if (!it.media.any()) continue;
+    const std::string where = path + ":" + std::to_string(it.line);
+    MediaRequest r;
+    r.video = it.media.video;
+    r.audio = it.media.audio;
+    r.image = it.media.image;
+    if (!r.video.empty() || !r.image.empty())
+      if (!mm.has_vision()) fail(where, ": the item has a video or an image but the model has no vision encoder");
+    if (!r.audio.empty() && !mm.has_audio()) fail(where, ": the item has audio but the model has no audio encoder");
+    if (it.media.use_audio_in_video >= 0) {
+      r.use_audio_in_video = it.media.use_audio_in_video == 1;
+      if (r.use_audio_in_video && !mm.has_audio())
+        fail(where, ": 'use_audio_in_video' is true but the model has no audio encoder");
+    } else {
+      r.use_audio_in_video = !r.video.empty() && r.audio.empty() && mm.has_audio() && media::probe_video(r.video).has_audio;
+    }
+    try {
+      PreparedPrompt p = prepare_multimodal(mm, r, multimodal_chat_ids(mm.config(), tok, r, it.text, system));
+      it.prefill = std::make_shared<const MultimodalPrefill>(std::move(p.prefill));
+    } catch (const Error& e) {
+      fail(where, ": ", e.what());
+    }
+    it.prompt = it.prefill->ids;
+    size_t longest = it.answer.size();
+    for (const auto& op : it.options) longest = std::max(longest, op.size());
+    if (max_positions > 0 && it.prompt.size() + longest > size_t(max_positions))
+      fail(where, ": the prompt with its media is ", it.prompt.size() + longest, " tokens, longer than the model's context of ",
+           max_positions, " tokens");
+  }
+}
+
+void feed_prompt(Session& s, const TaskItem& it, std::vector<float>* logits, bool all_rows) {
+  if (!it.prefill) {
+    s.forward(it.prompt, logits, all_rows);
+    return;
+  }
+  const MultimodalPrefill& p = *it.prefill;
+  s.forward_embeds(p.ids.data(), int(p.ids.size()), p.embeds.data(), p.modality.data(), p.positions.data(), logits,
+                   all_rows);
 }
 
 Metric choose_metric(const std::string& name, const std::vector<TaskItem>& items) {
@@ -198,7 +289,7 @@ MetricValue evaluate_tasks(const Model& m, Backend& be, const std::vector<TaskIt
     s.reset();
     const int P = int(it.prompt.size());
     if (!it.options.empty()) {
-      s.forward(it.prompt, &last, false);
+      feed_prompt(s, it, &last, false);
       double best = -INFINITY;
       int arg = -1;
       double gold = 0;
@@ -217,6 +308,12 @@ MetricValue evaluate_tasks(const Model& m, Backend& be, const std::vector<TaskIt
       ll_sum += gold;
       ++mc;
       if (arg == it.correct) ++right;
+    } else if (!it.answer.empty() && it.prefill) {
+      feed_prompt(s, it, &last, false);
+      s.forward(it.answer, &logits, true);
+      double lp = log_prob(last.data(), V, it.answer[0]);
+      for (size_t t = 1; t < it.answer.size(); ++t) lp += log_prob(logits.data() + (t - 1) * size_t(V), V, it.answer[t]);
+      ll_sum += lp / double(it.answer.size());
     } else if (!it.answer.empty()) {
       std::vector<int32_t> seq = it.prompt;
       seq.insert(seq.end(), it.answer.begin(), it.answer.end());
@@ -226,10 +323,15 @@ MetricValue evaluate_tasks(const Model& m, Backend& be, const std::vector<TaskIt
         lp += log_prob(logits.data() + (size_t(P) + t - 1) * size_t(V), V, it.answer[t]);
       ll_sum += lp / double(it.answer.size());
     } else {
-      s.forward(it.prompt, &logits, true);
+      feed_prompt(s, it, &logits, true);
       double lp = 0;
-      for (int t = 1; t < P; ++t) lp += log_prob(logits.data() + size_t(t - 1) * size_t(V), V, it.prompt[size_t(t)]);
-      ll_sum += P > 1 ? lp / double(P - 1) : 0.0;
+      int scored = 0;
+      for (int t = 1; t < P; ++t) {
+        if (it.prefill && it.prefill->modality[size_t(t)] != 0) continue;  // media rows have no token to predict
+        lp += log_prob(logits.data() + size_t(t - 1) * size_t(V), V, it.prompt[size_t(t)]);
+        ++scored;
+      }
+      ll_sum += scored ? lp / double(scored) : 0.0;
     }
   }
   r.loglik = items.empty() ? 0 : ll_sum / double(items.size());
