@@ -608,6 +608,9 @@ TEST(AnalyzeCli, MediaPromptsRunOnTheOmniDemo) {
   EXPECT_EQ(j["fig1a"]["tokens_by_modality"]["audio"].get<int>(), 102);
   EXPECT_EQ(j["params"]["metric"], "accuracy");
   EXPECT_EQ(j["single_head"]["baseline"].get<double>(), 1.0) << j["single_head"]["baseline"];
+  std::ifstream hf(d + "/out/report.html");
+  std::string html((std::istreambuf_iterator<char>(hf)), std::istreambuf_iterator<char>());
+  EXPECT_NE(html.find("video 16, audio 102"), std::string::npos) << "the summary counts the tokens by modality";
   // Without the media the same prompts cannot be run on a text-only model.
   auto bad = test::run_cli("analyze --model " + test::source_dir() + "/models/outro-demo --prompts " + d + "/prompts.jsonl --media-root " +
                            fixture("omni_demo") + " --out " + d + "/o2");

@@ -70,6 +70,20 @@ std::string sink_report_html(const json& r) {
     rows.push_back({"Φ_LLM sinks (all layers, all prompts)", std::to_string(f.value("phi_llm_total", 0)) + ", of which token 0: " +
                                                           std::to_string(f.value("phi_llm_total_first_token", 0))});
     rows.push_back({"D_sink (Φ_VLM sink dimensions)", set_str(ds.at("dims")) + " (" + ds.value("rule", "") + ")"});
+    if (f.contains("tokens_by_modality")) {  // media prompts: where the tokens and the sinks are
+      const json& t = f.at("tokens_by_modality");
+      if (t.value("image", 0) + t.value("video", 0) + t.value("audio", 0) > 0) {
+        auto by = [](const json& m) {
+          std::string s;
+          for (const char* k : {"text", "image", "video", "audio"})
+            if (m.value(k, 0) > 0) s += std::string(s.empty() ? "" : ", ") + k + " " + std::to_string(m.value(k, 0));
+          return s.empty() ? std::string("none") : s;
+        };
+        rows.push_back({"tokens by modality (all prompts)", by(t)});
+        rows.push_back({"Φ_LLM / Φ_VLM sinks by modality", by(f.value("phi_llm_by_modality", json::object())) + " / " +
+                                                              by(f.value("phi_vlm_by_modality", json::object()))});
+      }
+    }
     rows.push_back({"sink set of the scores", r.at("sink_scores").value("sink_set", "") + " (layers that fell back to token 0: " +
                                                   std::to_string(r.at("sink_scores").value("fallback_layers", 0)) + ")"});
     if (r.at("prompts").contains("baseline_metric"))
