@@ -65,11 +65,23 @@ def chat(user, answer):
 
 
 # ------------------------------------------------------------------ text data
-def text_documents(rng, n, train_scenes):
+def text_documents(rng, n, train_scenes, induction_frac=0.0):
     """Plain text: train_demo's documents re-wrapped so that every one starts with <|im_start|>, plus
-    text-only versions of the clip questions (the clip described in words, as an item's `context`)."""
-    docs = []
+    text-only versions of the clip questions (the clip described in words, as an item's `context`).
+    induction_frac of the documents are a list of random words said twice ("Repeat the list."): the second
+    copy is predictable only by looking back for the current word's earlier occurrence, the conditional
+    lookup that heads with nothing to find resolve by attending to a default token."""
+    docs, words = [], None
     for _ in range(n):
+        if induction_frac > 0 and rng.random() < induction_frac:
+            if words is None:  # the corpus's lower-case words (its own generator, so rng's stream is unchanged)
+                wr = random.Random(12345)
+                words = sorted({w for _ in range(500) for w in (td.document(wr) + " " + td.story(wr)).split()
+                                if w.isalpha() and w.islower()})
+            k = rng.randint(8, 40)
+            seq = " ".join(rng.choice(words) for _ in range(k))
+            docs.append(chat("Repeat the list: " + seq, seq))
+            continue
         r = rng.random()
         if r < 0.35:
             d = td.document(rng)
@@ -295,6 +307,8 @@ def main():
                     help="learning rate over this run: cosine down to 5%% by the end of --minutes, or constant (to be "
                          "continued with --resume); either way a warmup while the optimiser state is fresh")
     ap.add_argument("--warmup", type=int, default=150, help="warmup steps of a fresh optimiser")
+    ap.add_argument("--induction-frac", type=float, default=0.0,
+                    help="fraction of the plain-text documents that are a random word list said twice")
     ap.add_argument("--resume", default=None,
                     help="continue from an earlier run: its output folder (tokenizer.json, model.safetensors, "
                          "train_log.json) and, when --state names a file that exists, the optimiser state too")
@@ -323,7 +337,7 @@ def main():
     held_ids = {c["id"]: i for i, c in enumerate(clips) if c["split"] == "heldout"}
     log(f"clips: {len(train_ids)} train, {len(held_ids)} held-out, {len(audio)} audio tracks, frames {frames.shape}")
     rng = random.Random(args.seed)
-    docs = text_documents(rng, 3000 if args.smoke else 60000, [clips[i]["scene"] for i in train_ids])
+    docs = text_documents(rng, 3000 if args.smoke else 60000, [clips[i]["scene"] for i in train_ids], args.induction_frac)
 
     # ---- tokenizer (BPE on the text + every question/option text)
     tok_texts = docs[:20000] + [oc.prompt_text(*oc.question(clips[i]["scene"], t, random.Random(i))[:2])
