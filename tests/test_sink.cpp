@@ -474,10 +474,23 @@ TEST(SinkTasks, ParsesTokensAnswersAndOptions) {
   EXPECT_THROW(choose_metric("accuracy", items), Error);
 }
 
+// Each text must fail to parse (vocabulary 16, no tokenizer) with an error containing `must`.
+struct ParseCase {
+  std::string text, must;
+};
+void expect_parse_errors(const std::vector<ParseCase>& cases, const TaskLoadOptions& o) {
+  for (const auto& c : cases) {
+    try {
+      parse_tasks(c.text, "p.jsonl", nullptr, 16, o);
+      ADD_FAILURE() << "no error for: " << c.text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(c.must), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(SinkTasks, BadLinesNameTheFileLineAndField) {
-  struct Case {
-    std::string text, must;
-  } cases[] = {
+  const std::vector<ParseCase> cases = {
       {"{\"tokens\": [1]}\n{\"tokens\": [1, 99]}\n", "p.jsonl:2: field 'tokens': token id 99 is outside the vocabulary [0, 16)"},
       {"{\"tokens\": [1]\n", "p.jsonl:1: not valid JSON"},
       {"[1, 2]\n", "p.jsonl:1: expected a JSON object"},
@@ -491,22 +504,13 @@ TEST(SinkTasks, BadLinesNameTheFileLineAndField) {
   };
   TaskLoadOptions o;
   o.max_positions = 8;
-  for (const auto& c : cases) {
-    try {
-      parse_tasks(c.text, "p.jsonl", nullptr, 16, o);
-      ADD_FAILURE() << "no error for: " << c.text;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(c.must), std::string::npos) << e.what();
-    }
-  }
+  expect_parse_errors(cases, o);
   EXPECT_THROW(load_tasks("/nonexistent/prompts.jsonl", nullptr, 16, {}), Error);
 }
 
 TEST(SinkTasks, MediaFieldsAreCheckedPerLine) {
   const std::string clips = fixture("omni_demo");
-  struct Case {
-    std::string text, must;
-  } cases[] = {
+  const std::vector<ParseCase> cases = {
       {"{\"prompt\": \"q\", \"video\": \"clips/none.mp4\"}\n", "p.jsonl:1: field 'video': no such file " + clips + "/clips/none.mp4"},
       {"{\"tokens\": [1], \"video\": \"clips/h0000.mp4\"}\n", "p.jsonl:1: an item with media needs a text 'prompt'"},
       {"{\"prompt\": \"q\", \"audio\": 3}\n", "p.jsonl:1: field 'audio': expected a file path"},
@@ -518,14 +522,7 @@ TEST(SinkTasks, MediaFieldsAreCheckedPerLine) {
   };
   TaskLoadOptions o;
   o.media_root = clips;
-  for (const auto& c : cases) {
-    try {
-      parse_tasks(c.text, "p.jsonl", nullptr, 16, o);
-      ADD_FAILURE() << "no error for: " << c.text;
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(c.must), std::string::npos) << e.what();
-    }
-  }
+  expect_parse_errors(cases, o);
 }
 
 // ---------------------------------------------------------------------------------------- CLI
