@@ -21,6 +21,7 @@
 
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
@@ -34,8 +35,8 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+using bench::Clock;
+using bench::since;
 
 struct Rng {  // splitmix64: fast, plenty for random weights
   uint64_t s;
@@ -149,7 +150,7 @@ double measure_read_bw(size_t mib, int reps, double* checksum) {
         partial[p] = K.sum(buf + b, int64_t(e - b));
       }
     });
-    best = std::min(best, seconds_since(t));
+    best = std::min(best, since(t));
     *checksum = 0;
     for (double v : partial) *checksum += v;
   }
@@ -251,7 +252,7 @@ int main(int argc, char** argv) {
     auto t = Clock::now();
     if (!fs::exists(tmp.path + "/model.safetensors")) write_model(tmp.path, shape, dt);
     std::printf("random checkpoint: %s (%d layers, %s) written in %.1f s\n", tmp.path.c_str(), shape.layers,
-                dtype_name(dt), seconds_since(t));
+                dtype_name(dt), since(t));
 
     auto model = Model::load(tmp.path);
     const ModelConfig& c = model->config();
@@ -275,10 +276,10 @@ int main(int argc, char** argv) {
       sess.reset();
       auto t0 = Clock::now();
       sess.forward(prompt, &logits);
-      const double tp = seconds_since(t0);
+      const double tp = since(t0);
       auto t1 = Clock::now();
       for (int i = 0; i < decode; ++i) sess.forward(&next[size_t(i)], 1, &logits);
-      const double td = seconds_since(t1);
+      const double td = since(t1);
       std::printf("  rep %d: prefill %.3f s (%.1f tok/s), decode %.3f s (%.2f tok/s)\n", r + 1, tp, prefill / tp, td,
                   decode / td);
       best_prefill = std::min(best_prefill, tp);

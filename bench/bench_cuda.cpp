@@ -17,23 +17,21 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "models/model.h"
+#include "models/random_model.h"
 #include "runtime/session.h"
 #ifdef OUTRO_HAVE_CUDA
 #include "kernels/cuda/cuda_api.h"
@@ -44,109 +42,28 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+using bench::Clock;
+using bench::median;
+using bench::since;
 
 struct Shape {
   int hidden = 3584, intermediate = 18944, layers = 28, heads = 28, kv_heads = 4, vocab = 152064;
 };
 
-// bf16 of a uniform value in mean ± sd·√3 from a counter-based hash (fast, any thread, reproducible).
-inline uint16_t rand_bf16(uint64_t i, uint64_t seed, float mean, float sd) {
-  uint64_t z = seed * 0x9e3779b97f4a7c15ull + i;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  z ^= z >> 31;
-  const float u = float(z >> 40) * (1.f / 16777216.f) * 2.f - 1.f;
-  return f32_to_bf16(mean + u * sd * 1.7320508f);
-}
-
-// Writes config.json and model.safetensors with all threads filling a mapped file.
+// config.json and model.safetensors of random bf16 weights (models/random_model.h, the threaded
+// hashed writer): Qwen2 with q/k/v biases, untied head, rope_theta 1e6, weights 0 ± 0.02, norms 1 ± 0.1.
 void write_checkpoint(const std::string& dir, const Shape& s) {
-  fs::create_directories(dir);
-  const int hd = s.hidden / s.heads;
-  nlohmann::json cfg = {{"architectures", {"Qwen2ForCausalLM"}},
-                        {"model_type", "qwen2"},
-                        {"hidden_size", s.hidden},
-                        {"intermediate_size", s.intermediate},
-                        {"num_hidden_layers", s.layers},
-                        {"num_attention_heads", s.heads},
-                        {"num_key_value_heads", s.kv_heads},
-                        {"vocab_size", s.vocab},
-                        {"max_position_embeddings", 32768},
-                        {"rope_theta", 1000000.0},
-                        {"rms_norm_eps", 1e-6},
-                        {"tie_word_embeddings", false},
-                        {"hidden_act", "silu"},
-                        {"torch_dtype", "bfloat16"},
-                        {"eos_token_id", s.vocab - 1}};
-  std::ofstream(dir + "/config.json") << cfg.dump(2);
-  struct T {
-    std::string name;
-    std::vector<int64_t> shape;
-    float mean, sd;
-    size_t off = 0, n = 0;
-  };
-  std::vector<T> ts;
-  const int64_t D = s.hidden, I = s.intermediate, q = int64_t(s.heads) * hd, kv = int64_t(s.kv_heads) * hd;
-  ts.push_back({"model.embed_tokens.weight", {s.vocab, D}, 0, 0.02f});
-  for (int l = 0; l < s.layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    ts.push_back({p + "input_layernorm.weight", {D}, 1, 0.1f});
-    ts.push_back({p + "self_attn.q_proj.weight", {q, D}, 0, 0.02f});
-    ts.push_back({p + "self_attn.k_proj.weight", {kv, D}, 0, 0.02f});
-    ts.push_back({p + "self_attn.v_proj.weight", {kv, D}, 0, 0.02f});
-    ts.push_back({p + "self_attn.o_proj.weight", {D, q}, 0, 0.02f});
-    ts.push_back({p + "self_attn.q_proj.bias", {q}, 0, 0.02f});
-    ts.push_back({p + "self_attn.k_proj.bias", {kv}, 0, 0.02f});
-    ts.push_back({p + "self_attn.v_proj.bias", {kv}, 0, 0.02f});
-    ts.push_back({p + "post_attention_layernorm.weight", {D}, 1, 0.1f});
-    ts.push_back({p + "mlp.gate_proj.weight", {I, D}, 0, 0.02f});
-    ts.push_back({p + "mlp.up_proj.weight", {I, D}, 0, 0.02f});
-    ts.push_back({p + "mlp.down_proj.weight", {D, I}, 0, 0.02f});
-  }
-  ts.push_back({"model.norm.weight", {D}, 1, 0.1f});
-  ts.push_back({"lm_head.weight", {s.vocab, D}, 0, 0.02f});
-  nlohmann::json hdr = nlohmann::json::object();
-  size_t off = 0;
-  for (auto& t : ts) {
-    t.n = 1;
-    for (auto d : t.shape) t.n *= size_t(d);
-    t.off = off;
-    off += t.n * 2;
-    hdr[t.name] = {{"dtype", "BF16"}, {"shape", t.shape}, {"data_offsets", {t.off, t.off + t.n * 2}}};
-  }
-  std::string h = hdr.dump();
-  while ((h.size() + 8) % 8) h.push_back(' ');
-  const size_t data0 = 8 + h.size(), total = data0 + off;
-  const std::string path = dir + "/model.safetensors";
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) fail("cannot create ", path);
-  if (::ftruncate(fd, off_t(total)) != 0) fail("cannot size ", path, " to ", total, " bytes");
-  void* map = ::mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (map == MAP_FAILED) fail("cannot map ", path);
-  uint8_t* base = static_cast<uint8_t*>(map);
-  const uint64_t hl = h.size();
-  std::memcpy(base, &hl, 8);
-  std::memcpy(base + 8, h.data(), h.size());
-  const unsigned nt = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> th;
-  for (unsigned k = 0; k < nt; ++k)
-    th.emplace_back([&, k] {
-      for (size_t ti = 0; ti < ts.size(); ++ti) {
-        const T& t = ts[ti];
-        const size_t a = t.n * k / nt, b = t.n * (k + 1) / nt;
-        uint16_t* p = reinterpret_cast<uint16_t*>(base + data0 + t.off);
-        for (size_t i = a; i < b; ++i) p[i] = rand_bf16(i, ti + 1, t.mean, t.sd);
-      }
-    });
-  for (auto& t : th) t.join();
-  ::munmap(map, total);
-  ::close(fd);
+  RandomModelSpec r;
+  r.architecture = "Qwen2ForCausalLM";
+  r.hidden = s.hidden, r.intermediate = s.intermediate, r.layers = s.layers, r.heads = s.heads;
+  r.kv_heads = s.kv_heads, r.vocab = s.vocab;
+  r.max_positions = 32768;
+  r.rope_theta = 1e6f;
+  r.tied = false;
+  r.dtype = DType::BF16;
+  r.std = 0.02f;
+  r.hashed = true;
+  write_random_model(dir, r);
 }
 
 std::string default_dir() {
@@ -345,10 +262,7 @@ int main(int argc, char** argv) {
       const size_t Dn = size_t(c.hidden), In = size_t(c.intermediate), KVn = size_t(c.kv_heads) * c.head_dim;
       Buf yq = be->alloc(Dn), yk = be->alloc(KVn), yv = be->alloc(KVn), yo = be->alloc(Dn), yg = be->alloc(In),
           yu = be->alloc(In), yd = be->alloc(Dn), yl = be->alloc(size_t(c.vocab));
-      std::vector<double> tf;
-      for (int r = 0; r < 6; ++r) {
-        be->synchronize();
-        auto t2 = Clock::now();
+      auto gemv_step = [&] {
         for (size_t l = 0; l + 1 < ws.size(); l += 7) {
           be->matmul(yq, xin, 1, ws[l], nullptr);
           be->matmul(yk, xin, 1, ws[l + 1], nullptr);
@@ -360,6 +274,12 @@ int main(int argc, char** argv) {
           be->matmul(yd, yg, 1, ws[l + 6], nullptr);
         }
         be->matmul(yl, xin, 1, ws.back(), nullptr);
+      };
+      std::vector<double> tf;
+      for (int r = 0; r < 6; ++r) {
+        be->synchronize();
+        auto t2 = Clock::now();
+        gemv_step();
         be->synchronize();
         if (r) tf.push_back(since(t2));
       }
@@ -368,7 +288,6 @@ int main(int argc, char** argv) {
                   "GB/s = %.1f%% of copy bandwidth; the rest of the step: %.2f ms\n",
                   gf * 1e3, bytes_per_token / gf / 1e9, 100 * bytes_per_token / gf / bw, (dstep - gf) * 1e3);
       out["gemv_fused_bw_fraction"] = bytes_per_token / gf / bw;
-      for (Buf* b : {&yq, &yk, &yv, &yo, &yg, &yu, &yd, &yl}) be->release(*b);
 
       // The small ops between the products, each repeated in a dependent chain (as in a step).
       {
@@ -381,13 +300,26 @@ int main(int argc, char** argv) {
         AttnParams ap;
         ap.n_heads = H, ap.n_kv = c.kv_heads, ap.head_dim = hd, ap.scale = 1.f / std::sqrt(float(hd));
         ap.n_new = 1, ap.past = past;
+        // GPU time per call of a dependent chain of 200: the chain is queued behind two steps' worth of
+        // products (about 10 ms of GPU work), so the host's enqueue cost is hidden; minus the products
+        // alone. host_us: the host's own time per call (the enqueue), measured in the same loop.
+        double host_us = 0;
         auto lat = [&](auto fn) {
           fn();
           be->synchronize();
-          auto t3 = Clock::now();
-          for (int i = 0; i < 200; ++i) fn();
+          auto tb = Clock::now();
+          gemv_step();
+          gemv_step();
           be->synchronize();
-          return since(t3) / 200 * 1e6;
+          const double blocker = since(tb);
+          auto t3 = Clock::now();
+          gemv_step();
+          gemv_step();
+          auto th = Clock::now();
+          for (int i = 0; i < 200; ++i) fn();
+          host_us = since(th) / 200 * 1e6;
+          be->synchronize();
+          return (since(t3) - blocker) / 200 * 1e6;
         };
         const double t_norm = lat([&] {
           be->add(xr, ar, Dn);
@@ -400,14 +332,45 @@ int main(int argc, char** argv) {
           be->copy(vc, size_t(past) * KVn, v, 0, KVn);
         });
         const double t_attn = lat([&] { be->attention(z, q, kc, vc, ap); });
+        const double t_attn_host = host_us;
+        const std::string attn_kernel = cuda_api::last_attention_kernel(*be);
+        auto lat_with = [&](int force) {  // other kernels over the same keys, for comparison
+          cuda_api::set_attention_kernel(*be, force);
+          const double t = lat([&] { be->attention(z, q, kc, vc, ap); });
+          cuda_api::set_attention_kernel(*be, 0);
+          return t;
+        };
+        const double t_attn_rows = lat_with(1), t_attn_global = lat_with(4), t_attn_one = lat_with(5);
         const double per_layer = 2 * t_norm + t_rope + t_attn;
-        std::printf("  small ops (each in a chain of 200): add + RMSNorm %.1f us, RoPE + KV-cache writes %.1f us, "
+        std::printf("  small ops (GPU time, each in a chain of 200): add + RMSNorm %.1f us, RoPE + KV-cache writes %.1f us, "
                     "attention over %d keys %.1f us; per layer 2 x %.1f + %.1f + %.1f = %.1f us, x %d layers = %.2f ms\n",
                     t_norm, t_rope, past + 1, t_attn, t_norm, t_rope, t_attn, per_layer, c.layers,
                     per_layer * c.layers / 1e3);
-        out["small_ops_us"] = {{"add_rmsnorm", t_norm}, {"rope_kv_write", t_rope}, {"attention", t_attn}};
+        std::printf("  decode attention kernel used: %s (the host's enqueue: %.1f us a call); over the same keys: the "
+                    "decode kernel merged through global memory %.1f us, unsplit %.1f us, the portable row kernel %.1f "
+                    "us\n",
+                    attn_kernel.c_str(), t_attn_host, t_attn_global, t_attn_one, t_attn_rows);
+        out["attention_host_enqueue_us"] = t_attn_host;
+        // The step's end: the logits copied back to the host (the host waits for it).
+        Buf lg = be->alloc(size_t(c.vocab));
+        std::vector<float> host_logits(size_t(c.vocab));
+        const double t_dl = lat([&] { be->download(lg, 0, host_logits.data(), host_logits.size()); });
+        cuda_api::set_pinned_download(*be, false);
+        const double t_dl_direct = lat([&] { be->download(lg, 0, host_logits.data(), host_logits.size()); });
+        cuda_api::set_pinned_download(*be, true);
+        be->release(lg);
+        std::printf("  logits download (%d floats): %.1f us through the pinned buffer, %.1f us straight to pageable "
+                    "memory\n",
+                    c.vocab, t_dl, t_dl_direct);
+        out["logits_download_us"] = t_dl;
+        out["logits_download_direct_us"] = t_dl_direct;
+        out["small_ops_us"] = {{"add_rmsnorm", t_norm}, {"rope_kv_write", t_rope}, {"attention", t_attn},
+                               {"attention_rows_kernel", t_attn_rows}, {"attention_dec_global", t_attn_global},
+                               {"attention_dec_unsplit", t_attn_one}};
+        out["decode_attention_kernel"] = attn_kernel;
         for (Buf* b : {&xr, &ar, &xn, &q, &k, &v, &z, &kc, &vc}) be->release(*b);
       }
+      for (Buf* b : {&yq, &yk, &yv, &yo, &yg, &yu, &yd, &yl}) be->release(*b);
       be->release(xin);
       be->release(yout);
     }

@@ -22,6 +22,7 @@
 
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "kernels/backend.h"
@@ -35,15 +36,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0 : n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-double best(const std::vector<double>& v) { return v.empty() ? 0 : *std::min_element(v.begin(), v.end()); }
+using bench::best;
+using bench::Clock;
+using bench::median;
+using bench::since;
 
 std::vector<std::string> split(const std::string& s, char sep) {
   std::vector<std::string> out;

@@ -257,7 +257,7 @@ TEST_F(Pair, AttentionBothKernelsEveryPolicy) {
       {4, 1, 128, 1, 1, {}, 0, true},
   };
   for (const auto& c : cases)
-    for (int force : {1, 2}) {
+    for (int force : {1, 2, 3}) {
       const int total = c.past + c.n_new;
       auto q = randn(size_t(c.n_new) * c.H * c.hd, 31, 1.f);
       auto kc = randn(size_t(total) * c.KV * c.hd, 32, 1.f), vc = randn(size_t(total) * c.KV * c.hd, 33);
@@ -285,6 +285,86 @@ TEST_F(Pair, AttentionBothKernelsEveryPolicy) {
       if (c.pattern) EXPECT_LT(test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()), 1e-5) << used;
     }
   cuda_api::set_attention_kernel(*gpu, 0);
+#endif
+}
+
+// The decode kernel (one block per KV head for all the query heads of its group) against the CPU:
+// GQA ratios 1, 2 and 7, head_dim 64 and 128, contexts of 1 to 5000 keys (one block or split over
+// the context), one or more new rows, sink-out rows, patterns; the automatic choice takes it for a
+// decode step, and a split result does not depend on which block merges (bit-identical reruns).
+TEST_F(Pair, AttentionDecodeKernel) {
+#ifdef OUTRO_HAVE_CUDA
+  int cases = 0;
+  for (int G : {1, 2, 7})
+    for (int hd : {64, 128})
+      for (int total : {1, 2, 17, 64, 65, 161, 700, 5000})
+        for (int n_new : {1, 2, 3}) {
+          if (n_new > total || n_new * G > 16) continue;
+          const int KV = G == 7 ? 4 : 2, H = G * KV, past = total - n_new;
+          const bool pattern = total <= 700 && (total + n_new + G) % 3 == 0;
+          std::vector<int> sinkout;
+          if (total > 2 && n_new > 1) sinkout = {past};  // the first new row sees every key
+          const int sinkout_end = total;
+          auto q = randn(size_t(n_new) * H * hd, 51 + total, 1.f);
+          auto kc = randn(size_t(total) * KV * hd, 52 + hd, 1.f), vc = randn(size_t(total) * KV * hd, 53 + G);
+          for (int force : {3, 4, 5}) {  // cluster merge where it fits, global merge, unsplit
+          std::vector<float> pat[2], z[2];
+          int k = 0;
+          for (Backend* be : {cpu.get(), gpu.get()}) {
+            cuda_api::set_attention_kernel(*be, force);
+            AttnParams p;
+            p.n_heads = H, p.n_kv = KV, p.head_dim = hd, p.scale = 1.f / std::sqrt(float(hd));
+            p.n_new = n_new, p.past = past;
+            p.sinkout_rows = sinkout.data(), p.n_sinkout = int(sinkout.size()), p.sinkout_end = sinkout_end;
+            if (pattern) {
+              pat[k].assign(size_t(H) * n_new * total, NAN);
+              p.pattern_out = pat[k].data();
+            }
+            Buf qb = put(*be, q), kb = put(*be, kc), vb = put(*be, vc), zb = put(*be, std::vector<float>(q.size(), NAN));
+            be->attention(zb, qb, kb, vb, p);
+            z[k++] = get(*be, zb);
+            if (be == gpu.get()) {
+              const std::string used = cuda_api::last_attention_kernel(*gpu);
+              EXPECT_EQ(used.substr(0, 3), "dec") << used;
+              // Again: the same bits, whichever split block merged this time.
+              be->attention(zb, qb, kb, vb, p);
+              const auto again = get(*be, zb);
+              EXPECT_EQ(std::memcmp(again.data(), z[1].data(), again.size() * 4), 0)
+                  << "G" << G << " hd" << hd << " total" << total << " n" << n_new;
+              // The automatic choice for a plain decode step is this kernel.
+              if (force == 3 && n_new == 1 && sinkout.empty()) {
+                cuda_api::set_attention_kernel(*be, 0);
+                be->attention(zb, qb, kb, vb, p);
+                EXPECT_EQ(cuda_api::last_attention_kernel(*gpu).substr(0, 3), "dec");
+                const auto autoz = get(*be, zb);
+                EXPECT_EQ(std::memcmp(autoz.data(), z[1].data(), autoz.size() * 4), 0);
+              }
+            }
+          }
+          EXPECT_LT(rel(z[1], z[0]), 1e-5) << "G" << G << " hd" << hd << " total" << total << " n" << n_new
+                                          << " sinkout " << sinkout.size() << " force " << force;
+          if (pattern) EXPECT_LT(test::max_abs_diff(pat[1].data(), pat[0].data(), pat[0].size()), 1e-5);
+          ++cases;
+          }
+        }
+  std::printf("  decode attention kernel: %d cases against the CPU\n", cases);
+  cuda_api::set_attention_kernel(*gpu, 0);
+#endif
+}
+
+// Downloads large enough to go through the pinned buffer in chunks, and the same with it off.
+TEST_F(Pair, PinnedChunkedDownload) {
+#ifdef OUTRO_HAVE_CUDA
+  for (bool pinned : {true, false})
+    for (size_t n : {size_t(100), size_t(20000), size_t(152064), size_t(3000001)}) {
+      cuda_api::set_pinned_download(*gpu, pinned);
+      auto v = randn(n, 77 + n);
+      Buf b = put(*gpu, v);
+      std::vector<float> back(n - 7, NAN);
+      gpu->download(b, 7, back.data(), back.size());  // from an offset, an odd length
+      EXPECT_EQ(std::memcmp(back.data(), v.data() + 7, back.size() * 4), 0) << n << " pinned " << pinned;
+    }
+  cuda_api::set_pinned_download(*gpu, true);
 #endif
 }
 
@@ -413,6 +493,12 @@ TEST_F(Pair, PhiLlmStatsOnGpuEqualHost) {
     ASSERT_TRUE(cuda_api::phi_llm_stats(*gpu, b, n, dim, &row_max, &median));
     EXPECT_EQ(median, want.median) << n << "x" << dim;
     EXPECT_EQ(row_max, want.row_max) << n << "x" << dim;
+    // The backend's other host buffers are untouched: a download through the pinned buffer after it.
+    if (h.size() > 100000) {
+      std::vector<float> back(h.size());
+      gpu->download(b, 0, back.data(), back.size());
+      EXPECT_EQ(back, h);
+    }
   }
   std::vector<float> rm;
   float med = 0.f;

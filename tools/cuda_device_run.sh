@@ -5,6 +5,12 @@
 # rather than there; cuda_tests is test_cuda.cpp linked alone with
 # -Wl,--as-needed so that it needs only libcublas from the image (see README, "CUDA backend").
 #   STEP=all or a comma list of tests,bench,outro,tf  BENCH_ARGS=...  OUTRO_PROMPT=1024
+# Building dist on the build machine (a build-cuda configured with -G Ninja -DCMAKE_BUILD_TYPE=Release):
+#   ninja -C build-cuda outro_lib outro_cuda CMakeFiles/{bench_cuda,bench_outro}.dir/bench/{bench_cuda,bench_outro}.cpp.o \
+#         CMakeFiles/outro_tests.dir/tests/test_cuda.cpp.o
+#   then, in build-cuda, for each program: c++ -O3 -Wl,--as-needed OBJ -o dist/NAME liboutro_lib.a liboutro_cuda.a
+#   liboutro_lib.a liboutro_cuda.a + the LINK_LIBRARIES that build.ninja lists for bench_cuda (+ libgtest_main.a
+#   libgtest.a for cuda_tests), and strip: each then needs only libcublas.so.13 beyond libc/libstdc++.
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 D=${BIN:-build-cuda/dist}

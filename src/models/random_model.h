@@ -15,9 +15,15 @@ struct RandomModelSpec {
   float rope_theta = 10000.f;
   bool tied = false;
   DType dtype = DType::F32;
-  float std = 0.1f;
+  float std = 0.1f;  // of the matrices and biases; norm weights: 1 ± 0.1
   uint64_t seed = 1;
+  // false: normal values from one std::mt19937_64 (the tests' models). true: uniform values of the
+  // same mean and standard deviation from a counter-based hash, written by all threads straight into
+  // a mapped file (checkpoints of many GB, for the benchmarks).
+  bool hashed = false;
 };
+// Qwen2ForCausalLM gets q/k/v biases; LlamaForCausalLM none. config.json names the dtype
+// (torch_dtype) and, for an untied model, model.safetensors holds lm_head.weight.
 
 void write_random_model(const std::string& dir, const RandomModelSpec& s);
 

@@ -8,9 +8,15 @@
 //    with an online softmax over its share of the keys; the decode path, split over the context so
 //    long contexts fill the GPU; the last split block of each (row, head) merges the splits (or
 //    k_attn_combine, when no counters are given).
+//  - k_attn_dec: decode (n_new x H / KV <= 16 query rows per KV head, head_dim 64 or 128): one block
+//    per KV head and share of the context serves all the query heads of its group, so K and V are
+//    read once; split over the context, the last block of each KV head merges the splits.
 //  - k_attn_pattern: the probabilities [H, n_new, total], only when an observer asks for them.
+#include <algorithm>
 #include <cfloat>
 #include <climits>
+
+#include <cooperative_groups.h>
 
 #include "kernels/cuda/common.cuh"
 
@@ -257,6 +263,348 @@ __global__ void k_attn_pattern(float* pat, const float* q, const float* kc, Attn
   for (int j = threadIdx.x; j < total; j += blockDim.x) row[j] = (j >= lo && j < hi) ? expf(score(j) - mx) * inv : 0.f;
 }
 
+// ---------------- decode kernel (one KV head and all its query rows per block) ----------------
+// grid (nsplit, KV), kDecThreads threads. A block takes KV head kvh and every query row that reads it:
+// the n_new rows x G = H / KV heads of its group (QR = n_new * G <= kDecMaxQR), over its share of the
+// keys [K0, K1) (the union of the rows' ranges; each row masks the keys outside its own range), so
+// each cached key and value is read once per step instead of once per query head. Keys go in chunks
+// of kDecChunk (32 when a block has at most 32 keys, else 64); K and V of a chunk are loaded
+// together (16-byte loads), then:
+//  - scores: 8 lanes per key (HD / 32 floats each), 4 keys per warp pass, the 8 partial sums per
+//    query row meet by shuffles; the row's score goes to shared memory;
+//  - softmax: a warp per query row, online (running max m and sum l per row);
+//  - P·V: warp w owns dims [w HD / 8, (w + 1) HD / 8) (HD / 32 lanes of float4), the warp's other
+//    lanes take every (32 / (HD / 32))-th key; they meet by shuffles at the end.
+// nsplit > 1: each block writes (m, l, acc) per row; the last block of the KV head to finish merges
+// the splits in a fixed order (the result does not depend on which block is last).
+constexpr int kDecThreads = 256, kDecMaxQR = 16, kDecMaxSplit = 32, kDecMaxCluster = 8;
+
+template <int HD, bool CLUSTER, int kDecChunk>
+__global__ void __launch_bounds__(kDecThreads) k_attn_dec(float* z, const float* q, const float* kc, const float* vc,
+                                                          AttnDev p, int nsplit, float* partial, unsigned* counters) {
+  constexpr int W = kDecThreads / 32, NV = HD / 32, SP = kDecChunk / W / 4;
+  constexpr int DL = HD / 32, KG = 32 / DL, VK = kDecChunk / KG;
+  __shared__ __align__(16) float qs[kDecMaxQR][HD];
+  __shared__ float sc[kDecMaxQR][kDecChunk];
+  __shared__ float m_s[kDecMaxQR], l_s[kDecMaxQR], c_s[kDecMaxQR];
+  __shared__ int lo_s[kDecMaxQR], hi_s[kDecMaxQR];
+  __shared__ int s_k0, s_k1;
+  __shared__ float wsp[kDecMaxSplit][kDecMaxQR];
+  __shared__ float Ls[kDecMaxQR];
+  const int sp = blockIdx.x, kvh = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int H = p.n_heads, KV = p.n_kv, G = H / KV, QR = p.n_new * G;
+  const size_t kstride = size_t(KV) * HD;
+  pdl_trigger();
+  // The cached keys and values before this call's rows depend on no running kernel: start bringing
+  // this block's share into L2 before waiting for the previous kernel (a hint; plain causal rows).
+  if (p.causal && p.n_sinkout == 0) {
+    const int K1 = p.past + p.n_new, per = (K1 + nsplit - 1) / nsplit;
+    const int a0 = sp * per, a1 = min(min(K1, a0 + per), p.past);
+    constexpr int lines = HD * 4 / 128;
+    for (int t = tid; t < (a1 - a0) * lines * 2; t += kDecThreads) {
+      const int key = a0 + t / (2 * lines), rem = t % (2 * lines);
+      const float* base = (rem < lines ? kc : vc) + size_t(key) * kstride + size_t(kvh) * HD;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(base) + (rem % lines) * 128));
+    }
+  }
+  pdl_wait();
+  if (tid == 0) s_k0 = INT_MAX, s_k1 = 0;
+  __syncthreads();
+  if (tid < p.n_new) {
+    int lo, hi;
+    row_range(p, tid, lo, hi);
+    if (hi > lo) atomicMin(&s_k0, lo), atomicMax(&s_k1, hi);
+  }
+  for (int e = tid; e < QR; e += kDecThreads) {
+    int lo, hi;
+    row_range(p, e / G, lo, hi);
+    lo_s[e] = lo, hi_s[e] = hi;
+    m_s[e] = -FLT_MAX, l_s[e] = 0.f;
+  }
+  for (int e = tid; e < QR * (HD / 4); e += kDecThreads) {
+    const int qr = e / (HD / 4), c4 = e % (HD / 4), r = qr / G, h = kvh * G + qr % G;
+    *reinterpret_cast<float4*>(&qs[qr][c4 * 4]) =
+        *reinterpret_cast<const float4*>(q + (size_t(r) * H + h) * HD + c4 * 4);
+  }
+  __syncthreads();
+  const int K0 = s_k0 == INT_MAX ? 0 : s_k0, K1 = s_k0 == INT_MAX ? 0 : s_k1;
+  const int per = (K1 - K0 + nsplit - 1) / nsplit;
+  const int k0 = K0 + sp * per, k1 = min(K1, k0 + per);
+
+  // Score-phase lanes: key slot ks (4 per warp pass), part pp (8 lanes per key).
+  const int ks = lane >> 3, pp = lane & 7;
+  // P·V lanes: key group kg, dim lane dl; dims d0 .. d0 + 3.
+  const int kg = lane / DL, dl = lane % DL, d0 = warp * (HD / 8) + dl * 4;
+  float acc[kDecMaxQR][4];
+#pragma unroll
+  for (int i = 0; i < kDecMaxQR; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  const float* kbase = kc + size_t(kvh) * HD;
+  const float* vbase = vc + size_t(kvh) * HD;
+  const float4 zero4 = make_float4(0.f, 0.f, 0.f, 0.f);
+
+  for (int c0 = k0; c0 < k1; c0 += kDecChunk) {
+    const int cn = min(kDecChunk, k1 - c0);
+    float4 kr[SP][NV], vr[VK];
+#pragma unroll
+    for (int t = 0; t < SP; ++t) {
+      const int j = warp * (kDecChunk / W) + t * 4 + ks;
+      const float* row = kbase + size_t(c0 + j) * kstride;
+#pragma unroll
+      for (int i = 0; i < NV; ++i)
+        kr[t][i] = j < cn ? __ldcg(reinterpret_cast<const float4*>(row + pp * 4 + 32 * i)) : zero4;
+    }
+#pragma unroll
+    for (int u = 0; u < VK; ++u) {
+      const int j = kg + KG * u;
+      vr[u] = j < cn ? __ldcg(reinterpret_cast<const float4*>(vbase + size_t(c0 + j) * kstride + d0)) : zero4;
+    }
+    // Scores: every query row's partial sums first, then their shuffles side by side (independent,
+    // so their latencies overlap).
+#pragma unroll
+    for (int t = 0; t < SP; ++t) {
+      const int j = warp * (kDecChunk / W) + t * 4 + ks, key = c0 + j;
+      float a[kDecMaxQR];
+#pragma unroll
+      for (int qr = 0; qr < kDecMaxQR; ++qr) {
+        a[qr] = 0.f;
+        if (qr < QR) {
+#pragma unroll
+          for (int i = 0; i < NV; ++i) {
+            const float4 qv = *reinterpret_cast<const float4*>(&qs[qr][pp * 4 + 32 * i]);
+            a[qr] = fmaf(qv.x, kr[t][i].x, a[qr]);
+            a[qr] = fmaf(qv.y, kr[t][i].y, a[qr]);
+            a[qr] = fmaf(qv.z, kr[t][i].z, a[qr]);
+            a[qr] = fmaf(qv.w, kr[t][i].w, a[qr]);
+          }
+        }
+      }
+#pragma unroll
+      for (int o = 1; o < 8; o <<= 1)
+#pragma unroll
+        for (int qr = 0; qr < kDecMaxQR; ++qr)
+          if (qr < QR) a[qr] += __shfl_xor_sync(0xffffffffu, a[qr], o);
+      if (pp == 0 && j < cn) {
+#pragma unroll
+        for (int qr = 0; qr < kDecMaxQR; ++qr)
+          if (qr < QR) sc[qr][j] = (key >= lo_s[qr] && key < hi_s[qr]) ? a[qr] * p.scale : -INFINITY;
+      }
+    }
+    __syncthreads();
+    // Online softmax, a warp per query row.
+    for (int qr = warp; qr < QR; qr += W) {
+      float s[kDecChunk / 32];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int i = 0; i < kDecChunk / 32; ++i) {
+        const int j = lane + 32 * i;
+        s[i] = j < cn ? sc[qr][j] : -INFINITY;
+        mx = fmaxf(mx, s[i]);
+      }
+      mx = warp_max(mx);
+      const float mo = m_s[qr], mn = fmaxf(mo, mx), corr = expf(mo - mn);
+      float sum = 0.f;
+#pragma unroll
+      for (int i = 0; i < kDecChunk / 32; ++i) {
+        const int j = lane + 32 * i;
+        const float e = expf(s[i] - mn);
+        if (j < cn) sc[qr][j] = e;
+        sum += e;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) m_s[qr] = mn, l_s[qr] = l_s[qr] * corr + sum, c_s[qr] = corr;
+    }
+    __syncthreads();
+    // P·V.
+#pragma unroll
+    for (int qr = 0; qr < kDecMaxQR; ++qr) {
+      if (qr < QR) {
+        const float corr = c_s[qr];
+        float4 a = make_float4(acc[qr][0] * corr, acc[qr][1] * corr, acc[qr][2] * corr, acc[qr][3] * corr);
+#pragma unroll
+        for (int u = 0; u < VK; ++u) {
+          const int j = kg + KG * u;
+          const float pj = j < cn ? sc[qr][j] : 0.f;
+          a.x = fmaf(pj, vr[u].x, a.x), a.y = fmaf(pj, vr[u].y, a.y);
+          a.z = fmaf(pj, vr[u].z, a.z), a.w = fmaf(pj, vr[u].w, a.w);
+        }
+        acc[qr][0] = a.x, acc[qr][1] = a.y, acc[qr][2] = a.z, acc[qr][3] = a.w;
+      }
+    }
+    if (c0 + kDecChunk < k1) __syncthreads();  // before the next chunk's scores overwrite sc
+  }
+  // The key groups' sums meet in the lanes of group 0.
+#pragma unroll
+  for (int qr = 0; qr < kDecMaxQR; ++qr) {
+    if (qr < QR) {
+#pragma unroll
+      for (int o = DL; o < 32; o <<= 1)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[qr][c] += __shfl_xor_sync(0xffffffffu, acc[qr][c], o);
+    }
+  }
+  if (nsplit == 1) {
+    if (kg == 0) {
+#pragma unroll
+      for (int qr = 0; qr < kDecMaxQR; ++qr) {
+        if (qr < QR) {
+          const float l = l_s[qr], inv = l > 0.f ? 1.f / l : 0.f;
+          const int r = qr / G, h = kvh * G + qr % G;
+          *reinterpret_cast<float4*>(z + (size_t(r) * H + h) * HD + d0) =
+              make_float4(acc[qr][0] * inv, acc[qr][1] * inv, acc[qr][2] * inv, acc[qr][3] * inv);
+        }
+      }
+    }
+    return;
+  }
+  if constexpr (CLUSTER) {
+    // The splits of this KV head are one thread-block cluster: each block leaves its (m, l, acc) in
+    // its shared memory (acc where q was), block 0 of the cluster reads them all (distributed shared
+    // memory, in rank order) and writes z; no global scratch, fence or counter.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    if (kg == 0) {
+#pragma unroll
+      for (int qr = 0; qr < kDecMaxQR; ++qr)
+        if (qr < QR) *reinterpret_cast<float4*>(&qs[qr][d0]) = make_float4(acc[qr][0], acc[qr][1], acc[qr][2], acc[qr][3]);
+    }
+    cl.sync();
+    if (cl.block_rank() == 0) {
+      const int nr = int(cl.num_blocks());
+      // Every remote load is issued before the sums that use it (unrolled over the largest cluster).
+      if (tid < QR) {
+        float mv[kDecMaxCluster], lv[kDecMaxCluster];
+#pragma unroll
+        for (int s = 0; s < kDecMaxCluster; ++s) {
+          mv[s] = -FLT_MAX, lv[s] = 0.f;
+          if (s < nr) mv[s] = cl.map_shared_rank(&m_s[0], s)[tid], lv[s] = cl.map_shared_rank(&l_s[0], s)[tid];
+        }
+        float M = -FLT_MAX;
+#pragma unroll
+        for (int s = 0; s < kDecMaxCluster; ++s)
+          if (lv[s] > 0.f) M = fmaxf(M, mv[s]);
+        float L = 0.f;
+#pragma unroll
+        for (int s = 0; s < kDecMaxCluster; ++s) {
+          const float w = lv[s] > 0.f ? expf(mv[s] - M) : 0.f;
+          wsp[s][tid] = w;
+          L += lv[s] * w;
+        }
+        Ls[tid] = L;
+      }
+      __syncthreads();
+      for (int e = tid; e < QR * (HD / 4); e += kDecThreads) {
+        const int qr = e / (HD / 4), c4 = e % (HD / 4);
+        float4 v[kDecMaxCluster];
+#pragma unroll
+        for (int s = 0; s < kDecMaxCluster; ++s)
+          v[s] = s < nr ? *reinterpret_cast<const float4*>(cl.map_shared_rank(&qs[qr][c4 * 4], s)) : zero4;
+        float4 a = zero4;
+#pragma unroll
+        for (int s = 0; s < kDecMaxCluster; ++s) {
+          const float w = s < nr ? wsp[s][qr] : 0.f;
+          a.x = fmaf(w, v[s].x, a.x), a.y = fmaf(w, v[s].y, a.y), a.z = fmaf(w, v[s].z, a.z), a.w = fmaf(w, v[s].w, a.w);
+        }
+        const float L = Ls[qr], inv = L > 0.f ? 1.f / L : 0.f;
+        const int r = qr / G, h = kvh * G + qr % G;
+        *reinterpret_cast<float4*>(z + (size_t(r) * H + h) * HD + c4 * 4) =
+            make_float4(a.x * inv, a.y * inv, a.z * inv, a.w * inv);
+      }
+    }
+    cl.sync();  // the other blocks' shared memory stays until block 0 has read it
+    return;
+  }
+  // partial: acc [KV][nsplit][QR][HD], then (m, l) [KV][nsplit][QR][2].
+  float* pacc = partial + (size_t(kvh) * nsplit + sp) * QR * HD;
+  float* pml = partial + size_t(KV) * nsplit * QR * HD + (size_t(kvh) * nsplit + sp) * QR * 2;
+  if (kg == 0) {
+#pragma unroll
+    for (int qr = 0; qr < kDecMaxQR; ++qr)
+      if (qr < QR)
+        __stcg(reinterpret_cast<float4*>(pacc + size_t(qr) * HD + d0),
+               make_float4(acc[qr][0], acc[qr][1], acc[qr][2], acc[qr][3]));
+  }
+  if (tid < QR) __stcg(reinterpret_cast<float2*>(pml + 2 * tid), make_float2(m_s[tid], l_s[tid]));
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) {
+    last = atomicAdd(counters + kvh, 1u) == unsigned(nsplit - 1);
+    if (last) counters[kvh] = 0u;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* ml0 = partial + size_t(KV) * nsplit * QR * HD + size_t(kvh) * nsplit * QR * 2;
+  if (tid < QR) {
+    float M = -FLT_MAX;
+    for (int s = 0; s < nsplit; ++s) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(ml0 + (size_t(s) * QR + tid) * 2));
+      if (ml.y > 0.f) M = fmaxf(M, ml.x);
+    }
+    float L = 0.f;
+    for (int s = 0; s < nsplit; ++s) {
+      const float2 ml = __ldcg(reinterpret_cast<const float2*>(ml0 + (size_t(s) * QR + tid) * 2));
+      const float w = ml.y > 0.f ? expf(ml.x - M) : 0.f;
+      wsp[s][tid] = w;
+      L += ml.y * w;
+    }
+    Ls[tid] = L;
+  }
+  __syncthreads();
+  const float* acc0 = partial + size_t(kvh) * nsplit * QR * HD;
+  for (int e = tid; e < QR * (HD / 4); e += kDecThreads) {
+    const int qr = e / (HD / 4), c4 = e % (HD / 4);
+    float4 a = zero4;
+    for (int s = 0; s < nsplit; ++s) {
+      const float w = wsp[s][qr];
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(acc0 + (size_t(s) * QR + qr) * HD + c4 * 4));
+      a.x = fmaf(w, v.x, a.x), a.y = fmaf(w, v.y, a.y), a.z = fmaf(w, v.z, a.z), a.w = fmaf(w, v.w, a.w);
+    }
+    const float L = Ls[qr], inv = L > 0.f ? 1.f / L : 0.f;
+    const int r = qr / G, h = kvh * G + qr % G;
+    *reinterpret_cast<float4*>(z + (size_t(r) * H + h) * HD + c4 * 4) =
+        make_float4(a.x * inv, a.y * inv, a.z * inv, a.w * inv);
+  }
+}
+
+// force: 3 the decode kernel, merged as chosen below; 4 always merged through global memory; 5 one
+// block per KV head (no split).
+bool use_dec(const AttnDev& p, int force) {
+  const bool can = (p.head_dim == 64 || p.head_dim == 128) && p.n_kv > 0 && p.n_heads % p.n_kv == 0 &&
+                   long(p.n_new) * (p.n_heads / p.n_kv) <= kDecMaxQR;
+  if (force >= 3 && force <= 5) return can;
+  return force == 0 && can && p.causal;
+}
+
+constexpr int kDecClusterKeys = 512;
+
+// Splits over the context: about 16 keys per block, at most 128 blocks and kDecMaxSplit splits.
+int dec_splits(const AttnDev& p, int force) {
+  if (force == 5) return 1;
+  const int total = p.past + p.n_new;
+  const int by_keys = (total + 15) / 16, by_blocks = std::max(1, 128 / p.n_kv);
+  return std::max(1, std::min(std::min(by_keys, by_blocks), kDecMaxSplit));
+}
+// Short contexts (<= 512 keys) on sm_90: up to 8 splits merged inside a thread-block cluster.
+int dec_cluster(const AttnDev& p, int sm_major, int force) {
+  if (force == 4 || force == 5 || sm_major < 9 || p.past + p.n_new > kDecClusterKeys) return 0;
+  const int ns = std::min(dec_splits(p, force), kDecMaxCluster);
+  return ns > 1 ? ns : 0;
+}
+
+// Keys of one split (an upper bound: the rows' ranges lie within [0, past + n_new)).
+int dec_keys_per_split(const AttnDev& p, int ns) {
+  const int total = p.past + p.n_new;
+  return (total + ns - 1) / ns;
+}
+
+size_t dec_scratch(const AttnDev& p, int force) {
+  const int ns = dec_splits(p, force);
+  if (ns <= 1) return 0;
+  const size_t qr = size_t(p.n_new) * (p.n_heads / p.n_kv);
+  return size_t(p.n_kv) * ns * qr * (p.head_dim + 2) * sizeof(float);
+}
+
 // ---------------- tensor-core prefill kernel ----------------
 
 constexpr int BQ = 128, BK = 64, kMmaThreads = 256;
@@ -482,7 +830,7 @@ __global__ void k_f32_to_bf16_rows(__nv_bfloat16* y, const float* x, size_t n4) 
 
 bool use_mma(const AttnDev& p, int sm_major, int force) {
   const bool can = sm_major >= 8 && (p.head_dim == 64 || p.head_dim == 128) && p.n_heads % p.n_kv == 0;
-  if (force == 1) return false;
+  if (force == 1 || force >= 3) return false;
   if (force == 2) return can;
   return can && p.n_new >= 32;
 }
@@ -505,6 +853,30 @@ void launch_mma(cudaStream_t s, float* z, const float* q, const __nv_bfloat16* k
   launch("attention (mma)", k_attn_mma<HD>, grid, dim3(kMmaThreads), smem, s, z, q, kb, vb, p);
 }
 
+// A decode launch whose blocks along x form clusters of `cluster` (sm_90), with programmatic
+// dependent launch as launch() gives it.
+template <typename K>
+void launch_cluster(cudaStream_t s, K k, dim3 grid, int cluster, float* z, const float* q, const float* kc,
+                    const float* vc, const AttnDev& p, int ns) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(kDecThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cudaLaunchAttribute at[2];
+  at[0].id = cudaLaunchAttributeClusterDimension;
+  at[0].val.clusterDim.x = unsigned(cluster);
+  at[0].val.clusterDim.y = 1;
+  at[0].val.clusterDim.z = 1;
+  at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[1].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = pdl_enabled() ? 2 : 1;
+  float* none = nullptr;
+  unsigned* no_ctr = nullptr;
+  check(cudaLaunchKernelEx(&cfg, k, z, q, kc, vc, p, ns, none, no_ctr), "attention (dec, cluster)");
+}
+
 }  // namespace
 
 size_t attention_scratch_bytes(const AttnDev& p, int sm_major) {
@@ -514,7 +886,8 @@ size_t attention_scratch_bytes(const AttnDev& p, int sm_major) {
   const int ns = row_splits(p);
   const size_t rows = ns > 1 ? size_t(p.n_new) * p.n_heads * ns * (p.head_dim + 2) * sizeof(float) : 0;
   const size_t mma = sm_major >= 8 ? mma_scratch(p) : 0;
-  return rows > mma ? rows : mma;
+  const size_t dec = use_dec(p, 3) ? dec_scratch(p, 4) : 0;
+  return std::max(std::max(rows, mma), dec);
 }
 
 const char* attention(cudaStream_t s, float* z, const float* q, const float* kc, const float* vc, const AttnDev& p,
@@ -535,6 +908,33 @@ const char* attention(cudaStream_t s, float* z, const float* q, const float* kc,
     else
       launch_mma<64>(s, z, q, kb, vb, p);
     used = "mma";
+  } else if (use_dec(p, force)) {
+    const int cluster = dec_cluster(p, sm_major, force);
+    if (cluster > 1) {
+      const dim3 grid(unsigned(cluster), unsigned(p.n_kv));
+      const bool small = dec_keys_per_split(p, cluster) <= 32;
+      if (p.head_dim == 128)
+        launch_cluster(s, small ? k_attn_dec<128, true, 32> : k_attn_dec<128, true, 64>, grid, cluster, z, q, kc, vc,
+                       p, cluster);
+      else
+        launch_cluster(s, small ? k_attn_dec<64, true, 32> : k_attn_dec<64, true, 64>, grid, cluster, z, q, kc, vc, p,
+                       cluster);
+      used = "dec-cluster";
+    } else {
+      const int ns = dec_splits(p, force);
+      if (ns > 1 && (scratch.bytes < dec_scratch(p, force) || !scratch.counters || p.n_kv > kAttnCounters))
+        fail("attention: scratch too small");
+      float* part = ns > 1 ? static_cast<float*>(scratch.ptr) : nullptr;
+      const bool small = dec_keys_per_split(p, ns) <= 32;
+      const dim3 grid(unsigned(ns), unsigned(p.n_kv)), block(kDecThreads);
+      if (p.head_dim == 128)
+        launch("attention (dec)", small ? k_attn_dec<128, false, 32> : k_attn_dec<128, false, 64>, grid, block, 0, s, z,
+               q, kc, vc, p, ns, part, scratch.counters);
+      else
+        launch("attention (dec)", small ? k_attn_dec<64, false, 32> : k_attn_dec<64, false, 64>, grid, block, 0, s, z,
+               q, kc, vc, p, ns, part, scratch.counters);
+      used = ns > 1 ? "dec-split" : "dec";
+    }
   } else {
     const int ns = row_splits(p);
     float* part = nullptr;

@@ -139,7 +139,9 @@ size_t attention_scratch_bytes(const AttnDev& p, int sm_major);
 // z = attention(q, kcache, vcache); pattern (device, [H, n_new, past + n_new]) when non-null.
 // Returns the name of the kernel used (for tests and benches).
 const char* attention(cudaStream_t s, float* z, const float* q, const float* kc, const float* vc, const AttnDev& p,
-                      float* pattern, AttnScratch scratch, int sm_major, int force /* 0 auto, 1 rowwise, 2 mma */);
+                      float* pattern, AttnScratch scratch, int sm_major,
+                      int force /* 0 auto, 1 rowwise, 2 mma, 3 decode, 4 decode merged in global
+                                   memory, 5 decode unsplit */);
 
 // ops.cu
 void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n);
@@ -173,6 +175,8 @@ void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols
 void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
 // Φ_LLM statistics of h[n, dim] (n * dim < 2^32): writes, in scratch (phi_llm_scratch_bytes(n)), n row
 // maxima of |h| followed by the ((n·dim - 1) / 2)-th smallest |h|, and returns where (n + 1 floats).
+// Three launches. The scratch must be zeroed once when allocated; every call leaves its histogram
+// and counter zero again.
 size_t phi_llm_scratch_bytes(int n);
 float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch);
 // out rows [seg_out[s], seg_out[s+1]) come from input rows starting at seg_in[s] of length seg_len[s]

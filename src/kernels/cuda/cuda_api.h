@@ -21,16 +21,23 @@ bool device_info(int device, DeviceInfo* out, std::string* why);
 double copy_bandwidth(int device, size_t bytes, int reps);
 // bf16 x bf16 -> fp32 cuBLAS GEMM m x n x k on random data: best TFLOP/s over reps.
 double bf16_gemm_tflops(int device, int m, int n, int k, int reps);
-// Attention kernel choice of a CUDA backend: 0 automatic, 1 the portable row kernel, 2 tensor cores.
+// Attention kernel choice of a CUDA backend: 0 automatic, 1 the portable row kernel, 2 tensor cores,
+// 3 the decode kernel (blocks per KV head for all its query heads; where it cannot run: rows), 4 the
+// same with its splits always merged through global memory (no thread-block cluster), 5 the same
+// unsplit (one block per KV head).
 // Returns false when `be` is not a CUDA backend.
 bool set_attention_kernel(Backend& be, int force);
-// Name of the kernel the last attention() call used ("mma", "rows", "rows-split"), or "".
+// Name of the kernel the last attention() call used ("mma", "rows", "rows-split", "dec", "dec-split",
+// "dec-cluster"), or "".
 std::string last_attention_kernel(Backend& be);
 // Device memory the backend holds for weights, in bytes.
 size_t weight_bytes(Backend& be);
 // Fusion of the decoder's small ops (add + RMSNorm, GEMVs sharing x, gate/up + SwiGLU, q/k RoPE +
 // KV-cache writes); on unless OUTRO_CUDA_FUSE=0. Returns false when `be` is not a CUDA backend.
 bool set_fusion(Backend& be, bool on);
+// Downloads of 64 KiB to 64 MiB through a pinned buffer in overlapped chunks (on unless
+// OUTRO_CUDA_PINNED_DL=0); off: straight into the destination. False when `be` is not a CUDA backend.
+bool set_pinned_download(Backend& be, bool on);
 // Φ_LLM's statistics of rows h[n, dim] held by a CUDA backend, computed on the GPU: row_max[i] =
 // max_c |h[i,c]| and median = the ((n·dim - 1) / 2)-th smallest |h| (the lower middle), exactly the
 // values outro::phi_llm computes on the host; only these n + 1 floats are copied back. False (nothing

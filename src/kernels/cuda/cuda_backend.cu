@@ -60,9 +60,10 @@ class CudaBackend final : public Backend {
     ring_grow(size_t(8) << 20);
     if (const char* e = std::getenv("OUTRO_CUDA_ATTN")) {
       const std::string v = e;
-      force_attn_ = v == "rows" ? 1 : v == "mma" ? 2 : 0;
+      force_attn_ = v == "rows" ? 1 : v == "mma" ? 2 : v == "dec" ? 3 : v == "dec-global" ? 4 : v == "dec-one" ? 5 : 0;
     }
     if (const char* e = std::getenv("OUTRO_CUDA_FUSE")) fuse_ = e[0] != '0';
+    if (const char* e = std::getenv("OUTRO_CUDA_PINNED_DL")) pinned_dl_ = e[0] != '0';
   }
   ~CudaBackend() override {
     try {
@@ -72,6 +73,10 @@ class CudaBackend final : public Backend {
     cudaStreamSynchronize(s_);
     for (void* p : owned_) cudaFree(p);
     if (pin_) cudaFreeHost(pin_);
+    if (phi_pin_) cudaFreeHost(phi_pin_);
+    if (dl_pin_) cudaFreeHost(dl_pin_);
+    for (auto& e : dl_ev_)
+      if (e) cudaEventDestroy(e);
     if (dring_) cudaFree(dring_);
     for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_)})
       if (p) cudaFree(p);
@@ -128,8 +133,39 @@ class CudaBackend final : public Backend {
   void download(const Buf& src, size_t off, float* dst, size_t n) override {
     flush();
     if (!n) return;
-    OUTRO_CK(cudaMemcpyAsync(dst, F(src) + off, n * sizeof(float), cudaMemcpyDeviceToHost, s_));
-    OUTRO_CK(cudaStreamSynchronize(s_));
+    const size_t bytes = n * sizeof(float);
+    if (!pinned_dl_ || bytes < kDlMin || bytes > kDlMax) {
+      OUTRO_CK(cudaMemcpyAsync(dst, F(src) + off, bytes, cudaMemcpyDeviceToHost, s_));
+      OUTRO_CK(cudaStreamSynchronize(s_));
+      return;
+    }
+    // Through pinned memory in chunks (a decode step's logits: 0.6 MB for a 152k vocabulary): the
+    // DMA of chunk i + 1 runs while the host copies chunk i out, instead of the driver staging a
+    // pageable destination itself.
+    if (bytes > dl_pin_bytes_) {
+      if (dl_pin_) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFreeHost(dl_pin_);
+        dl_pin_ = nullptr;
+      }
+      dl_pin_bytes_ = std::max(bytes, size_t(1) << 20);
+      OUTRO_CK(cudaHostAlloc(&dl_pin_, dl_pin_bytes_, cudaHostAllocDefault));
+    }
+    if (!dl_ev_[0])
+      for (auto& e : dl_ev_) OUTRO_CK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    const size_t chunk = std::max(kDlChunk, (bytes + kDlEvents - 1) / kDlEvents + 255) & ~size_t(255);
+    const char* from = reinterpret_cast<const char*>(F(src) + off);
+    char* pin = static_cast<char*>(dl_pin_);
+    int k = 0;
+    for (size_t a = 0; a < bytes; a += chunk, ++k) {
+      OUTRO_CK(cudaMemcpyAsync(pin + a, from + a, std::min(chunk, bytes - a), cudaMemcpyDeviceToHost, s_));
+      OUTRO_CK(cudaEventRecord(dl_ev_[k], s_));
+    }
+    k = 0;
+    for (size_t a = 0; a < bytes; a += chunk, ++k) {
+      OUTRO_CK(cudaEventSynchronize(dl_ev_[k]));
+      std::memcpy(reinterpret_cast<char*>(dst) + a, pin + a, std::min(chunk, bytes - a));
+    }
   }
   void copy(Buf dst, size_t doff, const Buf& src, size_t soff, size_t n) override {
     if (!n) return;
@@ -581,16 +617,25 @@ class CudaBackend final : public Backend {
       }
       phi_bytes_ = std::max(need, size_t(64) << 10);
       phi_scratch_ = dmalloc(phi_bytes_, "phi_llm scratch");
+      OUTRO_CK(cudaMemsetAsync(phi_scratch_, 0, phi_bytes_, s_));  // the kernels leave their counters zero
     }
     const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_);
-    std::vector<float> host(size_t(n) + 1);
-    OUTRO_CK(cudaMemcpyAsync(host.data(), out, host.size() * 4, cudaMemcpyDeviceToHost, s_));
+    // The n + 1 floats come back through pinned memory (a direct copy, no staging by the driver).
+    const size_t bytes = (size_t(n) + 1) * 4;
+    if (bytes > phi_pin_bytes_) {
+      if (phi_pin_) cudaFreeHost(phi_pin_);
+      phi_pin_ = nullptr;
+      phi_pin_bytes_ = std::max(bytes, size_t(16) << 10);
+      OUTRO_CK(cudaHostAlloc(&phi_pin_, phi_pin_bytes_, cudaHostAllocDefault));
+    }
+    OUTRO_CK(cudaMemcpyAsync(phi_pin_, out, bytes, cudaMemcpyDeviceToHost, s_));
     OUTRO_CK(cudaStreamSynchronize(s_));
+    const float* host = static_cast<const float*>(phi_pin_);
     *median = host[size_t(n)];
-    host.resize(size_t(n));
-    *row_max = std::move(host);
+    row_max->assign(host, host + n);
   }
   int force_attn_ = 0;
+  bool pinned_dl_ = true;
   std::string last_attn_;
   size_t weight_bytes_ = 0;
 
@@ -711,6 +756,15 @@ class CudaBackend final : public Backend {
   size_t tmp_n_ = 0;
   void* phi_scratch_ = nullptr;
   size_t phi_bytes_ = 0;
+  // Downloads of kDlMin .. kDlMax bytes go through dl_pin_ in chunks of at least kDlChunk, one event
+  // each (OUTRO_CUDA_PINNED_DL=0: straight to the destination).
+  static constexpr size_t kDlMin = size_t(64) << 10, kDlMax = size_t(64) << 20, kDlChunk = size_t(128) << 10;
+  static constexpr int kDlEvents = 16;
+  void* dl_pin_ = nullptr;
+  size_t dl_pin_bytes_ = 0;
+  cudaEvent_t dl_ev_[kDlEvents] = {};
+  void* phi_pin_ = nullptr;  // pinned host copy of the statistics
+  size_t phi_pin_bytes_ = 0;
   std::vector<float> invf_host_;
 
   enum class Pend { None, Add, AddAlign, Gemv, Rope };
@@ -874,6 +928,12 @@ std::string last_attention_kernel(Backend& be) {
 size_t weight_bytes(Backend& be) {
   auto* c = dynamic_cast<CudaBackend*>(&be);
   return c ? c->weight_bytes_ : 0;
+}
+bool set_pinned_download(Backend& be, bool on) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (!c) return false;
+  c->pinned_dl_ = on;
+  return true;
 }
 bool set_fusion(Backend& be, bool on) {
   auto* c = dynamic_cast<CudaBackend*>(&be);

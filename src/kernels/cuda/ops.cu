@@ -435,71 +435,71 @@ __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) 
 // ---- Φ_LLM statistics (OutRo's automatic sinks) ----
 // row_max[i] = max_c |h[i,c]| and the k-th smallest |h| over all n·dim values, exactly, by a radix
 // select on the bit patterns (a non-negative float's bits order like its value): three passes of
-// 11, 11 and 10 bits, each a histogram of the values that share the bits fixed so far, then a
-// one-warp scan that fixes the next bits. State: {prefix, mask, k}.
-constexpr int kPhiBins = 2048;
+// 11, 11 and 10 bits, each a histogram of the values that share the bits fixed so far. One kernel
+// per pass, a block per row (pass 0 also takes the row maxima); the last block of a pass to finish
+// scans the histogram with one warp, fixes the next bits, clears the histogram and its counter (so
+// both are zero again for the next call), and after the last pass writes the median. State:
+// {prefix, mask, k, count}.
+constexpr int kPhiBins = 2048, kPhiThreads = 256;
 struct PhiState {
-  uint32_t prefix, mask, k, pad;
+  uint32_t prefix, mask, k, count;
 };
 
-__global__ void k_phi_init(unsigned* hist, PhiState* st, uint32_t k) {
-  pdl_begin();
-  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x) hist[i] = 0;
-  if (threadIdx.x == 0) *st = PhiState{0u, 0u, k, 0u};
-}
-
-__global__ void k_row_absmax(float* out, const float* h, int dim) {
-  pdl_begin();
-  __shared__ float sh[32];
-  const float* r = h + size_t(blockIdx.x) * dim;
-  float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
-  for (int c = threadIdx.x; c < dim; c += blockDim.x) {
-    const float a = fabsf(r[c]);
-    m = m < a ? a : m;
-  }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float b = __shfl_xor_sync(0xffffffffu, m, o);
-    m = m < b ? b : m;
-  }
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = m;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x >> 5); ++w) m = m < sh[w] ? sh[w] : m;
-    out[blockIdx.x] = m;
-  }
-}
-
-__global__ void k_phi_hist(const float* h, size_t N, unsigned* hist, const PhiState* st, int shift, int width) {
+__global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, unsigned* hist, PhiState* st,
+                                                          float* out, int pass, uint32_t k0, int n) {
   pdl_begin();
   __shared__ unsigned sh[kPhiBins];
-  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x) sh[i] = 0;
+  __shared__ float red[kPhiThreads / 32];
+  __shared__ bool last;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0, width = pass == 2 ? 10 : 11;
+  for (int i = tid; i < kPhiBins; i += kPhiThreads) sh[i] = 0;
   __syncthreads();
-  const uint32_t prefix = st->prefix, mask = st->mask, bmask = (1u << width) - 1u;
-  const size_t stride = size_t(gridDim.x) * blockDim.x;
+  const uint32_t prefix = pass ? st->prefix : 0u, mask = pass ? st->mask : 0u, bmask = (1u << width) - 1u;
+  const float* r = h + size_t(blockIdx.x) * dim;
+  float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
   // Every thread of a warp runs the same number of iterations, so the warp can aggregate equal bins.
-  for (size_t base = blockIdx.x * size_t(blockDim.x); base < N; base += stride) {
-    const size_t i = base + threadIdx.x;
+  for (int c0 = 0; c0 < dim; c0 += kPhiThreads) {
+    const int c = c0 + tid;
     int bin = -1;
-    if (i < N) {
-      const uint32_t b = __float_as_uint(h[i]) & 0x7fffffffu;
+    if (c < dim) {
+      const float v = r[c];
+      if (pass == 0) {
+        const float a = fabsf(v);
+        m = m < a ? a : m;
+      }
+      const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
       if ((b & mask) == prefix) bin = int((b >> shift) & bmask);
     }
     const unsigned peers = __match_any_sync(0xffffffffu, bin);
     const int leader = __ffs(peers) - 1;
-    if (bin >= 0 && (threadIdx.x & 31) == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
+    if (bin >= 0 && lane == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
+  }
+  if (pass == 0) {
+    for (int o = 16; o > 0; o >>= 1) {
+      const float b = __shfl_xor_sync(0xffffffffu, m, o);
+      m = m < b ? b : m;
+    }
+    if (lane == 0) red[tid >> 5] = m;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < kPhiBins; i += blockDim.x)
+  if (pass == 0 && tid == 0) {
+    for (int w = 1; w < kPhiThreads / 32; ++w) m = m < red[w] ? red[w] : m;
+    out[blockIdx.x] = m;
+  }
+  for (int i = tid; i < kPhiBins; i += kPhiThreads)
     if (sh[i]) atomicAdd(&hist[i], sh[i]);
-}
-
-// One warp: the bin that holds the k-th value; fixes its bits, moves k into it, clears the histogram.
-__global__ void k_phi_select(unsigned* hist, PhiState* st, int shift, int width) {
-  pdl_begin();
-  const int lane = threadIdx.x, nb = 1 << width, per = nb / 32;
-  const uint32_t k = st->k;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&st->count, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last || tid >= 32) return;
+  __threadfence();
+  // One warp: the bin that holds the k-th value; fixes its bits and moves k into it.
+  const int nb = 1 << width, per = nb / 32;
+  const uint32_t k = pass ? __ldcg(&st->k) : k0;
   uint32_t mine = 0;
-  for (int j = 0; j < per; ++j) mine += hist[lane * per + j];
+  for (int j = 0; j < per; ++j) mine += __ldcg(&hist[lane * per + j]);
   uint32_t incl = mine;
   for (int o = 1; o < 32; o <<= 1) {
     const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
@@ -510,21 +510,19 @@ __global__ void k_phi_select(unsigned* hist, PhiState* st, int shift, int width)
     uint32_t acc = excl;
     int bin = lane * per;
     for (int j = 0; j < per; ++j, ++bin) {
-      const uint32_t c = hist[bin];
+      const uint32_t c = __ldcg(&hist[bin]);
       if (acc + c > k) break;
       acc += c;
     }
-    st->prefix |= uint32_t(bin) << shift;
-    st->mask |= ((1u << width) - 1u) << shift;
+    const uint32_t np = prefix | (uint32_t(bin) << shift);
+    st->prefix = np;
+    st->mask = mask | (bmask << shift);
     st->k = k - acc;
+    if (pass == 2) out[n] = __uint_as_float(np);
   }
   __syncwarp();
   for (int j = 0; j < per; ++j) hist[lane * per + j] = 0;
-}
-
-__global__ void k_phi_result(float* out, const PhiState* st) {
-  pdl_begin();
-  if (threadIdx.x == 0) out[0] = __uint_as_float(st->prefix);
+  if (lane == 0) st->count = 0;
 }
 
 }  // namespace
@@ -536,19 +534,9 @@ float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scrat
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
   float* out = reinterpret_cast<float*>(st + 1);
-  launch("k_phi_init", k_phi_init, dim3(1), dim3(256), 0, s, hist, st, uint32_t((N - 1) / 2));
-  launch("k_row_absmax", k_row_absmax, dim3(unsigned(n)), dim3(256), 0, s, out, h, dim);
-  int sm = 0, dev = 0;
-  cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, dev);
-  const unsigned blocks = std::min<unsigned>(blocks_for(N, 1024), unsigned(std::max(sm, 1) * 2));
-  const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
-  for (int p = 0; p < 3; ++p) {
-    launch("k_phi_hist", k_phi_hist, dim3(blocks), dim3(1024), 0, s, h, N, hist, static_cast<const PhiState*>(st),
-           shifts[p], widths[p]);
-    launch("k_phi_select", k_phi_select, dim3(1), dim3(32), 0, s, hist, st, shifts[p], widths[p]);
-  }
-  launch("k_phi_result", k_phi_result, dim3(1), dim3(32), 0, s, out + n, static_cast<const PhiState*>(st));
+  for (int pass = 0; pass < 3; ++pass)
+    launch("k_phi_pass", k_phi_pass, dim3(unsigned(n)), dim3(kPhiThreads), 0, s, h, dim, hist, st, out, pass,
+           uint32_t((N - 1) / 2), n);
   OUTRO_LAUNCHED("phi_llm_stats");
   return out;
 }
