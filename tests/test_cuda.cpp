@@ -368,6 +368,31 @@ TEST_F(Pair, PinnedChunkedDownload) {
 #endif
 }
 
+// Greedy decoding's argmax on the GPU: the CPU backend's index (the first of equal maxima) for random
+// rows, rows with ties, an offset, -inf everywhere but one, and the vocabulary-sized row of decode.
+TEST_F(Pair, ArgmaxEqualsTheHostScan) {
+  for (size_t n : {size_t(1), size_t(7), size_t(1000), size_t(152064), size_t(300001)}) {
+    auto v = randn(n + 5, 900 + n);
+    std::vector<std::vector<float>> rows = {v};
+    auto ties = v;
+    const float top = 10.f;
+    for (size_t i = n / 3; i < n + 5; i += std::max<size_t>(1, n / 4)) ties[i] = top;  // several equal maxima
+    rows.push_back(ties);
+    std::vector<float> infs(n + 5, -INFINITY);
+    infs[n / 2 + 5] = -1e30f;
+    rows.push_back(infs);
+    for (const auto& r : rows) {
+      Buf bc = put(*cpu, r), bg = put(*gpu, r);
+      for (size_t off : {size_t(0), size_t(5)}) {
+        const int32_t want = cpu->argmax(bc, off, int(n)), got = gpu->argmax(bg, off, int(n));
+        EXPECT_EQ(got, want) << "n " << n << " offset " << off;
+      }
+    }
+  }
+  Buf b = put(*gpu, randn(10, 1));
+  EXPECT_THROW(gpu->argmax(b, 5, 6), Error);
+}
+
 TEST_F(Pair, AttentionNonCausalSegments) {
 #ifdef OUTRO_HAVE_CUDA
   for (int force : {1, 2})
@@ -633,6 +658,12 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
         std::vector<float> logits;
         sess.forward(ids, &logits, true);
         res[k] = logits;
+        if (!with_outro) {  // greedy on the backend: the argmax of the last row
+          Session g(*m, *be, 80);
+          const int32_t am = g.forward_argmax(ids.data(), int(ids.size()));
+          const float* last = logits.data() + (ids.size() - 1) * size_t(V);
+          EXPECT_EQ(last[am], *std::max_element(last, last + V)) << be->name();
+        }
         if (o) chosen[k] = o->sinks();
         pat[k] = rec.get(hook_name(1, Hook::Pattern))->data;
         sess.clear_observers();

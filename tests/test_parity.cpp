@@ -10,6 +10,7 @@
 #include "runtime/hooks.h"
 #include "runtime/intervention.h"
 #include "runtime/sampler.h"
+#include "runtime/generate.h"
 #include "runtime/session.h"
 #include "test_util.h"
 
@@ -129,6 +130,16 @@ TEST_P(Parity, GreedyDecodingWithCacheMatchesReference) {
     s.forward(&id, 1, &logits, false);
   }
   EXPECT_EQ(got, want) << name;
+  // The same through Session::forward_argmax (greedy decoding without copying the logits back) and
+  // through generate(), which uses it.
+  Session g(*m, *be, int(ids.size() + want.size()) + 1);
+  std::vector<int32_t> got2 = {g.forward_argmax(ids.data(), int(ids.size()))};
+  while (got2.size() < want.size()) got2.push_back(g.forward_argmax(&got2.back(), 1));
+  EXPECT_EQ(got2, want) << name;
+  GenerateOptions o;
+  o.max_new_tokens = int(want.size());
+  GenerateResult r = generate(g, ids, o, nullptr, {});
+  EXPECT_EQ(std::vector<int32_t>(r.tokens.begin(), r.tokens.end()), want) << name;
 }
 
 TEST_P(Parity, IncrementalDecodingEqualsFullRecompute) {

@@ -117,6 +117,10 @@ class Backend {
   virtual void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n);
   // y[i, :] = mean of x[k i .. k i + k) for i < n / k (average pooling over rows; a tail is dropped).
   virtual void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k);
+  // Index of the largest of x[off .. off + n): the first one scanning up, as the greedy sampler
+  // picks it (for rows without NaN). Greedy decoding on a GPU copies back this index instead of
+  // the vocabulary's logits. The default downloads the row.
+  virtual int32_t argmax(const Buf& x, size_t off, int n);
 
   virtual void synchronize() {}
 };

@@ -175,6 +175,16 @@ void Backend::gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int 
   upload(y, 0, o.data(), o.size());
 }
 
+int32_t Backend::argmax(const Buf& x, size_t off, int n) {
+  if (n <= 0) fail("argmax: expected at least one value, found ", n);
+  std::vector<float> h(static_cast<size_t>(n));
+  download(x, off, h.data(), h.size());
+  int32_t best = 0;
+  for (int i = 1; i < n; ++i)
+    if (h[size_t(i)] > h[size_t(best)]) best = i;
+  return best;
+}
+
 void Backend::avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) {
   auto h = down(*this, x, size_t(n) * dim);
   std::vector<float> o(size_t(n / k) * dim);

@@ -82,8 +82,11 @@ GenerateResult generate(Session& s, const std::vector<int32_t>& prompt, const Ge
   r.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   const int vocab = s.model().config().vocab;
   r.stop_reason = "max_tokens";
+  // Greedy decoding takes each next token from Session::forward_argmax (on a GPU only the index
+  // comes back); the first one from the prefill's logits.
+  int next_greedy = -1;
   for (int step = 0; step < o.max_new_tokens; ++step) {
-    const int id = sampler.sample(logits.data(), vocab);
+    const int id = next_greedy >= 0 ? next_greedy : sampler.sample(logits.data(), vocab);
     r.tokens.push_back(id);
     if (std::find(o.stop_ids.begin(), o.stop_ids.end(), id) != o.stop_ids.end()) {
       r.stop_reason = "eos";
@@ -103,7 +106,10 @@ GenerateResult generate(Session& s, const std::vector<int32_t>& prompt, const Ge
       break;
     }
     const int32_t next = id;
-    s.forward(&next, 1, &logits, false);
+    if (o.sampling.greedy)
+      next_greedy = s.forward_argmax(&next, 1);
+    else
+      s.forward(&next, 1, &logits, false);
   }
   if (dec && r.stop_reason != "stop_string") {
     bool hit = false;

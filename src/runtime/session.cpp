@@ -106,6 +106,12 @@ void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, boo
   run(ids, n, nullptr, nullptr, nullptr, logits, all_rows);
 }
 
+int32_t Session::forward_argmax(const int32_t* ids, int n) {
+  int32_t best = -1;
+  run(ids, n, nullptr, nullptr, nullptr, nullptr, false, &best);
+  return best;
+}
+
 void Session::forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
                              const int32_t* positions, std::vector<float>* logits, bool all_rows) {
   const ModelConfig& c = model_.config();
@@ -122,7 +128,7 @@ void Session::forward_embeds(const int32_t* ids, int n, const float* embeds, con
 }
 
 void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t* modality, const int32_t* mpos,
-                  std::vector<float>* logits, bool all_rows) {
+                  std::vector<float>* logits, bool all_rows, int32_t* argmax) {
   const ModelConfig& c = model_.config();
   if (n <= 0) fail("forward: expected at least one token, found ", n);
   for (int i = 0; i < n; ++i)
@@ -234,6 +240,11 @@ void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t*
   }
   be_.rmsnorm(xn_, x_, n, final_norm_, c.rms_eps);
   if (observing && wants(kHookLnFinal)) emit(kHookLnFinal, -1, xn_, {n, D});
+  if (argmax && !logits) {  // greedy: the last row's logits stay on the backend
+    if (n > 1) be_.copy(xn_, 0, xn_, size_t(n - 1) * D, size_t(D));
+    be_.matmul(logits_buf_, xn_, 1, lm_head_, nullptr);
+    *argmax = be_.argmax(logits_buf_, 0, c.vocab);
+  }
   if (logits) {
     if (all_rows) {
       be_.matmul(logits_buf_, xn_, n, lm_head_, nullptr);

@@ -44,6 +44,9 @@ class Session {
   void forward(const std::vector<int32_t>& ids, std::vector<float>* logits, bool all_rows = false) {
     forward(ids.data(), int(ids.size()), logits, all_rows);
   }
+  // Greedy decoding: feeds n tokens like forward() and returns the index of the largest logit of
+  // the last row (Backend::argmax: on a GPU only the index comes back, not the vocabulary's logits).
+  int32_t forward_argmax(const int32_t* ids, int n);
   // Multimodal prefill (Qwen2.5-Omni / Qwen2.5-VL): rows i with modality[i] != 0 take embeds[i, :]
   // (host [n, hidden]) instead of their token's embedding; positions (host [3, n]: t, h, w) are
   // the 3-D rotary positions, applied per mrope_section. Later tokens continue at
@@ -60,7 +63,7 @@ class Session {
   };
   void ensure_scratch(int n);
   void run(const int32_t* ids, int n, const float* embeds, const uint8_t* modality, const int32_t* positions,
-           std::vector<float>* logits, bool all_rows);
+           std::vector<float>* logits, bool all_rows, int32_t* argmax = nullptr);
   bool wants(const std::string& name) const;
   void emit(const std::string& name, int layer, const Buf& b, std::vector<int64_t> shape);
 

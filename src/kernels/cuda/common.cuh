@@ -178,6 +178,9 @@ void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
 // Three launches. The scratch must be zeroed once when allocated; every call leaves its histogram
 // and counter zero again.
 size_t phi_llm_scratch_bytes(int n);
+// Index of the largest of x[0, n) (the lowest index among equal maxima; NaN never wins) into *out
+// (device memory). One block.
+void argmax(cudaStream_t s, const float* x, int n, int32_t* out);
 float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch);
 // out rows [seg_out[s], seg_out[s+1]) come from input rows starting at seg_in[s] of length seg_len[s]
 void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,

@@ -74,11 +74,12 @@ class CudaBackend final : public Backend {
     for (void* p : owned_) cudaFree(p);
     if (pin_) cudaFreeHost(pin_);
     if (phi_pin_) cudaFreeHost(phi_pin_);
+    if (argmax_pin_) cudaFreeHost(argmax_pin_);
     if (dl_pin_) cudaFreeHost(dl_pin_);
     for (auto& e : dl_ev_)
       if (e) cudaEventDestroy(e);
     if (dring_) cudaFree(dring_);
-    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_)})
+    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_), static_cast<void*>(argmax_dev_)})
       if (p) cudaFree(p);
     cublasDestroy(blas_);
     cudaStreamDestroy(s_);
@@ -560,6 +561,20 @@ class CudaBackend final : public Backend {
     if (k <= 0) fail("avgpool_rows: k must be positive, found ", k);
     cuda::avgpool_rows(s_, F(y), F(x), n / k, dim, k);
   }
+  // Greedy decoding: the index is found on the GPU and 4 bytes come back (pinned) instead of the row.
+  int32_t argmax(const Buf& x, size_t off, int n) override {
+    flush();
+    if (n <= 0) fail("argmax: expected at least one value, found ", n);
+    if (off + size_t(n) > x.n) fail("argmax: ", off, " + ", n, " values is past the buffer's ", x.n);
+    if (!argmax_dev_) {
+      argmax_dev_ = static_cast<int32_t*>(dmalloc(sizeof(int32_t), "argmax result"));
+      OUTRO_CK(cudaHostAlloc(&argmax_pin_, sizeof(int32_t), cudaHostAllocDefault));
+    }
+    cuda::argmax(s_, F(x) + off, n, argmax_dev_);
+    OUTRO_CK(cudaMemcpyAsync(argmax_pin_, argmax_dev_, sizeof(int32_t), cudaMemcpyDeviceToHost, s_));
+    OUTRO_CK(cudaStreamSynchronize(s_));
+    return *static_cast<const int32_t*>(argmax_pin_);
+  }
 
   // ---- deferred ops ----
   // The decoder's small ops are fused by looking one call ahead: an add waits for the RMSNorm of
@@ -764,6 +779,8 @@ class CudaBackend final : public Backend {
   size_t dl_pin_bytes_ = 0;
   cudaEvent_t dl_ev_[kDlEvents] = {};
   void* phi_pin_ = nullptr;  // pinned host copy of the statistics
+  int32_t* argmax_dev_ = nullptr;  // argmax(): the index on the device
+  void* argmax_pin_ = nullptr;     // and its pinned host copy
   size_t phi_pin_bytes_ = 0;
   std::vector<float> invf_host_;
 

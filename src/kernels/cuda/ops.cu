@@ -2,6 +2,7 @@
 // sectioned), SwiGLU, GELU, add, fill, and the interventions' ops. Each mirrors the CPU twin
 // (cpu_backend.cpp, host_ops.cpp) operation for operation; sums are float32 unless the CPU uses double.
 #include <algorithm>
+#include <climits>
 #include <cstdlib>
 
 #include "kernels/cuda/common.cuh"
@@ -526,6 +527,57 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
 }
 
 }  // namespace
+
+// One block scans x: each thread keeps the largest of its strided values (the first it meets among
+// equals, so the lowest index), then the block keeps the largest, the lower index on a tie.
+__global__ void k_argmax(const float* x, int n, int32_t* out) {
+  pdl_begin();
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  float bv = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = x[i];
+    if (v > bv || (bi == INT_MAX && !(v != v))) {  // the first non-NaN value, then strictly larger ones
+      bv = v;
+      bi = i;
+    }
+  }
+  auto better = [](float v, int i, float w, int j) { return j == INT_MAX || (i != INT_MAX && (v > w || (v == w && i < j))); };
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_down_sync(0xffffffffu, bv, o);
+    const int j = __shfl_down_sync(0xffffffffu, bi, o);
+    if (!better(bv, bi, w, j)) {
+      bv = w;
+      bi = j;
+    }
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    const int nw = (blockDim.x + 31) >> 5;
+    bv = lane < nw ? sv[lane] : -INFINITY;
+    bi = lane < nw ? si[lane] : INT_MAX;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float w = __shfl_down_sync(0xffffffffu, bv, o);
+      const int j = __shfl_down_sync(0xffffffffu, bi, o);
+      if (!better(bv, bi, w, j)) {
+        bv = w;
+        bi = j;
+      }
+    }
+    if (lane == 0) *out = bi == INT_MAX ? 0 : bi;  // all NaN: 0, as the host scan
+  }
+}
+
+void argmax(cudaStream_t s, const float* x, int n, int32_t* out) {
+  launch("k_argmax", k_argmax, dim3(1), dim3(1024), 0, s, x, n, out);
+  OUTRO_LAUNCHED("argmax");
+}
 
 size_t phi_llm_scratch_bytes(int n) { return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4; }
 
