@@ -528,6 +528,22 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
 
 }  // namespace
 
+// (v, i) beats (w, j): j is empty (INT_MAX), or i is not and v is larger, or equal with a lower index.
+__device__ __forceinline__ bool argmax_better(float v, int i, float w, int j) {
+  return j == INT_MAX || (i != INT_MAX && (v > w || (v == w && i < j)));
+}
+// Lane 0 ends with the best (value, index) of the warp.
+__device__ __forceinline__ void argmax_warp(float& bv, int& bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float w = __shfl_down_sync(0xffffffffu, bv, o);
+    const int j = __shfl_down_sync(0xffffffffu, bi, o);
+    if (!argmax_better(bv, bi, w, j)) {
+      bv = w;
+      bi = j;
+    }
+  }
+}
+
 // One block scans x: each thread keeps the largest of its strided values (the first it meets among
 // equals, so the lowest index), then the block keeps the largest, the lower index on a tie.
 __global__ void k_argmax(const float* x, int n, int32_t* out) {
@@ -543,15 +559,7 @@ __global__ void k_argmax(const float* x, int n, int32_t* out) {
       bi = i;
     }
   }
-  auto better = [](float v, int i, float w, int j) { return j == INT_MAX || (i != INT_MAX && (v > w || (v == w && i < j))); };
-  for (int o = 16; o > 0; o >>= 1) {
-    const float w = __shfl_down_sync(0xffffffffu, bv, o);
-    const int j = __shfl_down_sync(0xffffffffu, bi, o);
-    if (!better(bv, bi, w, j)) {
-      bv = w;
-      bi = j;
-    }
-  }
+  argmax_warp(bv, bi);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) {
     sv[warp] = bv;
@@ -562,14 +570,7 @@ __global__ void k_argmax(const float* x, int n, int32_t* out) {
     const int nw = (blockDim.x + 31) >> 5;
     bv = lane < nw ? sv[lane] : -INFINITY;
     bi = lane < nw ? si[lane] : INT_MAX;
-    for (int o = 16; o > 0; o >>= 1) {
-      const float w = __shfl_down_sync(0xffffffffu, bv, o);
-      const int j = __shfl_down_sync(0xffffffffu, bi, o);
-      if (!better(bv, bi, w, j)) {
-        bv = w;
-        bi = j;
-      }
-    }
+    argmax_warp(bv, bi);
     if (lane == 0) *out = bi == INT_MAX ? 0 : bi;  // all NaN: 0, as the host scan
   }
 }
