@@ -266,15 +266,21 @@ int main(int argc, char** argv) {
       for (const auto& l : model->layers)
         for (const TensorInfo* m : {l.q, l.k, l.v, l.o, l.gate, l.up, l.down}) ws.push_back(be->weight(*m));
       ws.push_back(be->weight(*model->lm_head));
-      std::vector<double> tg;
-      for (int r = 0; r < 6; ++r) {
-        be->synchronize();
-        auto t2 = Clock::now();
+      // Median of 5 timed runs of fn after a warm-up, the GPU idle before and done after each.
+      auto gpu_median = [&](const auto& fn) {
+        std::vector<double> t;
+        for (int r = 0; r < 6; ++r) {
+          be->synchronize();
+          auto t2 = Clock::now();
+          fn();
+          be->synchronize();
+          if (r) t.push_back(since(t2));
+        }
+        return median(t);
+      };
+      const double g = gpu_median([&] {
         for (const auto& w : ws) be->matmul(yout, xin, 1, w, nullptr);
-        be->synchronize();
-        if (r) tg.push_back(since(t2));
-      }
-      const double g = median(tg);
+      });
       std::printf("  GEMV alone over the same weights: %.2f ms = %.0f GB/s = %.1f%% of copy bandwidth; the rest of "
                   "the step: %.2f ms\n",
                   g * 1e3, bytes_per_token / g / 1e9, 100 * bytes_per_token / g / bw, (dstep - g) * 1e3);
@@ -296,15 +302,7 @@ int main(int argc, char** argv) {
         }
         be->matmul(yl, xin, 1, ws.back(), nullptr);
       };
-      std::vector<double> tf;
-      for (int r = 0; r < 6; ++r) {
-        be->synchronize();
-        auto t2 = Clock::now();
-        gemv_step();
-        be->synchronize();
-        if (r) tf.push_back(since(t2));
-      }
-      const double gf = median(tf);
+      const double gf = gpu_median(gemv_step);
       std::printf("  GEMV as a decode step launches it (q/k/v in one launch, gate/up with the SwiGLU): %.2f ms = %.0f "
                   "GB/s = %.1f%% of copy bandwidth; the rest of the step: %.2f ms\n",
                   gf * 1e3, bytes_per_token / gf / 1e9, 100 * bytes_per_token / gf / bw, (dstep - gf) * 1e3);

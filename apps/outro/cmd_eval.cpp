@@ -20,7 +20,6 @@
 #include "eval/results.h"
 #include "eval/runner.h"
 #include "eval/synth.h"
-#include "media/media.h"
 #include "models/multimodal.h"
 #include "models/multimodal_input.h"
 #include "runtime/generate.h"
@@ -205,8 +204,7 @@ int cmd_eval_run(int argc, char** argv) {
       if (m.kind == "image" && r.image.empty() && mmodel->has_vision()) r.image = p;
       if (m.kind == "audio" && r.audio.empty() && mmodel->has_audio()) r.audio = p;
     }
-    if (!r.video.empty() && r.audio.empty() && mmodel->has_audio() && media::probe_video(r.video).has_audio)
-      r.use_audio_in_video = true;
+    r.use_audio_in_video = video_audio_by_default(*mmodel, r);
     return r;
   };
 

@@ -32,6 +32,10 @@ std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokeni
   return ids;
 }
 
+bool video_audio_by_default(const MultimodalModel& mm, const MediaRequest& r) {
+  return !r.video.empty() && r.audio.empty() && mm.has_audio() && media::probe_video(r.video).has_audio;
+}
+
 PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids) {
   const MultimodalConfig& c = mm.config();
   if (!r.audio.empty() && r.use_audio_in_video) fail("give either --audio FILE or --use-audio-in-video, not both");

@@ -37,5 +37,8 @@ std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokeni
 // Decodes and encodes the media of r and assembles the prefill of prompt_ids (one placeholder
 // per item, e.g. from multimodal_chat_ids). Errors name the file.
 PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids);
+// Whether a request's video should bring its own audio track when nothing says: it has one, no
+// separate audio file is given, and the model has an audio encoder (what `eval` and `analyze` do).
+bool video_audio_by_default(const MultimodalModel& mm, const MediaRequest& r);
 
 }  // namespace outro

@@ -240,22 +240,17 @@ void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t*
   }
   be_.rmsnorm(xn_, x_, n, final_norm_, c.rms_eps);
   if (observing && wants(kHookLnFinal)) emit(kHookLnFinal, -1, xn_, {n, D});
-  if (argmax && !logits) {  // greedy: the last row's logits stay on the backend
-    if (n > 1) be_.copy(xn_, 0, xn_, size_t(n - 1) * D, size_t(D));
-    be_.matmul(logits_buf_, xn_, 1, lm_head_, nullptr);
-    *argmax = be_.argmax(logits_buf_, 0, c.vocab);
-  }
-  if (logits) {
-    if (all_rows) {
-      be_.matmul(logits_buf_, xn_, n, lm_head_, nullptr);
-      logits->resize(size_t(n) * c.vocab);
-      be_.download(logits_buf_, 0, logits->data(), logits->size());
-    } else {
-      if (n > 1) be_.copy(xn_, 0, xn_, size_t(n - 1) * D, size_t(D));
-      be_.matmul(logits_buf_, xn_, 1, lm_head_, nullptr);
-      logits->resize(size_t(c.vocab));
+  if (logits || argmax) {
+    // All rows' logits, or the last row's (moved to row 0); greedy decoding (argmax) keeps them on
+    // the backend and takes only the index of the last row's largest.
+    const int rows = logits && all_rows ? n : 1;
+    if (rows == 1 && n > 1) be_.copy(xn_, 0, xn_, size_t(n - 1) * D, size_t(D));
+    be_.matmul(logits_buf_, xn_, rows, lm_head_, nullptr);
+    if (logits) {
+      logits->resize(size_t(rows) * c.vocab);
       be_.download(logits_buf_, 0, logits->data(), logits->size());
     }
+    if (argmax) *argmax = be_.argmax(logits_buf_, size_t(rows - 1) * c.vocab, c.vocab);
   }
   if (mpos) {  // later tokens continue after the largest position (the reference's rope delta)
     int mx = -1;

@@ -9,7 +9,6 @@
 
 #include "core/error.h"
 #include "kernels/backend.h"
-#include "media/media.h"
 #include "models/model.h"
 #include "models/multimodal_input.h"
 #include "runtime/session.h"
@@ -69,6 +68,13 @@ std::vector<int32_t> continuation(const json& j, const LineCtx& c, const std::st
     return v;
   }
   fail(c.path, ":", c.line, ": field '", field, "': expected text or an array of token ids, found ", j.dump());
+}
+
+// Tokens an item's scoring adds after its prompt: its answer or its longest option.
+size_t longest_continuation(const TaskItem& it) {
+  size_t longest = it.answer.size();
+  for (const auto& op : it.options) longest = std::max(longest, op.size());
+  return longest;
 }
 
 // "video" / "audio" / "image" (or "media": {...}) and "use_audio_in_video" of one line.
@@ -178,8 +184,7 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
     } else if (j.contains("answer")) {
       it.answer = continuation(j["answer"], c, "answer");
     }
-    size_t longest = it.answer.size();
-    for (const auto& op : it.options) longest = std::max(longest, op.size());
+    const size_t longest = longest_continuation(it);
     if (!it.media.any() && o.max_positions > 0 && it.prompt.size() + longest > size_t(o.max_positions))
       fail(path, ":", ln, ": ", it.prompt.size() + longest, " tokens is longer than the model's context of ",
            o.max_positions, " tokens");
@@ -219,7 +224,7 @@ void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Token
       if (r.use_audio_in_video && !mm.has_audio())
         fail(where, ": 'use_audio_in_video' is true but the model has no audio encoder");
     } else {
-      r.use_audio_in_video = !r.video.empty() && r.audio.empty() && mm.has_audio() && media::probe_video(r.video).has_audio;
+      r.use_audio_in_video = video_audio_by_default(mm, r);
     }
     try {
       PreparedPrompt p = prepare_multimodal(mm, r, multimodal_chat_ids(mm.config(), tok, r, it.text, system));
@@ -228,8 +233,7 @@ void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Token
       fail(where, ": ", e.what());
     }
     it.prompt = it.prefill->ids;
-    size_t longest = it.answer.size();
-    for (const auto& op : it.options) longest = std::max(longest, op.size());
+    const size_t longest = longest_continuation(it);
     if (max_positions > 0 && it.prompt.size() + longest > size_t(max_positions))
       fail(where, ": the prompt with its media is ", it.prompt.size() + longest, " tokens, longer than the model's context of ",
            max_positions, " tokens");
@@ -274,9 +278,7 @@ MetricValue evaluate_tasks(const Model& m, Backend& be, const std::vector<TaskIt
   const int V = m.config().vocab;
   size_t ctx = 1;
   for (const auto& it : items) {
-    size_t longest = it.answer.size();
-    for (const auto& op : it.options) longest = std::max(longest, op.size());
-    ctx = std::max(ctx, it.prompt.size() + longest);
+    ctx = std::max(ctx, it.prompt.size() + longest_continuation(it));
   }
   Session s(m, be, int(ctx));
   HeadAblation ab(ablate);
