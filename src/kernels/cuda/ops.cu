@@ -86,6 +86,14 @@ __device__ __forceinline__ void block_sum2(double& a, double& b, double* sh /* >
   for (int i = 0; i < nw; ++i) a += sh[i], b += sh[32 + i];
 }
 
+// y = g * (x * inv) over a row of d4 float4s (the output of the vectorised norm kernels).
+__device__ __forceinline__ void write_normed4(float4* yr, const float4* xr, const float4* g4, float inv, int d4) {
+  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
+    const float4 v = xr[c], gg = g4[c];
+    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
+  }
+}
+
 // add, OutRo's alignment of the row toward t (align_rows with one group; rows with skip[row] set are
 // not aligned), then the RMSNorm: the arithmetic of k_add, k_align_rows and k_rmsnorm in one block
 // per row, 16-byte accesses (d % 4 == 0, aligned rows).
@@ -144,13 +152,8 @@ __global__ void k_add_align_rmsnorm4(float* y, float* x, const float* a, const f
       ss = nm;
     }
   }
-  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
-  float4* yr = reinterpret_cast<float4*>(y + row * d);
-  const float4* g4 = reinterpret_cast<const float4*>(g);
-  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
-    const float4 v = xr[c], gg = g4[c];
-    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
-  }
+  write_normed4(reinterpret_cast<float4*>(y + row * d), xr, reinterpret_cast<const float4*>(g),
+                1.f / sqrtf(float(ss / double(d)) + eps), d4);
 }
 
 // The same with 16-byte accesses (d % 4 == 0, aligned rows), fewer threads per row.
@@ -170,13 +173,8 @@ __global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const 
     ss += double(v.x) * double(v.x) + double(v.y) * double(v.y) + double(v.z) * double(v.z) + double(v.w) * double(v.w);
   }
   ss = block_sum(ss, sh);
-  const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
-  float4* yr = reinterpret_cast<float4*>(y + row * d);
-  const float4* g4 = reinterpret_cast<const float4*>(g);
-  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
-    const float4 v = xr[c], gg = g4[c];
-    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
-  }
+  write_normed4(reinterpret_cast<float4*>(y + row * d), xr, reinterpret_cast<const float4*>(g),
+                1.f / sqrtf(float(ss / double(d)) + eps), d4);
 }
 
 __global__ void k_layernorm(float* y, const float* x, int d, const float* g, const float* b, float eps) {
