@@ -599,6 +599,17 @@ TEST(EvalCli, KilledRunResumesAndLosesNothing) {
   EXPECT_NE(r.out.find("another max_new_tokens"), std::string::npos) << r.out;
 }
 
+TEST(EvalCli, TornSettingsFileIsNamedNotParsedAsGarbage) {
+  std::string d = synth_bench();
+  std::string out = test::tmp_dir("eval_torn");
+  std::ofstream(fs::path(out) / "config.json") << R"({"bench": ")";
+  auto r = test::run_cli("eval --model " + tiny_model() + " --bench " + d + "/bench.jsonl --media-root " + d +
+                         "/media --strategies baseline --threads 1 --no-progress --out " + out);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("config.json is not a whole JSON object"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(fs::path(out) / "summary.json"));
+}
+
 TEST(EvalCli, MpirunTwoRanksEqualsOneProcess) {
   const char* path = std::getenv("PATH");
   bool have = false;

@@ -226,13 +226,21 @@ int cmd_eval_run(int argc, char** argv) {
   const fs::path cfg_path = fs::path(out) / "config.json";
   if (fs::exists(cfg_path)) {
     json old;
-    std::ifstream(cfg_path) >> old;
+    try {
+      std::ifstream(cfg_path) >> old;
+    } catch (const std::exception& e) {
+      fail(cfg_path.string(), " is not a whole JSON object (", e.what(), "); it records the settings of the run in ", out,
+           ": remove it only if that folder holds no results");
+    }
     for (auto& k : {"bench", "model", "max_new_tokens", "sampling", "system", "raw", "tokenization"})
       if (old.contains(k) && old[k] != meta[k])
         fail(out, " holds results of a run with another ", k, " (", old[k].dump(), ", now ", meta[k].dump(),
              "); use another --out");
   } else if (lead) {
-    std::ofstream(cfg_path) << meta.dump(2) << "\n";
+    // written whole under another name and renamed: another rank that finds the file reads all of it
+    const fs::path tmp = cfg_path.string() + ".tmp";
+    std::ofstream(tmp, std::ios::trunc) << meta.dump(2) << "\n";
+    fs::rename(tmp, cfg_path);
   }
   eval::ResultStore store(out, w.rank);
   eval::remove_done_marker(out, w);
