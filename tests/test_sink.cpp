@@ -229,6 +229,32 @@ void expect_causal_rows(const Recorded& r, const ModelConfig& c, const std::stri
       }
 }
 
+TEST(SinkCriteria, HeadFocusSeparatesEvenSpreadFromOneKey) {
+  const int n = 7;
+  std::vector<float> even(n * n, 0.f), first(n * n, 0.f), diag(n * n, 0.f), half(n * n, 0.f);
+  double ratio_half = 0, uni = 0;
+  for (int i = 0; i < n; ++i) {
+    for (int j = 0; j <= i; ++j) even[size_t(i * n + j)] = 1.f / float(i + 1);
+    first[size_t(i * n)] = 1.f;
+    diag[size_t(i * n + i)] = 1.f;
+    half[size_t(i * n)] += i ? 0.5f : 1.f;
+    if (i) half[size_t(i * n + i)] += 0.5f;
+    if (i) ratio_half += std::log(2.0) / std::log(double(i + 1)) / (n - 1), uni += 1.0 / (i + 1) / (n - 1);
+  }
+  Focus e = head_focus(even.data(), n, n), f = head_focus(first.data(), n, n), d = head_focus(diag.data(), n, n),
+        h = head_focus(half.data(), n, n);
+  EXPECT_NEAR(e.entropy_ratio, 1.0, 1e-6);
+  EXPECT_NEAR(e.first, uni, 1e-6);
+  EXPECT_NEAR(e.first_uniform, uni, 1e-12);
+  EXPECT_NEAR(f.entropy_ratio, 0.0, 1e-12);
+  EXPECT_NEAR(f.first, 1.0, 1e-12);
+  EXPECT_NEAR(d.entropy_ratio, 0.0, 1e-12);
+  EXPECT_NEAR(d.first, 0.0, 1e-12);
+  EXPECT_NEAR(h.entropy_ratio, ratio_half, 1e-6);  // row 1 (two keys, half each) is an even spread: ratio 1
+  EXPECT_NEAR(h.first, 0.5, 1e-7);
+  EXPECT_EQ(head_focus(even.data(), 1, n).entropy_ratio, 0.0);  // no row beyond the first
+}
+
 TEST(SinkForward, PatternsSumToOnePerRowAndAreZeroAboveTheDiagonal) {
   auto be = make_cpu_backend();
   Recorded r = record(sink_model(), *be, sink_prompt(20, 3));
@@ -556,6 +582,12 @@ TEST(AnalyzeCli, WritesTheReportAndFindsTheBuiltSink) {
   }
   EXPECT_EQ(j["d_sink"]["dims"], nlohmann::json::array({kSinkChannel}));
   EXPECT_EQ(j["sink_scores"]["scores"].size(), size_t(L));
+  EXPECT_EQ(j["head_focus"]["near_uniform_heads"].get<int>(), 0);  // every head is on the built sink
+  for (int l = 0; l < L; ++l)
+    for (int h = 0; h < H; ++h) {
+      EXPECT_GT(j["head_focus"]["first_token"][l][h].get<double>(), 0.8) << l << "." << h;
+      EXPECT_LT(j["head_focus"]["entropy_ratio"][l][h].get<double>(), 0.5) << l << "." << h;
+    }
   EXPECT_EQ(j["single_head"]["heads"].size(), size_t(L * H));
   EXPECT_EQ(j["pruning"]["random"].size(), 2u);
   EXPECT_EQ(j["pruning"]["steps"].front().get<int>(), 0);
@@ -608,6 +640,12 @@ TEST(AnalyzeCli, MediaPromptsRunOnTheOmniDemo) {
   std::ifstream hf(d + "/out/report.html");
   std::string html((std::istreambuf_iterator<char>(hf)), std::istreambuf_iterator<char>());
   EXPECT_NE(html.find("video 16, audio 102"), std::string::npos) << "the summary counts the tokens by modality";
+  // The committed demo model attends near uniformly in every head (its training decayed the norm
+  // gains; README, "The omni demo model"): the report says so.
+  const int heads = j["model"]["layers"].get<int>() * j["model"]["heads"].get<int>();
+  EXPECT_EQ(j["head_focus"]["near_uniform_heads"].get<int>(), heads);
+  EXPECT_NE(j["warnings"].dump().find("heads attend near uniformly"), std::string::npos) << j["warnings"].dump();
+  EXPECT_NE(html.find("How focused every head is"), std::string::npos);
   // Without the media the same prompts cannot be run on a text-only model.
   auto bad = test::run_cli("analyze --model " + test::source_dir() + "/models/outro-demo --prompts " + d + "/prompts.jsonl --media-root " +
                            fixture("omni_demo") + " --out " + d + "/o2");

@@ -117,6 +117,10 @@ int cmd_analyze(int argc, char** argv) {
   std::fprintf(stderr, "phi_llm sinks: %d over all layers and prompts, %d of them token 0; D_sink %s (%s)\n",
                f["phi_llm_total"].get<int>(), f["phi_llm_total_first_token"].get<int>(), r["d_sink"]["dims"].dump().c_str(),
                r["d_sink"]["rule"].get<std::string>().c_str());
+  const auto& hf = r["head_focus"];
+  std::fprintf(stderr, "heads near uniform (row entropy >= %.2f of an even spread's): %d of %d\n",
+               hf["near_uniform_threshold"].get<double>(), hf["near_uniform_heads"].get<int>(),
+               r["model"]["layers"].get<int>() * r["model"]["heads"].get<int>());
   if (sink::any_media(items))
     std::fprintf(stderr, "by modality (text, image, video, audio): tokens %s, phi_llm %s, phi_vlm %s\n",
                  f["tokens_by_modality"].dump().c_str(), f["phi_llm_by_modality"].dump().c_str(),

@@ -84,6 +84,17 @@ std::string sink_report_html(const json& r) {
                                                               by(f.value("phi_vlm_by_modality", json::object()))});
       }
     }
+    if (r.contains("head_focus")) {
+      const json& hf = r.at("head_focus");
+      double first = 0;
+      int cnt = 0;
+      for (const auto& row : hf.at("first_token"))
+        for (const auto& v : row) first += v.get<double>(), ++cnt;
+      rows.push_back({"heads near uniform (row entropy ≥ " + num(hf.at("near_uniform_threshold")) + " of an even spread's)",
+                      std::to_string(hf.value("near_uniform_heads", 0)) + " of " + std::to_string(L * H)});
+      rows.push_back({"attention on token 0 (mean over heads and rows ≥ 1)",
+                      fmt_num(cnt ? first / cnt : 0.0) + " (an even spread: " + num(hf.at("first_token_uniform")) + ")"});
+    }
     rows.push_back({"sink set of the scores", r.at("sink_scores").value("sink_set", "") + " (layers that fell back to token 0: " +
                                                   std::to_string(r.at("sink_scores").value("fallback_layers", 0)) + ")"});
     if (r.at("prompts").contains("baseline_metric"))
@@ -138,23 +149,39 @@ std::string sink_report_html(const json& r) {
     page.table({"layer", "Φ_LLM", "Φ_VLM", "attention", "max|h| token 0", "max|h| others", "median|h|"}, rows);
   }
 
-  // ---- sink scores
-  page.heading(2, "Sink score of every head", "scores");
-  {
+  // A [layer][head] matrix of values in [0, 1] as a heatmap.
+  auto layer_head_map = [&](const json& matrix, const std::string& title, const std::string& caption) {
     std::vector<std::vector<double>> m;
-    for (const auto& row : r.at("sink_scores").at("scores")) m.push_back(dv(row));
+    for (const auto& row : matrix) m.push_back(dv(row));
     std::vector<std::string> cols, rows;
     for (int h = 0; h < H; ++h) cols.push_back(std::to_string(h));
     for (int l = 0; l < L; ++l) rows.push_back(std::to_string(l));
     Axes a;
-    a.title = "Sink score (attention mass on the sink set)";
+    a.title = title;
     a.xlabel = "head";
     a.ylabel = "layer";
     a.width = std::clamp(120 + 40 * H, 360, 900);
     a.height = std::clamp(90 + 28 * L, 220, 700);
-    page.figure(heatmap(a, m, cols, rows, true, 0.0, 1.0),
-                "Mean over prompts and non-sink query rows of the attention each head puts on its layer's sink set (" +
-                    r.at("sink_scores").value("sink_set", "") + ").");
+    page.figure(heatmap(a, m, cols, rows, true, 0.0, 1.0), caption);
+  };
+
+  // ---- sink scores
+  page.heading(2, "Sink score of every head", "scores");
+  layer_head_map(r.at("sink_scores").at("scores"), "Sink score (attention mass on the sink set)",
+                 "Mean over prompts and non-sink query rows of the attention each head puts on its layer's sink set (" +
+                     r.at("sink_scores").value("sink_set", "") + ").");
+
+  // ---- focus of every head
+  if (r.contains("head_focus")) {
+    page.heading(2, "How focused every head is", "focus");
+    const json& hf = r.at("head_focus");
+    layer_head_map(hf.at("entropy_ratio"), "Row entropy / even spread's",
+        "Mean over prompts and query rows i ≥ 1 of the entropy of a head's attention row divided by ln(i + 1), the "
+        "entropy of an even spread over the keys it may see: 1 = attends everywhere alike, 0 = one key. Trained "
+        "models' sink heads are focused (low); a model whose heads are all near 1 has no use for a sink.");
+    layer_head_map(hf.at("first_token"), "Attention on token 0",
+        "Mean over prompts and query rows i ≥ 1 of the attention each head puts on the first token (an even spread "
+        "puts " + num(hf.at("first_token_uniform")) + " there).");
   }
 
   // ---- Fig. 2

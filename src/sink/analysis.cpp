@@ -20,6 +20,9 @@ using nlohmann::json;
 
 namespace {
 
+// A head whose mean row entropy is at least this fraction of an even spread's counts as near uniform.
+constexpr double kNearUniform = 0.9;
+
 bool contains(const std::vector<int>& v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
 double dot(const float* a, const float* b, int d) {
@@ -538,6 +541,33 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
                         {"fallback_layers", fb},
                         {"scores", scores},
                         {"per_prompt", scores_pp}};
+  }
+
+  // How focused every head is: near-uniform heads have nothing to park on a sink.
+  {
+    std::vector<std::vector<double>> ent(size_t(L), std::vector<double>(size_t(H), 0.0)), first = ent;
+    double uniform = 0;
+    for (const auto& r : recs) {
+      for (int l = 0; l < L; ++l)
+        for (int h = 0; h < H; ++h) {
+          const Focus f = head_focus(r.pattern[size_t(l)].data() + size_t(h) * r.n * r.n, r.n, r.n);
+          ent[size_t(l)][size_t(h)] += f.entropy_ratio / np;
+          first[size_t(l)][size_t(h)] += f.first / np;
+          if (l == 0 && h == 0) uniform += f.first_uniform / np;
+        }
+    }
+    int near_uniform = 0;
+    for (const auto& row : ent)
+      for (double e : row) near_uniform += e >= kNearUniform ? 1 : 0;
+    j["head_focus"] = {{"entropy_ratio", ent},
+                       {"first_token", first},
+                       {"first_token_uniform", uniform},
+                       {"near_uniform_threshold", kNearUniform},
+                       {"near_uniform_heads", near_uniform}};
+    if (2 * near_uniform >= L * H)
+      warnings.push_back(std::to_string(near_uniform) + " of " + std::to_string(L * H) +
+                         " heads attend near uniformly (mean row entropy >= " + std::to_string(kNearUniform).substr(0, 4) +
+                         " of an even spread's): a model whose heads look nowhere in particular has no use for a sink");
   }
 
   // Fig. 4: geometry at the chosen head.

@@ -122,4 +122,22 @@ double sink_score(const float* A, int n, int cols, const std::vector<int>& sinks
   return rows ? total / rows : 0.0;
 }
 
+Focus head_focus(const float* A, int n, int cols) {
+  Focus f;
+  if (n < 2 || cols < n) return f;
+  for (int i = 1; i < n; ++i) {
+    const float* row = A + size_t(i) * size_t(cols);
+    double h = 0;
+    for (int j = 0; j <= i; ++j)
+      if (row[j] > 0) h -= double(row[j]) * std::log(double(row[j]));
+    f.entropy_ratio += h / std::log(double(i + 1));
+    f.first += row[0];
+    f.first_uniform += 1.0 / double(i + 1);
+  }
+  f.entropy_ratio /= n - 1;
+  f.first /= n - 1;
+  f.first_uniform /= n - 1;
+  return f;
+}
+
 }  // namespace outro::sink

@@ -62,4 +62,14 @@ std::vector<int> attention_sinks(const std::vector<float>& alpha, const Attentio
 double sink_score(const float* A, int n, int cols, const std::vector<int>& sinks, bool exclude_sink_rows,
                   int past = 0);
 
+// How focused one head's pattern A[n, cols] (past = 0, causal) is, over the query rows i >= 1 (row 0
+// sees only itself): entropy_ratio = mean_i H(A[i, 0..i]) / ln(i + 1), 1 for rows that spread evenly
+// over every key they may see and 0 for rows on one key; first = mean_i A[i, 0], the attention on the
+// first token, and first_uniform = mean_i 1 / (i + 1), what an even spread puts there. A model whose
+// heads are all near 1 attends nowhere in particular and has no head that a sink could serve.
+struct Focus {
+  double entropy_ratio = 0, first = 0, first_uniform = 0;
+};
+Focus head_focus(const float* A, int n, int cols);
+
 }  // namespace outro::sink
