@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <complex>
+#include <cstring>
 #include <fstream>
 
 #include "core/error.h"
@@ -62,6 +63,28 @@ TEST_F(Clips, ProbesAndDecodesMp4) {
   EXPECT_EQ(frames[0].rgb.size(), size_t(160 * 120 * 3));
   EXPECT_EQ(frames[1].rgb, frames[2].rgb);
   EXPECT_NE(frames[0].rgb, frames[3].rgb);  // testsrc moves
+}
+
+// tools/omni_clips.py decodes the training pack with the ffmpeg command and these scaler flags so
+// that the demo model trains on the pixels this engine gives it: every frame equal, byte for byte.
+TEST_F(Clips, DecodeEqualsTheFfmpegCommandWithTheSameScalerFlags) {
+  for (const std::string clip : {dir + "/av.mp4", test::fixture("omni_demo/clips/h0000.mp4")}) {
+    const std::string raw = dir + "/frames.rgb";
+    const std::string cmd = "ffmpeg -nostdin -v error -y -i " + clip +
+                            " -map 0:v -vf scale=flags=bicubic+accurate_rnd+full_chroma_int,format=rgb24"
+                            " -f rawvideo " + raw + " >/dev/null 2>&1";
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::ifstream f(raw, std::ios::binary);
+    std::string cli((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    auto v = media::probe_video(clip);
+    std::vector<int64_t> all(size_t(v.total_frames));
+    for (size_t i = 0; i < all.size(); ++i) all[i] = int64_t(i);
+    auto frames = media::decode_frames(clip, all);
+    const size_t fb = size_t(v.width) * v.height * 3;
+    ASSERT_EQ(cli.size(), fb * frames.size()) << clip;
+    for (size_t i = 0; i < frames.size(); ++i)
+      EXPECT_EQ(0, std::memcmp(frames[i].rgb.data(), cli.data() + i * fb, fb)) << clip << " frame " << i;
+  }
 }
 
 TEST_F(Clips, DecodesColoursOfMkvAndPng) {

@@ -10,10 +10,11 @@ object visible, does the sound start when the shape appears.
 
 Every clip is then decoded again with ffmpeg into what the model's processors take, the way the
 engine's media path (src/media, qwen-vl-utils' rules) takes a user's file: 4 frames at 2 fps, indices
-round(linspace(0, n - 1, 4)) of the n = 20 decoded frames (0, 6, 13, 19), rgb24 56x56, and the whole
-audio track as 16 kHz mono s16le (AAC: 2.048 s = 32768 samples, 205 mel frames, 51 audio tokens).
-Before 2026-11-23 the frames were 0, 5, 10, 15 and the audio was cut to 2.000 s (200 mel frames,
-50 audio tokens); the committed models/outro-omni-demo was trained on that older pack.
+round(linspace(0, n - 1, 4)) of the n = 20 decoded frames (0, 6, 13, 19), rgb24 56x56 converted with the
+engine's scaler flags (SWS_FLAGS below: the engine's pixels exactly), and the whole audio track as 16 kHz
+mono s16le (AAC: 2.048 s = 32768 samples, 205 mel frames, 51 audio tokens). The committed
+models/outro-omni-demo was trained on a pack whose frames came from the command's default conversion
+(up to 40 of 255 off the engine's at colour edges); every other choice was as now.
 
     python3 tools/omni_clips.py [--out out/omni] [--train 3000] [--heldout 200] [--seed 8] [--jobs 2]
     python3 tools/omni_clips.py --heldout-only --bench-dir DIR   # held-out clips + bench.jsonl only
@@ -125,12 +126,19 @@ def ffmpeg_make(s, path):
     subprocess.run(args, check=True)
 
 
+# the engine's RGB conversion (src/media/media.cpp: SWS_BICUBIC | SWS_ACCURATE_RND | SWS_FULL_CHR_H_INT): with
+# these flags the ffmpeg command gives the engine's pixels byte for byte (tests/test_media.cpp checks it); the
+# command's default conversion differs by up to 40 of 255 at colour edges, which a model trained on it pays for
+# through the engine (run J of models/outro-omni-demo/other_runs.json: 92.9% on the pack, 69.2% through the engine)
+SWS_FLAGS = "bicubic+accurate_rnd+full_chroma_int"
+
+
 def ffmpeg_decode(path):
     """(frames: bytes of n x SIZE x SIZE x 3 at SAMPLE_FPS, audio: bytes s16le mono SR, the whole track)."""
     with tempfile.TemporaryDirectory() as td:
         v, a = os.path.join(td, "v.raw"), os.path.join(td, "a.raw")
         subprocess.run(["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-i", path,
-                        "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "rgb24", v,
+                        "-map", "0:v", "-vf", "scale=flags=" + SWS_FLAGS + ",format=rgb24", "-f", "rawvideo", v,
                         "-map", "0:a", "-f", "s16le", "-ac", "1", "-ar", str(SR), a], check=True)
         vb, ab = open(v, "rb").read(), open(a, "rb").read()
     fr = SIZE * SIZE * 3

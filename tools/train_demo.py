@@ -3,7 +3,9 @@
 BPE tokenizer, on a synthetic corpus of scene descriptions with multiple-choice / yes-no / counting
 questions, short stories and arithmetic. Run on the GPU machine:
 
-    python3 tools/train_demo.py OUTDIR [--minutes 6] [--seed 0]
+    python3 tools/train_demo.py OUTDIR [--minutes 6] [--seed 0] [--decay-all]
+
+The committed models/outro-demo was trained before weight decay was limited to matrices (today's --decay-all).
 
 OUTDIR receives a Hugging Face model folder (bf16 weights, tokenizer.json, configs) and
 train_log.json (steps, losses, held-out accuracy, sink statistics).
@@ -133,6 +135,9 @@ def main():
     ap.add_argument("--minutes", type=float, default=6.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--decay-all", action="store_true",
+                    help="weight decay on every parameter, RMSNorm gains and biases too: how the committed "
+                         "models/outro-demo was trained (decayed gains flatten attention; by default only matrices decay)")
     args = ap.parse_args()
     import torch
     import transformers
@@ -159,7 +164,10 @@ def main():
     model = transformers.Qwen2ForCausalLM(cfg).to(dev)
     nparams = sum(p.numel() for p in model.parameters())
     print(f"model: {nparams / 1e6:.2f}M parameters on {dev}", flush=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
+    mats = [p for p in model.parameters() if p.ndim >= 2 or args.decay_all]
+    rest = [p for p in model.parameters() if p.ndim < 2 and not args.decay_all]
+    opt = torch.optim.AdamW([{"params": mats, "weight_decay": 0.1}] + ([{"params": rest, "weight_decay": 0.0}] if rest else []),
+                            lr=1e-3, betas=(0.9, 0.95))
     seq, batch = 256, 64 if not args.smoke else 4
     budget = args.minutes * 60
     est_steps = 20 if args.smoke else 4000

@@ -10,7 +10,9 @@ model. Run on the GPU machine (torch + transformers 5.17, no network):
 
 The committed checkpoint: --freeze-vision --lr 3e-3 --wd 0.3 --text-seq 512 (other flags at their defaults), run
 over three device calls of tools/train_omni_device.sh with --schedule constant, constant, cosine (--resume with the
-optimiser state): 4948 steps, 1308 s on one H100.
+optimiser state): 4948 steps, 1308 s on one H100. It was trained before two fixes: weight decay then applied to
+every parameter (today's --decay-all; it shrank the RMSNorm gains and left attention near uniform) and the pack's
+frames came from the ffmpeg command's default RGB conversion (tools/omni_clips.py now uses the engine's flags).
 
 OUTDIR receives the Hugging Face folder (bf16 model.safetensors, config.json, tokenizer.json, processor
 configs), train_log.json (time, losses, held-out accuracy per question type, sink statistics) and
@@ -98,6 +100,58 @@ def text_documents(rng, n, train_scenes, induction_frac=0.0):
             text, opts, ans = q
             docs.append(chat(oc.describe(s) + " " + oc.prompt_text(text, opts), ans))
     return docs
+
+
+def backcopy_pool(n, seq, bos, alphabet, triggers, seed, p_trigger=0.12, alpha=0.2):
+    """Bigram-backcopy sequences (Guo et al. 2024, "active-dormant attention heads"): bos, then a Markov chain
+    over `alphabet` (each token's successors drawn once from a sparse Dirichlet), where with probability
+    p_trigger the next token is one of `triggers`, and the token after a trigger repeats the token before it.
+    Predicting that copy needs a head that looks one token back after a trigger and has nothing to do
+    everywhere else: the head that, in trained language models, parks its attention on the first token.
+    Returns an int64 array [n, seq + 1]."""
+    import numpy as np
+    g = np.random.default_rng(seed)
+    K = len(alphabet)
+    P = g.dirichlet([alpha] * K, size=K)
+    cdf = np.cumsum(P, axis=1)
+    cdf[:, -1] = 1.0
+    al, tr = np.asarray(alphabet), np.asarray(triggers)
+    out = np.empty((n, seq + 1), dtype=np.int64)
+    out[:, 0] = bos
+    cur = g.integers(K, size=n)        # alphabet index of the last non-trigger token
+    after_trigger = np.zeros(n, bool)  # the previous token was a trigger
+    for t in range(1, seq + 1):
+        nxt = (cdf[cur] < g.random(n)[:, None]).sum(1).clip(max=K - 1)
+        trig = (~after_trigger) & (g.random(n) < p_trigger) & (t > 1)
+        tok = al[nxt]
+        tok = np.where(after_trigger, al[cur], tok)  # the copy of the token before the trigger
+        tok = np.where(trig, tr[g.integers(len(tr), size=n)], tok)
+        cur = np.where(after_trigger | trig, cur, nxt)
+        out[:, t] = tok
+        after_trigger = trig
+    return out
+
+
+def param_groups(named_params):
+    """AdamW groups: decoder vs encoder towers (their own learning-rate multiplier), matrices vs the rest (RMSNorm
+    gains, biases). Empty groups are left out. Hyper-parameters come from set_group_hyper."""
+    named_params, groups = list(named_params), []
+    for enc in (False, True):
+        for decay in (True, False):
+            ps = [p for n, p in named_params if p.requires_grad
+                  and n.startswith(("visual.", "audio_tower.")) == enc and (p.ndim >= 2) == decay]
+            if ps:
+                groups.append({"params": ps, "enc": enc, "decay": decay})
+    return groups
+
+
+def set_group_hyper(groups, args):
+    """Weight decay on matrices only (with --decay-all on every parameter): decayed, the RMSNorm gains shrank
+    (input norms to 0.03-0.2 of their initial 1 in earlier runs), which scaled every attention logit down with the
+    square of the gain and left attention uniform in most layers (no sharp heads, hence no sink)."""
+    for g in groups:
+        g["mult"] = args.enc_lr_mult if g["enc"] else 1.0
+        g["weight_decay"] = args.wd if (g["decay"] or args.decay_all) else 0.0
 
 
 def train_tokenizer(texts, vocab_size):
@@ -309,6 +363,12 @@ def main():
     ap.add_argument("--warmup", type=int, default=150, help="warmup steps of a fresh optimiser")
     ap.add_argument("--induction-frac", type=float, default=0.0,
                     help="fraction of the plain-text documents that are a random word list said twice")
+    ap.add_argument("--decay-all", action="store_true",
+                    help="weight decay on every parameter, norms' gains and biases too (how the committed model and runs "
+                         "F and G of other_runs.json trained; by default only matrices decay)")
+    ap.add_argument("--bb-frac", type=float, default=0.0,
+                    help="fraction of the plain-text rows of each batch that are bigram-backcopy sequences (see "
+                         "backcopy_pool), a task whose copy head is dormant almost everywhere")
     ap.add_argument("--resume", default=None,
                     help="continue from an earlier run: its output folder (tokenizer.json, model.safetensors, "
                          "train_log.json) and, when --state names a file that exists, the optimiser state too")
@@ -485,14 +545,22 @@ def main():
     starts = torch.tensor([i for i in doc_starts if i + SEQ + 1 <= len(tdata)])
     assert all(int(tdata[i]) == ids["<|im_start|>"] for i in starts[:100].tolist())
     log(f"text: {len(docs)} documents, {len(tdata)} tokens, {len(starts)} window starts")
+    n_bb = int(round(args.bb_frac * args.text_batch))
+    bb_pool = None
+    if n_bb:
+        ar = random.Random(4321)
+        normal = [i for i in range(V) if i not in set(ids.values())]
+        pick = ar.sample(normal, 67)
+        bb_pool = torch.from_numpy(backcopy_pool(20000 if not args.smoke else 200, SEQ, ids["<|im_start|>"],
+                                                 pick[:64], pick[64:], seed=4321))
+        log(f"bigram-backcopy: {n_bb} of {args.text_batch} text rows a step, pool {tuple(bb_pool.shape)}, "
+            f"triggers {[tok.id_to_token(i) for i in pick[64:]]}")
 
     if args.freeze_vision:
         for p_ in model.visual.parameters():
             p_.requires_grad_(False)
-    enc_p = [p for n, p in model.named_parameters() if n.startswith(("visual.", "audio_tower.")) and p.requires_grad]
-    dec_p = [p for n, p in model.named_parameters() if not n.startswith(("visual.", "audio_tower.")) and p.requires_grad]
-    opt = torch.optim.AdamW([{"params": dec_p, "mult": 1.0}, {"params": enc_p, "mult": args.enc_lr_mult}], lr=args.lr,
-                            betas=(0.9, 0.95), weight_decay=args.wd)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters()), lr=args.lr, betas=(0.9, 0.95))
+    set_group_hyper(opt.param_groups, args)
     # ---- continue an earlier run: full state when the --state file exists, else the saved bf16 weights
     step0, hist, segments, fresh_opt = 0, [], [], True
     if args.resume:
@@ -515,9 +583,7 @@ def main():
                 raise RuntimeError(f"resume: missing {missing[:5]} unexpected {unexpected[:5]}")
             step0 = sum(sg["steps"] for sg in segments)
             log(f"resumed from {args.resume}/model.safetensors (bf16 weights, fresh optimiser), step {step0}")
-        for pg in opt.param_groups:  # the groups' multipliers follow this run's flags
-            pg["mult"] = 1.0 if pg is opt.param_groups[0] else args.enc_lr_mult
-            pg["weight_decay"] = args.wd
+        set_group_hyper(opt.param_groups, args)  # the restored groups follow this run's flags
 
     def video_probe(tag):
         """Nearest-centroid classification of colour / shape / direction from the mean-pooled and from the
@@ -610,7 +676,10 @@ def main():
         loss_av = (tl.sum(1) / nt).mean()
         # plain text LM
         si = starts[torch.randint(len(starts), (args.text_batch,), generator=g)]
-        xt = torch.stack([tdata[i:i + SEQ + 1] for i in si.tolist()]).to(dev)
+        xt = torch.stack([tdata[i:i + SEQ + 1] for i in si.tolist()])
+        if n_bb:
+            xt[:n_bb] = bb_pool[torch.randint(len(bb_pool), (n_bb,), generator=g)]
+        xt = xt.to(dev)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=dev == "cuda"):
             xi = xt[:, :-1]
             out_t = model(input_ids=xi, attention_mask=torch.ones_like(xi),
@@ -780,6 +849,9 @@ def main():
         s = chat_prefix() + t + "<|im_end|>\n<|im_start|>assistant\n"
         x = torch.tensor([tok.encode(s).ids], device=dev)
         sinks.append(("text:" + t, dict(input_ids=x, attention_mask=torch.ones_like(x))))
+    if bb_pool is not None:
+        x = bb_pool[:1, :128].to(dev)
+        sinks.append(("bigram-backcopy", dict(input_ids=x, attention_mask=torch.ones_like(x))))
     sink_log = []
     for name, kw in sinks:
         try:
@@ -792,13 +864,20 @@ def main():
                    "first_token_argmax_channel": [int(h[0, 0].abs().argmax()) for h in hs],
                    "median_abs": [float(h[0].abs().median()) for h in hs],
                    "other_tokens_max_abs": [float(h[0, 1:].abs().max()) for h in hs]}
+            if o.attentions:  # row entropy over an even spread's (outro analyze's head_focus): 1 = uniform heads
+                n_ = int(kw["input_ids"].shape[1])
+                norm = torch.log(torch.arange(2, n_ + 1, device=dev, dtype=torch.float32))
+                ent["entropy_ratio_per_head"] = [
+                    [float(v) for v in (-(A[0, :, 1:].float().clamp_min(1e-30).log() * A[0, :, 1:].float()).sum(-1)
+                                        / norm).mean(-1)] for A in o.attentions]
             ent["first_token_max_over_median"] = [a / max(b, 1e-12) for a, b in
                                                   zip(ent["first_token_max_abs"], ent["median_abs"])]
             sink_log.append(ent)
             log(f"sinks {name}: attn->0 {[round(v, 2) for v in att0] if att0 else None} "
                 f"max|h0| {[round(v, 1) for v in ent['first_token_max_abs']]} "
                 f"max|h_other| {[round(v, 1) for v in ent['other_tokens_max_abs']]} "
-                f"max/median {[round(v) for v in ent['first_token_max_over_median']]}")
+                f"max/median {[round(v) for v in ent['first_token_max_over_median']]} "
+                f"entropy/even {[round(sum(r) / len(r), 2) for r in ent.get('entropy_ratio_per_head', [])]}")
         except Exception as e:  # noqa: BLE001
             log(f"sinks {name} failed: {e!r}")
             traceback.print_exc()
