@@ -864,6 +864,13 @@ def main():
                    "first_token_argmax_channel": [int(h[0, 0].abs().argmax()) for h in hs],
                    "median_abs": [float(h[0].abs().median()) for h in hs],
                    "other_tokens_max_abs": [float(h[0, 1:].abs().max()) for h in hs]}
+            # where the other tokens' outliers sit: Phi_LLM's sink set at a small-model threshold (10x the median)
+            # should be token 0 and a few delimiters, as in trained LLMs, not every media token
+            ids0 = kw["input_ids"][0].tolist()
+            peak = [h[0].abs().amax(-1) for h in hs]
+            ent["other_tokens_argmax"] = [(int(v[1:].argmax()) + 1, tok.id_to_token(ids0[int(v[1:].argmax()) + 1]))
+                                          for v in peak]
+            ent["tokens_over_10x_median"] = [int((v >= 10 * float(h[0].abs().median())).sum()) for v, h in zip(peak, hs)]
             if o.attentions:  # row entropy over an even spread's (outro analyze's head_focus): 1 = uniform heads
                 n_ = int(kw["input_ids"].shape[1])
                 norm = torch.log(torch.arange(2, n_ + 1, device=dev, dtype=torch.float32))
@@ -877,6 +884,7 @@ def main():
                 f"max|h0| {[round(v, 1) for v in ent['first_token_max_abs']]} "
                 f"max|h_other| {[round(v, 1) for v in ent['other_tokens_max_abs']]} "
                 f"max/median {[round(v) for v in ent['first_token_max_over_median']]} "
+                f"others' peak at {ent['other_tokens_argmax']} tokens>=10x median {ent['tokens_over_10x_median']} "
                 f"entropy/even {[round(sum(r) / len(r), 2) for r in ent.get('entropy_ratio_per_head', [])]}")
         except Exception as e:  # noqa: BLE001
             log(f"sinks {name} failed: {e!r}")
