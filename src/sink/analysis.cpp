@@ -553,8 +553,8 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
           const Focus f = head_focus(r.pattern[size_t(l)].data() + size_t(h) * r.n * r.n, r.n, r.n);
           ent[size_t(l)][size_t(h)] += f.entropy_ratio / np;
           first[size_t(l)][size_t(h)] += f.first / np;
-          if (l == 0 && h == 0) uniform += f.first_uniform / np;
         }
+      uniform += even_first_share(r.n) / np;
     }
     int near_uniform = 0;
     for (const auto& row : ent)

@@ -132,12 +132,16 @@ Focus head_focus(const float* A, int n, int cols) {
       if (row[j] > 0) h -= double(row[j]) * std::log(double(row[j]));
     f.entropy_ratio += h / std::log(double(i + 1));
     f.first += row[0];
-    f.first_uniform += 1.0 / double(i + 1);
   }
   f.entropy_ratio /= n - 1;
   f.first /= n - 1;
-  f.first_uniform /= n - 1;
   return f;
+}
+
+double even_first_share(int n) {
+  double s = 0;
+  for (int i = 1; i < n; ++i) s += 1.0 / double(i + 1);
+  return n > 1 ? s / (n - 1) : 0.0;
 }
 
 }  // namespace outro::sink

@@ -65,11 +65,14 @@ double sink_score(const float* A, int n, int cols, const std::vector<int>& sinks
 // How focused one head's pattern A[n, cols] (past = 0, causal) is, over the query rows i >= 1 (row 0
 // sees only itself): entropy_ratio = mean_i H(A[i, 0..i]) / ln(i + 1), 1 for rows that spread evenly
 // over every key they may see and 0 for rows on one key; first = mean_i A[i, 0], the attention on the
-// first token, and first_uniform = mean_i 1 / (i + 1), what an even spread puts there. A model whose
-// heads are all near 1 attends nowhere in particular and has no head that a sink could serve.
+// first token (even_first_share(n) is what an even spread puts there). A model whose heads are all
+// near 1 attends nowhere in particular and has no head that a sink could serve.
 struct Focus {
-  double entropy_ratio = 0, first = 0, first_uniform = 0;
+  double entropy_ratio = 0, first = 0;
 };
 Focus head_focus(const float* A, int n, int cols);
+
+// mean over the query rows i = 1..n-1 of 1 / (i + 1): the attention an even spread puts on the first token.
+double even_first_share(int n);
 
 }  // namespace outro::sink
