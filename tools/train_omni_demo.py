@@ -859,18 +859,20 @@ def main():
                 o = model(**kw, output_attentions=True, output_hidden_states=True)
             att0 = [float(A[0, :, 1:, 0].mean()) for A in o.attentions] if o.attentions else None
             hs = o.hidden_states[:-1]
-            ent = {"item": name, "tokens": int(kw["input_ids"].shape[1]), "attention_to_first_per_layer": att0,
-                   "first_token_max_abs": [float(h[0, 0].abs().max()) for h in hs],
-                   "first_token_argmax_channel": [int(h[0, 0].abs().argmax()) for h in hs],
-                   "median_abs": [float(h[0].abs().median()) for h in hs],
-                   "other_tokens_max_abs": [float(h[0, 1:].abs().max()) for h in hs]}
-            # where the other tokens' outliers sit: Phi_LLM's sink set at a small-model threshold (10x the median)
-            # should be token 0 and a few delimiters, as in trained LLMs, not every media token
+            # each token's largest |h| and the median |h|, per layer; token 0 vs the other tokens' peak, and how many
+            # tokens reach 10x the median (Phi_LLM's set at a small-model threshold: in trained LLMs, token 0 and a
+            # few delimiters, not every media token)
             ids0 = kw["input_ids"][0].tolist()
             peak = [h[0].abs().amax(-1) for h in hs]
-            ent["other_tokens_argmax"] = [(int(v[1:].argmax()) + 1, tok.id_to_token(ids0[int(v[1:].argmax()) + 1]))
-                                          for v in peak]
-            ent["tokens_over_10x_median"] = [int((v >= 10 * float(h[0].abs().median())).sum()) for v, h in zip(peak, hs)]
+            med = [float(h[0].abs().median()) for h in hs]
+            other = [int(v[1:].argmax()) + 1 for v in peak]
+            ent = {"item": name, "tokens": int(kw["input_ids"].shape[1]), "attention_to_first_per_layer": att0,
+                   "first_token_max_abs": [float(v[0]) for v in peak],
+                   "first_token_argmax_channel": [int(h[0, 0].abs().argmax()) for h in hs],
+                   "median_abs": med,
+                   "other_tokens_max_abs": [float(v[i]) for v, i in zip(peak, other)],
+                   "other_tokens_argmax": [(i, tok.id_to_token(ids0[i])) for i in other],
+                   "tokens_over_10x_median": [int((v >= 10 * m).sum()) for v, m in zip(peak, med)]}
             if o.attentions:  # row entropy over an even spread's (outro analyze's head_focus): 1 = uniform heads
                 n_ = int(kw["input_ids"].shape[1])
                 norm = torch.log(torch.arange(2, n_ + 1, device=dev, dtype=torch.float32))

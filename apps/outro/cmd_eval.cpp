@@ -237,10 +237,7 @@ int cmd_eval_run(int argc, char** argv) {
         fail(out, " holds results of a run with another ", k, " (", old[k].dump(), ", now ", meta[k].dump(),
              "); use another --out");
   } else if (lead) {
-    // written whole under another name and renamed: another rank that finds the file reads all of it
-    const fs::path tmp = cfg_path.string() + ".tmp";
-    std::ofstream(tmp, std::ios::trunc) << meta.dump(2) << "\n";
-    fs::rename(tmp, cfg_path);
+    eval::write_whole(cfg_path.string(), meta.dump(2) + "\n");  // another rank that finds it reads all of it
   }
   eval::ResultStore store(out, w.rank);
   eval::remove_done_marker(out, w);

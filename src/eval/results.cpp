@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "eval/runner.h"
 #include "eval/stats.h"
 
 namespace outro::eval {
@@ -264,22 +265,17 @@ void write_merged(const std::string& dir, const std::vector<Item>& items, const 
                   const SummaryConfig& cfg) {
   fs::create_directories(fs::path(dir) / "merged");
   for (auto& s : cfg.strategies) {
-    const fs::path p = fs::path(dir) / "merged" / (s + ".jsonl");
-    const fs::path tmp = p.string() + ".tmp";
-    {
-      std::ofstream f(tmp, std::ios::trunc);
-      for (int seed : cfg.seeds)
-        for (auto& it : items) {
-          auto r = recs.find(RecordKey{s, seed, it.id});
-          if (r == recs.end()) continue;
-          json j = record_to_json(r->second, it);
-          j.erase("seconds");
-          j.erase("rank");
-          f << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
-        }
-      if (!f) fail(tmp.string(), ": write failed");
-    }
-    fs::rename(tmp, p);
+    std::string text;
+    for (int seed : cfg.seeds)
+      for (auto& it : items) {
+        auto r = recs.find(RecordKey{s, seed, it.id});
+        if (r == recs.end()) continue;
+        json j = record_to_json(r->second, it);
+        j.erase("seconds");
+        j.erase("rank");
+        text += j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
+      }
+    write_whole((fs::path(dir) / "merged" / (s + ".jsonl")).string(), text);
   }
 }
 

@@ -47,14 +47,22 @@ static fs::path marker(const std::string& dir, int rank) {
   return fs::path(dir) / "ranks" / ("done.rank" + std::to_string(rank) + ".json");
 }
 
+void write_whole(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc | std::ios::binary);
+    f << text;
+    f.flush();
+    if (!f) fail(tmp, ": write failed");
+  }
+  fs::rename(tmp, path);
+}
+
 void write_done_marker(const std::string& out_dir, const World& w, bool ok, const std::string& error) {
   fs::create_directories(fs::path(out_dir) / "ranks");
-  const fs::path p = marker(out_dir, w.rank), tmp = p.string() + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << json{{"job", w.job}, {"size", w.size}, {"rank", w.rank}, {"ok", ok}, {"error", error}}.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
-  }
-  fs::rename(tmp, p);  // atomic: a reader sees no marker or a whole one
+  write_whole(marker(out_dir, w.rank).string(),
+              json{{"job", w.job}, {"size", w.size}, {"rank", w.rank}, {"ok", ok}, {"error", error}}.dump(
+                  -1, ' ', false, json::error_handler_t::replace) + "\n");
 }
 
 void remove_done_marker(const std::string& out_dir, const World& w) {

@@ -19,6 +19,10 @@ struct World {
 // From OMPI_COMM_WORLD_RANK/SIZE (also PMIX_RANK, PMI_RANK/PMI_SIZE); a single process otherwise.
 World world_from_env();
 
+// Writes text to path under another name and renames it over path: a reader, another rank too, finds
+// no file or the whole of it. Throws naming the file when the write fails.
+void write_whole(const std::string& path, const std::string& text);
+
 // ranks/done.rank{r}.json: {"job", "size", "ok", "error"}.
 void write_done_marker(const std::string& out_dir, const World& w, bool ok, const std::string& error);
 void remove_done_marker(const std::string& out_dir, const World& w);
