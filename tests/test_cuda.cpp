@@ -5,6 +5,9 @@
 // is skipped, saying why.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -268,7 +271,11 @@ TEST_F(Pair, AttentionBothKernelsEveryPolicy) {
         AttnParams p;
         p.n_heads = c.H, p.n_kv = c.KV, p.head_dim = c.hd, p.scale = 1.f / std::sqrt(float(c.hd));
         p.n_new = c.n_new, p.past = c.past;
-        p.sinkout_rows = c.sinkout.data(), p.n_sinkout = int(c.sinkout.size()), p.sinkout_end = c.sinkout_end;
+        std::vector<float> mask(size_t(c.n_new), 0.f);
+        for (int sp : c.sinkout)
+          if (sp >= c.past) mask[size_t(sp - c.past)] = 1.f;
+        Buf mb = put(*be, mask);
+        p.sinkout_mask = c.sinkout.empty() ? nullptr : mb.ptr, p.sinkout_end = c.sinkout_end;
         if (c.pattern) {
           pat[k].assign(size_t(c.H) * c.n_new * total, NAN);
           p.pattern_out = pat[k].data();
@@ -315,7 +322,10 @@ TEST_F(Pair, AttentionDecodeKernel) {
             AttnParams p;
             p.n_heads = H, p.n_kv = KV, p.head_dim = hd, p.scale = 1.f / std::sqrt(float(hd));
             p.n_new = n_new, p.past = past;
-            p.sinkout_rows = sinkout.data(), p.n_sinkout = int(sinkout.size()), p.sinkout_end = sinkout_end;
+            std::vector<float> mask(size_t(n_new), 0.f);
+            for (int sp : sinkout) mask[size_t(sp - past)] = 1.f;
+            Buf mb = put(*be, mask);
+            p.sinkout_mask = sinkout.empty() ? nullptr : mb.ptr, p.sinkout_end = sinkout_end;
             if (pattern) {
               pat[k].assign(size_t(H) * n_new * total, NAN);
               p.pattern_out = pat[k].data();
@@ -442,7 +452,6 @@ TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
       for (int i = 0; i < n; ++i) pos[size_t(i)] = past + i;
       auto x0 = randn(size_t(n) * D, 111, 2.f), a0 = randn(size_t(n) * D, 112, 2.f);
       auto kc0 = randn(size_t(past + n) * KV * hd, 113), vc0 = randn(size_t(past + n) * KV * hd, 114);
-      auto t0 = randn(size_t(D), 115, 3.f);
       // outputs: x, xn, q, k, v, kcache, vcache, gate, up, down, x after the second add + norm, its norm
       auto run = [&](Backend& be) {
         Weight G = be.weight(g1.info), Q = be.weight(wq.info), K = be.weight(wk.info), V = be.weight(wv.info);
@@ -451,7 +460,7 @@ TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
         Buf x = put(be, x0), a = put(be, a0), xn = put(be, std::vector<float>(x0.size(), NAN));
         Buf q = put(be, std::vector<float>(size_t(n) * H * hd, NAN)), k = put(be, std::vector<float>(size_t(n) * KV * hd, NAN)),
             v = put(be, std::vector<float>(size_t(n) * KV * hd, NAN));
-        Buf kc = put(be, kc0), vc = put(be, vc0), t = put(be, t0);
+        Buf kc = put(be, kc0), vc = put(be, vc0);
         Buf gate = put(be, std::vector<float>(size_t(n) * I, NAN)), up = put(be, std::vector<float>(size_t(n) * I, NAN)),
             down = put(be, std::vector<float>(size_t(n) * D, NAN));
         be.add(x, a, size_t(n) * D);
@@ -473,18 +482,6 @@ TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
         be.add(x, down, size_t(n) * D);  // the next layer's norm, in place
         be.rmsnorm(x, x, n, G, 1e-6f);
         out.push_back(get(be, x));
-        be.add(x, a, size_t(n) * D);  // OutRo's alignment of a decode row between the add and the norm
-        be.align_rows(x, n, 1, D, t, nullptr, 0.1f);
-        be.rmsnorm(xn, x, n, G, 1e-6f);
-        out.push_back(get(be, x));
-        out.push_back(get(be, xn));
-        std::vector<uint8_t> skip(static_cast<size_t>(n), 0);  // and of a prefill, the sink row skipped
-        skip[0] = 1;
-        be.add(x, a, size_t(n) * D);
-        be.align_rows(x, n, 1, D, t, skip.data(), 0.3f);
-        be.rmsnorm(xn, x, n, G, 1e-6f);
-        out.push_back(get(be, x));
-        out.push_back(get(be, xn));
         return out;
       };
       auto c = run(*cpu);
@@ -493,7 +490,7 @@ TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
       cuda_api::set_fusion(*gpu, true);
       auto f = run(*gpu);
       const char* names[] = {"x",      "xn", "q",    "k",  "v",  "kcache", "vcache",
-                             "swiglu", "up", "down", "x2", "x3", "xn3", "x4", "xn4"};
+                             "swiglu", "up", "down", "x2"};
       for (size_t i = 0; i < c.size(); ++i) {
         EXPECT_LT(rel(f[i], c[i]), 1e-4) << names[i] << " " << dtype_name(dt) << " n=" << n;
         EXPECT_LT(rel(f[i], u[i]), 1e-6) << names[i] << " fused vs unfused " << dtype_name(dt) << " n=" << n;
@@ -534,21 +531,58 @@ TEST_F(Pair, PhiLlmStatsOnGpuEqualHost) {
 TEST_F(Pair, InterventionOps) {
   const int n = 7, groups = 4, gdim = 32, D = groups * gdim;
   auto x = randn(size_t(n) * D, 51, 2.f);
-  std::vector<int> rows = {0, 3};
-  EXPECT_LT(both({x, std::vector<float>(D)}, 1,
-                 [&](Backend& be, std::vector<Buf>& b) { be.mean_rows(b[1], b[0], D, rows.data(), 2); }),
-            1e-6);
-  auto t = randn(size_t(D), 52);
-  std::vector<uint8_t> skip = {1, 0, 0, 1, 0, 0, 0};
-  for (bool use_skip : {false, true})
-    for (int g : {1, groups})
-      EXPECT_LT(both({x, t}, 0,
-                     [&](Backend& be, std::vector<Buf>& b) {
-                       be.align_rows(b[0], n, g, D / g, b[1], use_skip ? skip.data() : nullptr, 0.3f);
-                     }),
-                1e-5);
   EXPECT_EQ(both({x}, 0, [&](Backend& be, std::vector<Buf>& b) { be.zero_cols(b[0], n, D, 32, 32); }), 0.0);
   EXPECT_EQ(both({x}, 0, [&](Backend& be, std::vector<Buf>& b) { be.zero_top_dim(b[0], 2, groups, gdim); }), 0.0);
+}
+
+// OutRo's ops on the GPU against the CPU backend: detection records exactly, the sets exactly, the
+// sink value and the gated rotation within float32 rounding; the rotation counter exactly.
+TEST_F(Pair, OutroOps) {
+#ifdef OUTRO_HAVE_CUDA
+  for (auto [n, dim] : {std::pair{1, 7}, std::pair{37, 64}, std::pair{700, 896}, std::pair{4100, 3584}}) {
+    auto h = randn(size_t(n) * dim, uint64_t(n + dim), 0.5f);
+    for (int r = 0; r < n; r += 13) h[size_t(r) * dim + size_t(r % dim)] = r % 2 ? -900.f : 1200.f;
+    std::vector<float> rec[2];
+    int k = 0;
+    for (Backend* be : {cpu.get(), gpu.get()}) {
+      Buf hb = put(*be, h), rb = put(*be, std::vector<float>(size_t(n) + 4, NAN));
+      be->phi_detect(rb, hb, n, dim, 100.f, 1000.f);
+      rec[k++] = get(*be, rb);
+    }
+    EXPECT_EQ(rec[1], rec[0]) << n << "x" << dim;
+    EXPECT_GT(rec[0][size_t(n) + 2], 0.f);
+    std::vector<float> done(size_t(n), 0.f), cum(size_t(n), 0.f);
+    for (int i = 0; i < n; i += 26) done[size_t(i)] = 1.f;
+    for (bool enhance : {true, false})
+      for (int out : {0, 1, 2})
+        EXPECT_EQ(both({std::vector<float>(size_t(n), NAN), done, cum, rec[0]}, size_t(out),
+                       [&](Backend& be, std::vector<Buf>& b) { be.outro_sets(b[0], b[1], b[2], b[3], n, enhance, true); }),
+                  0.0);
+  }
+  const int n = 300, H = 28, KV = 4, hd = 128, vdim = KV * hd;
+  auto v = randn(size_t(n) * vdim, 81);
+  std::vector<float> flags(size_t(n), 0.f);
+  flags[0] = flags[7] = flags[250] = 1.f;
+  EXPECT_LT(both({std::vector<float>(size_t(vdim) + 3, NAN), v, flags}, 0,
+                 [&](Backend& be, std::vector<Buf>& b) { be.masked_mean(b[0], b[1], n, vdim, b[2]); }),
+            1e-6);
+  auto z = randn(size_t(n) * H * hd, 82);
+  std::vector<float> vbar = randn(size_t(vdim) + 3, 83);
+  vbar[size_t(vdim)] = 3.f;
+  for (bool rescale : {true, false})
+    for (bool ex : {true, false}) {
+      EXPECT_LT(both({z, vbar, flags, std::vector<float>{0.f}}, 0,
+                     [&](Backend& be, std::vector<Buf>& b) {
+                       be.gate_heads(b[0], n, H, KV, hd, b[1], ex ? &b[2] : nullptr, n, 3.f, 0.1f, rescale, b[3]);
+                     }),
+                2e-6);
+      EXPECT_EQ(both({z, vbar, flags, std::vector<float>{0.f}}, 3,
+                     [&](Backend& be, std::vector<Buf>& b) {
+                       be.gate_heads(b[0], n, H, KV, hd, b[1], ex ? &b[2] : nullptr, n, 3.f, 0.1f, rescale, b[3]);
+                     }),
+                0.0);
+    }
+#endif
 }
 
 TEST_F(Pair, EncoderOps) {
@@ -629,9 +663,12 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
     const int V = m->config().vocab;
     std::vector<int32_t> ids;
     for (int i = 0; i < 70; ++i) ids.push_back(int32_t((i * 37 + 11) % V));
-    for (int with_outro : {0, 1, 2}) {  // 2: sinks chosen by Φ_LLM (on the GPU for the CUDA backend)
+    // 1: OutRo with sinks given (override); 2: Φ_LLM at a low threshold, so that every layer has its
+    // own set (on the GPU for the CUDA backend; float32 only, where both backends see the same h).
+    for (int with_outro : {0, 1, 2}) {
+      if (with_outro == 2 && dt != DType::F32) continue;
       std::vector<float> res[2], steps[2];
-      std::vector<int> chosen[2];
+      std::vector<std::vector<int>> chosen[2];
       std::vector<float> pat[2];
       auto cpu = make_cpu_backend();
       std::string why;
@@ -650,8 +687,10 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
         std::unique_ptr<OutRo> o;
         if (with_outro) {
           OutroParams p = outro_preset("outro");
-          p.l_out = 1, p.auto_sinks = with_outro == 2, p.sinks = {0, 5};
-          if (with_outro == 2) p.tau_abs = 0.0, p.tau_rel = 0.0;  // every row passes: the set is all of them
+          p.decode = DecodeGating::On;
+          p.apply_interval = 2;
+          if (with_outro == 1) p.override_sinks = {0, 5};
+          if (with_outro == 2) p.abs_thr = 0.0, p.med_mul = 4.0;
           o = std::make_unique<OutRo>(p);
           sess.add_intervention(o.get());
         }
@@ -664,7 +703,7 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
           const float* last = logits.data() + (ids.size() - 1) * size_t(V);
           EXPECT_EQ(last[am], *std::max_element(last, last + V)) << be->name();
         }
-        if (o) chosen[k] = o->sinks();
+        if (o) chosen[k] = o->layer_sinks();
         pat[k] = rec.get(hook_name(1, Hook::Pattern))->data;
         sess.clear_observers();
         for (int t = 0; t < 4; ++t) {
@@ -675,6 +714,12 @@ TEST(CudaForward, PrefillDecodeHooksAndOutRoMatchCpu) {
         ++k;
       }
       EXPECT_EQ(chosen[1], chosen[0]) << "outro=" << with_outro;
+      if (with_outro == 2) {
+        size_t total = 0;
+        for (const auto& l : chosen[0]) total += l.size();
+        EXPECT_GT(total, 0u);
+        EXPECT_NE(chosen[0][0], chosen[0][1]);  // the layers' sets differ
+      }
       const double tol = dt == DType::F32 ? 1e-4 : 5e-2;
       std::printf("  forward %s outro=%d: prefill logits rel err %.2e, decode %.2e, pattern max abs %.2e\n",
                   dtype_name(dt), int(with_outro), rel(res[1], res[0]), rel(steps[1], steps[0]),
@@ -709,6 +754,46 @@ TEST(CudaForward, TransformersFixtures) {
         rel(logits, read_f32(ref->get(dt != DType::F32 && ref->has("logits_f32math") ? "logits_f32math" : "logits")));
     std::printf("  fixture %s (%s): logits rel err %.2e\n", name, dtype_name(dt), e);
     EXPECT_LT(e, dt == DType::F32 ? 1e-4 : 5e-2) << name;
+  }
+}
+
+// OutRo as released on the GPU: every preset's prompt and decode-step logits against the reference
+// fixtures (tools/outro_fixtures.py), the per-layer sink sets equal the CPU backend's, and a prompt
+// without sinks is bit-identical to the plain model on the GPU too.
+TEST(CudaForward, OutroReleaseFixtures) {
+  NEED_GPU();
+  for (const char* name : {"q14_gqa", "q8_mha"}) {
+    const std::string dir = test::fixture(std::string("outro_release/") + name);
+    auto m = Model::load(dir);
+    auto ref = WeightStore::open(dir + "/ref.safetensors");
+    std::ifstream meta_in(dir + "/ref.json");
+    const auto meta = nlohmann::json::parse(meta_in);
+    const auto ids = meta["ids"].get<std::vector<int32_t>>(), quiet = meta["nosink_ids"].get<std::vector<int32_t>>();
+    const auto steps = meta["steps"].get<std::vector<int32_t>>();
+    std::string why;
+    auto gpu = make_cuda_backend(0, &why);
+    ASSERT_TRUE(gpu) << why;
+    for (const std::string& preset : outro_preset_names()) {
+      OutRo o(outro_preset(preset));
+      Session s(*m, *gpu, 40);
+      s.add_intervention(&o);
+      std::vector<float> lg;
+      s.forward(ids, &lg, true);
+      EXPECT_LT(rel(lg, read_f32(ref->get(preset + ".prompt"))), 1e-4) << name << " " << preset;
+      for (size_t i = 0; i < steps.size(); ++i) {
+        s.forward(&steps[i], 1, &lg);
+        EXPECT_LT(rel(lg, read_f32(ref->get(preset + ".step" + std::to_string(i)))), 1e-4) << name << " " << preset;
+      }
+      EXPECT_EQ(o.layer_sinks(), meta["presets"][preset]["sinks"].get<std::vector<std::vector<int>>>()) << name;
+      Session q(*m, *gpu, 40), b(*m, *gpu, 40);
+      q.add_intervention(&o);
+      std::vector<float> a, c;
+      q.forward(quiet, &a, true);
+      b.forward(quiet, &c, true);
+      ASSERT_EQ(a.size(), c.size());
+      EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * 4), 0) << name << " " << preset << " no-sink prompt";
+      EXPECT_FALSE(o.any_sink());
+    }
   }
 }
 

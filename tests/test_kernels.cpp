@@ -362,7 +362,8 @@ TEST_F(BackendTest, RopeEmbedAndZeroCols) {
 
 // Reference attention: causal rows, sink-out rows that see keys [0, sinkout_end).
 void ref_attention(const std::vector<float>& q, const std::vector<float>& kc, const std::vector<float>& vc,
-                   const AttnParams& p, std::vector<double>& z, std::vector<double>& pattern) {
+                   const AttnParams& p, const std::vector<int>& sinks, std::vector<double>& z,
+                   std::vector<double>& pattern) {
   const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, total = p.past + p.n_new;
   z.assign(size_t(p.n_new * H * hd), 0.0);
   pattern.assign(size_t(H * p.n_new * total), 0.0);
@@ -370,7 +371,7 @@ void ref_attention(const std::vector<float>& q, const std::vector<float>& kc, co
     for (int r = 0; r < p.n_new; ++r) {
       const int pos = p.past + r, kvh = h / (H / KV);
       bool sink = false;
-      for (int k = 0; k < p.n_sinkout; ++k) sink |= p.sinkout_rows[k] == pos;
+      for (int sp : sinks) sink |= sp == pos;
       const int nk = sink ? std::max(pos + 1, std::min(p.sinkout_end, total)) : pos + 1;
       std::vector<double> s(static_cast<size_t>(nk));
       double mx = -1e300;
@@ -421,15 +422,18 @@ TEST_F(BackendTest, AttentionCausalSinkoutAndPattern) {
       p.scale = 1.f / std::sqrt(float(cs.hd));
       p.n_new = cs.n_new;
       p.past = cs.past;
-      p.sinkout_rows = cs.sink.empty() ? nullptr : cs.sink.data();
-      p.n_sinkout = int(cs.sink.size());
+      // The rows of the listed absolute positions are flagged in the mask (backend memory).
+      std::vector<float> mask(size_t(cs.n_new), 0.f);
+      for (int sp : cs.sink) mask[size_t(sp - cs.past)] = 1.f;
+      Buf mb = keep(put(mask));
+      p.sinkout_mask = cs.sink.empty() ? nullptr : mb.ptr;
       p.sinkout_end = cs.sink_end;
       std::vector<float> pattern(size_t(cs.H * cs.n_new * total), -1.f);
       p.pattern_out = pattern.data();
       Buf qb = keep(put(q)), kb = keep(put(kc)), vb = keep(put(vc)), zb = keep(be->alloc(q.size()));
       be->attention(zb, qb, kb, vb, p);
       std::vector<double> rz, rp;
-      ref_attention(q, kc, vc, p, rz, rp);
+      ref_attention(q, kc, vc, p, cs.sink, rz, rp);
       EXPECT_LT(rel(get(zb), rz), 1e-5);
       EXPECT_LT(rel(pattern, rp), 1e-5);
       for (size_t i = 0; i < rp.size(); ++i) {
@@ -449,32 +453,6 @@ TEST_F(BackendTest, AttentionCausalSinkoutAndPattern) {
 TEST_F(BackendTest, InterventionOps) {
   const int n = 4, groups = 3, gdim = 10;
   const auto x = randn(size_t(n * groups * gdim), 61);
-  const auto t = randn(size_t(groups * gdim), 62);
-  const uint8_t skip[n] = {0, 1, 0, 0};
-  const float lambda = 0.3f;
-  Buf xb = keep(put(x)), tb = keep(put(t));
-  be->align_rows(xb, n, groups, gdim, tb, skip, lambda);
-  std::vector<double> ref(x.begin(), x.end());
-  for (int i = 0; i < n; ++i) {
-    if (skip[i]) continue;
-    for (int g = 0; g < groups; ++g) {
-      double nv = 0, nt = 0;
-      const size_t o = size_t((i * groups + g) * gdim);
-      for (int c = 0; c < gdim; ++c) {
-        nv += double(x[o + size_t(c)]) * x[o + size_t(c)];
-        nt += double(t[size_t(g * gdim + c)]) * t[size_t(g * gdim + c)];
-      }
-      std::vector<double> m(static_cast<size_t>(gdim));
-      double nm = 0;
-      for (int c = 0; c < gdim; ++c) {
-        m[size_t(c)] = (1 - lambda) * x[o + size_t(c)] / std::sqrt(nv) + lambda * t[size_t(g * gdim + c)] / std::sqrt(nt);
-        nm += m[size_t(c)] * m[size_t(c)];
-      }
-      for (int c = 0; c < gdim; ++c) ref[o + size_t(c)] = m[size_t(c)] / std::sqrt(nm) * std::sqrt(nv);
-    }
-  }
-  EXPECT_LT(rel(get(xb), ref), 1e-5);
-
   Buf yb = keep(put(x));
   be->zero_top_dim(yb, 2, groups, gdim);
   std::vector<float> want = x;
@@ -487,14 +465,100 @@ TEST_F(BackendTest, InterventionOps) {
   }
   EXPECT_EQ(get(yb), want);
 
-  const int dim = groups * gdim;
-  const int rows[3] = {0, 2, 3};
-  Buf mb = keep(be->alloc(size_t(dim)));
-  be->mean_rows(mb, keep(put(x)), dim, rows, 3);
-  std::vector<double> mref(size_t(dim), 0.0);
-  for (int r : rows)
-    for (int c = 0; c < dim; ++c) mref[size_t(c)] += x[size_t(r * dim + c)] / 3.0;
-  EXPECT_LT(rel(get(mb), mref), 1e-6);
+}
+
+// OutRo's ops against their contracts (backend.h), computed here from method.md's formulas.
+TEST_F(BackendTest, OutroOps) {
+  // phi_detect: rows 1 and 4 carry massive channels; 200 values of N(0, 1) otherwise.
+  const int n = 8, dim = 25;
+  auto h = randn(size_t(n * dim), 71);
+  h[size_t(1 * dim + 3)] = -2000.f;
+  h[size_t(4 * dim + 7)] = 800.f;
+  Buf rb = keep(be->alloc(size_t(n + 4)));
+  std::vector<float> sorted;
+  for (float v : h) sorted.push_back(std::fabs(v));
+  std::sort(sorted.begin(), sorted.end());
+  const float med = sorted[(sorted.size() - 1) / 2];
+  for (auto [abs_thr, mul] : {std::pair{100.f, 1000.f}, std::pair{1000.f, 1.f}, std::pair{5000.f, 1.f}}) {
+    be->phi_detect(rb, keep(put(h)), n, dim, abs_thr, mul);
+    const auto rec = get(rb);
+    const float tau = std::max(abs_thr, mul * med);
+    int count = 0;
+    for (int i = 0; i < n; ++i) {
+      float mx = 0;
+      for (int c = 0; c < dim; ++c) mx = std::max(mx, std::fabs(h[size_t(i * dim + c)]));
+      EXPECT_EQ(rec[size_t(i)], mx >= tau ? 1.f : 0.f) << i;
+      count += mx >= tau;
+    }
+    EXPECT_EQ(rec[n], tau);
+    EXPECT_EQ(rec[n + 1], med);
+    EXPECT_EQ(rec[n + 2], float(count));
+    EXPECT_EQ(rec[n + 3], 2000.f);
+    EXPECT_EQ(count, abs_thr == 100.f ? 2 : abs_thr == 1000.f ? 1 : 0);
+  }
+  // outro_sets: enhancement skips what is done (apply_once) and the cumulative set only grows.
+  std::vector<float> rec = {1, 0, 1, 1, 0, 0, 0, 0}, done = {0, 0, 1, 0, 0, 0, 0, 0}, cum = {0, 1, 0, 0, 0, 0, 0, 0};
+  Buf eb = keep(be->alloc(size_t(n))), db = keep(put(done)), cb = keep(put(cum)), recb = keep(put(rec));
+  be->outro_sets(eb, db, cb, recb, n, true, true);
+  EXPECT_EQ(get(eb), (std::vector<float>{1, 0, 0, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(get(db), (std::vector<float>{1, 0, 1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(get(cb), (std::vector<float>{1, 1, 1, 1, 0, 0, 0, 0}));
+  be->outro_sets(eb, db, cb, recb, n, false, true);
+  EXPECT_EQ(get(eb), std::vector<float>(size_t(n), 0.f));
+  // masked_mean: rows 0, 2, 3; with no flagged row, zeros and a count of 0.
+  const int KV = 2, hd = 12, vdim = KV * hd, H = 6;
+  const auto v = randn(size_t(n * vdim), 72);
+  Buf mb = keep(be->alloc(size_t(vdim + 3)));
+  be->masked_mean(mb, keep(put(v)), n, vdim, recb);
+  auto mean = get(mb);
+  for (int c = 0; c < vdim; ++c)
+    EXPECT_NEAR(mean[size_t(c)], (v[size_t(c)] + v[size_t(2 * vdim + c)] + v[size_t(3 * vdim + c)]) / 3.0, 1e-6);
+  EXPECT_EQ(mean[size_t(vdim)], 3.f);
+  Buf none = keep(put(std::vector<float>(size_t(n), 0.f)));
+  Buf mz = keep(be->alloc(size_t(vdim + 3)));
+  be->masked_mean(mz, keep(put(v)), n, vdim, none);
+  EXPECT_EQ(get(mz), std::vector<float>(size_t(vdim + 3), 0.f));
+  // gate_heads against the formula; rows 1 and 3 excluded; the counter counts c > 0.
+  std::vector<float> vbar(size_t(vdim + 3), 0.f);
+  const auto vv = randn(size_t(vdim), 73);
+  std::copy(vv.begin(), vv.end(), vbar.begin());
+  vbar[size_t(vdim)] = 2.f;
+  const auto z = randn(size_t(n * H * hd), 74);
+  const std::vector<float> excl = {0, 1, 0, 1};
+  for (bool rescale : {true, false}) {
+    Buf zb = keep(put(z)), vb = keep(put(vbar)), xb = keep(put(excl));
+    Buf ctr = keep(put(std::vector<float>{5.f}));
+    be->gate_heads(zb, n, H, KV, hd, vb, &xb, 4, 3.f, 0.1f, rescale, ctr);
+    const auto got = get(zb);
+    int pos = 0;
+    for (int i = 0; i < n; ++i)
+      for (int hh = 0; hh < H; ++hh) {
+        const float* o = &z[size_t((i * H + hh) * hd)];
+        const float* t = &vv[size_t((hh / (H / KV)) * hd)];
+        double oo = 0, tt = 0, ot = 0;
+        for (int c = 0; c < hd; ++c) oo += double(o[c]) * o[c], tt += double(t[c]) * t[c], ot += double(o[c]) * t[c];
+        const bool ex = i < 4 && excl[size_t(i)] != 0.f;
+        const double cs = ot / std::sqrt(oo * tt), g = std::tanh(std::max(cs, 0.0) / 0.1);
+        pos += !ex && cs > 0;
+        std::vector<double> w(static_cast<size_t>(hd));
+        double ww = 0;
+        for (int c = 0; c < hd; ++c) {
+          w[size_t(c)] = ex ? o[c] : o[c] + g * 3.0 * std::fabs(ot) / (tt + 1e-8) * t[c];
+          ww += w[size_t(c)] * w[size_t(c)];
+        }
+        for (int c = 0; c < hd; ++c) {
+          const double want = !ex && rescale ? w[size_t(c)] * std::sqrt(oo) / (std::sqrt(ww) + 1e-8) : w[size_t(c)];
+          ASSERT_NEAR(got[size_t((i * H + hh) * hd + c)], want, 1e-5 * (1 + std::fabs(want))) << i << " " << hh;
+        }
+      }
+    EXPECT_EQ(get(ctr)[0], 5.f + float(pos));
+    EXPECT_GT(pos, 0);
+  }
+  // A sink count of 0: nothing changes.
+  vbar[size_t(vdim)] = 0.f;
+  Buf zb = keep(put(z)), vb = keep(put(vbar));
+  be->gate_heads(zb, n, H, KV, hd, vb, nullptr, 0, 3.f, 0.1f, true, Buf{});
+  EXPECT_EQ(get(zb), z);
 }
 
 }  // namespace

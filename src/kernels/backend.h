@@ -28,15 +28,15 @@ struct Weight {
 };
 
 // Attention over a KV cache for n_new query rows at absolute positions past .. past+n_new-1.
-// Mask policy: causal, except the listed sink-out rows (absolute positions) that see keys
-// [0, sinkout_end) — OutRo's non-causal sink rows — without building an N x N mask.
+// Mask policy: causal, except the sink-out rows flagged in sinkout_mask (backend memory, n_new floats,
+// nonzero: row r sees keys [0, sinkout_end)) — OutRo's sink enhancement — without an N x N mask.
+// The flags live on the device, so the host need not know which rows they are.
 struct AttnParams {
   int n_heads = 0, n_kv = 0, head_dim = 0;
   float scale = 1.f;
   int n_new = 0;
   int past = 0;
-  const int* sinkout_rows = nullptr;  // host array, sorted ascending
-  int n_sinkout = 0;
+  const void* sinkout_mask = nullptr;  // backend memory [n_new] floats, or null: plain causal
   int sinkout_end = 0;
   float* pattern_out = nullptr;  // host [n_heads, n_new, past + n_new] when an observer asks
   // Encoder attention (vision and audio towers). When causal is false (with past == 0), row i sees
@@ -81,12 +81,25 @@ class Backend {
   virtual void add(Buf y, const Buf& x, size_t n) = 0;
 
   // Interventions' ops.
-  // out[c] = mean over the listed rows of x[row, c]; x is [*, dim]
-  virtual void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) = 0;
-  // For each row i of x[n, groups, gdim] with skip[i] == 0 and each group g:
-  //   x ← |x|·normalize((1−λ)·x/|x| + λ·t_g/|t_g|), t = target[groups, gdim]
-  virtual void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
-                          float lambda) = 0;
+  // OutRo (src/outro). Flag buffers hold 0 or 1 per row, as floats in backend memory.
+  // Φ_LLM of the rows h[n, dim]: rec[i] = 1 when max_c |h[i,c]| >= tau, else 0 (i < n), with
+  // tau = max(abs_thr, med_mul * m) and m the ((n·dim − 1) / 2)-th smallest |h| (the lower median);
+  // then rec[n] = tau, rec[n+1] = m, rec[n+2] = the number of sinks, rec[n+3] = the largest max|h|.
+  virtual void phi_detect(Buf rec, const Buf& h, int n, int dim, float abs_thr, float med_mul) = 0;
+  // The per-prompt sets after a layer's detection rec (flags [n]): enh[i] = rec[i] && !done[i] when
+  // `enhance`, else 0; then done[i] |= enh[i] when `once`; cum[i] |= rec[i].
+  virtual void outro_sets(Buf enh, Buf done, Buf cum, const Buf& rec, int n, bool enhance, bool once) = 0;
+  // out[c] = mean over the rows i < n with flags[i] != 0 of x[i, c] (c < dim); out[dim] = how many
+  // rows that is (none: out[0 .. dim) = 0).
+  virtual void masked_mean(Buf out, const Buf& x, int n, int dim, const Buf& flags) = 0;
+  // OutRo's gated rotation of the per-head outputs z[n, heads, hd] toward v = vbar[kv_heads, hd]
+  // (head h reads KV head h / (heads / kv_heads)); nothing when vbar[kv_heads·hd] (the sink count)
+  // is 0, and rows i < excl_n with excl[i] != 0 are left alone (excl may be null). Per (row, head):
+  // c = cos(o, v); g = tanh(relu(c) / temp); p = |o·v| / (|v|² + 1e-8) v; o' = o + g·gamma·p;
+  // with rescale o' ← o' |o| / (|o'| + 1e-8). Norms in the cosine use max(|x|, 1e-12).
+  // counter (one float, or null) is increased by the number of (row, head) outputs with c > 0.
+  virtual void gate_heads(Buf z, int n, int heads, int kv_heads, int hd, const Buf& vbar, const Buf* excl,
+                          int excl_n, float gamma, float temp, bool rescale, Buf counter) = 0;
   // x[i, col0 .. col0+ncols) = 0 for every row i of x[n, row_len]
   virtual void zero_cols(Buf x, int n, int row_len, int col0, int ncols) = 0;
   // In row `row` of x[*, groups, gdim]: for each group, zero the channel with the largest |value|.

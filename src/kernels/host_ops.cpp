@@ -120,6 +120,127 @@ void avgpool_rows(float* y, const float* x, int n, int dim, int k) {
   }
 }
 
+
+namespace {
+// The k-th smallest (0-based) of |h[i]| over n values, exactly, in two counting passes: the bit
+// pattern of a non-negative float orders like its value, so select on the top 16 bits, then on the
+// low 16 bits among the values that share the top half.
+float kth_abs(const float* h, size_t n, size_t k) {
+  auto bits = [](float v) {
+    uint32_t b;
+    std::memcpy(&b, &v, 4);
+    return b & 0x7fffffffu;
+  };
+  std::vector<uint32_t> hist(65536, 0);
+  for (size_t i = 0; i < n; ++i) ++hist[bits(h[i]) >> 16];
+  uint32_t hi = 0;
+  for (size_t acc = 0;; ++hi) {
+    if (acc + hist[hi] > k) {
+      k -= acc;
+      break;
+    }
+    acc += hist[hi];
+  }
+  std::fill(hist.begin(), hist.end(), 0u);
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t b = bits(h[i]);
+    if ((b >> 16) == hi) ++hist[b & 0xffffu];
+  }
+  uint32_t lo = 0;
+  for (size_t acc = 0;; ++lo) {
+    if (acc + hist[lo] > k) break;
+    acc += hist[lo];
+  }
+  const uint32_t b = (hi << 16) | lo;
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+}  // namespace
+
+float phi_stats(const float* h, int n, int dim, float* row_max) {
+  const size_t N = size_t(n) * size_t(dim);
+  if (N == 0) return 0.f;
+  for (int i = 0; i < n; ++i) {
+    float m = 0.f;
+    const float* row = h + size_t(i) * dim;
+    for (int c = 0; c < dim; ++c) m = std::max(m, std::fabs(row[c]));
+    row_max[i] = m;
+  }
+  return kth_abs(h, N, (N - 1) / 2);
+}
+
+void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul) {
+  std::vector<float> mx(size_t(std::max(n, 0)));
+  const float m = phi_stats(h, n, dim, mx.data());
+  const float tau = std::max(abs_thr, med_mul * m);
+  int count = 0;
+  float top = 0.f;
+  for (int i = 0; i < n; ++i) {
+    rec[i] = mx[size_t(i)] >= tau ? 1.f : 0.f;
+    count += rec[i] != 0.f;
+    top = std::max(top, mx[size_t(i)]);
+  }
+  rec[n] = tau, rec[n + 1] = m, rec[n + 2] = float(count), rec[n + 3] = top;
+}
+
+void outro_sets(float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once) {
+  for (int i = 0; i < n; ++i) {
+    const bool s = rec[i] != 0.f;
+    enh[i] = enhance && s && done[i] == 0.f ? 1.f : 0.f;
+    if (once && enh[i] != 0.f) done[i] = 1.f;
+    if (s) cum[i] = 1.f;
+  }
+}
+
+void masked_mean(float* out, const float* x, int n, int dim, const float* flags) {
+  std::vector<double> acc(size_t(dim), 0.0);
+  int count = 0;
+  for (int i = 0; i < n; ++i) {
+    if (flags[i] == 0.f) continue;
+    ++count;
+    const float* r = x + size_t(i) * dim;
+    for (int c = 0; c < dim; ++c) acc[size_t(c)] += r[c];
+  }
+  for (int c = 0; c < dim; ++c) out[c] = count ? float(acc[size_t(c)] / count) : 0.f;
+  out[dim] = float(count);
+}
+
+void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl, int excl_n,
+                float gamma, float temp, bool rescale, float* counter) {
+  if (vbar[size_t(kv_heads) * hd] == 0.f) return;
+  const int group = heads / kv_heads;
+  long rotated = 0;
+  for (int i = 0; i < n; ++i) {
+    if (excl && i < excl_n && excl[i] != 0.f) continue;
+    for (int h = 0; h < heads; ++h) {
+      float* o = z + (size_t(i) * heads + h) * hd;
+      const float* v = vbar + size_t(h / group) * hd;
+      double oo = 0, vv = 0, ov = 0;
+      for (int c = 0; c < hd; ++c) {
+        oo += double(o[c]) * o[c];
+        vv += double(v[c]) * v[c];
+        ov += double(o[c]) * v[c];
+      }
+      const double no = std::sqrt(oo), nv = std::sqrt(vv);
+      const double cs = ov / (std::max(no, 1e-12) * std::max(nv, 1e-12));
+      const double g = std::tanh(std::max(cs, 0.0) / temp);
+      rotated += cs > 0;
+      const double coef = g * gamma * std::fabs(ov) / (vv + 1e-8);
+      double nn = 0;
+      for (int c = 0; c < hd; ++c) {
+        o[c] = float(o[c] + coef * v[c]);
+        nn += double(o[c]) * o[c];
+      }
+      if (rescale) {
+        const double s = no / (std::sqrt(nn) + 1e-8);
+        for (int c = 0; c < hd; ++c) o[c] = float(o[c] * s);
+      }
+    }
+  }
+  if (counter) *counter += float(rotated);
+}
+
 }  // namespace outro::host
 
 namespace outro {

@@ -1,5 +1,5 @@
-// Host (float32) reference implementations of the encoder ops of Backend: layernorm, gelu,
-// sectioned rotary, im2col for 1-D convolutions, row gather and row average pooling. The CPU backend calls them directly; other backends fall back to them
+// Host (float32) implementations of Backend ops: the encoder ops (layernorm, gelu, sectioned
+// rotary, im2col for 1-D convolutions, row gather and row average pooling) and OutRo's ops. The CPU backend calls them directly; other backends fall back to them
 // (download, compute, upload) until they have their own kernels.
 #pragma once
 #include <cstddef>
@@ -19,6 +19,15 @@ void im2col1d(float* cols, const float* x, int channels, int kernel, int stride,
               int n_segments);
 void gather_rows(float* y, const float* x, int dim, const int32_t* idx, int n);
 void avgpool_rows(float* y, const float* x, int n, int dim, int k);
+// Φ_LLM's statistics of h[n, dim]: row_max[i] = max_c |h[i,c]|, and the ((n·dim − 1) / 2)-th
+// smallest |h| (the lower median), found exactly by counting, returned.
+float phi_stats(const float* h, int n, int dim, float* row_max);
+// OutRo's ops, with the contracts of Backend::phi_detect, outro_sets, masked_mean, gate_heads.
+void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul);
+void outro_sets(float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once);
+void masked_mean(float* out, const float* x, int n, int dim, const float* flags);
+void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl, int excl_n,
+                float gamma, float temp, bool rescale, float* counter);
 // A weight as float32 on the host (from the checkpoint bytes it came from).
 void weight_f32(const Weight& w, float* out);
 

@@ -140,9 +140,10 @@ json parse_toml(const std::string& text, Where& w) {
 }
 
 const std::vector<std::string>& known_keys() {
-  static const std::vector<std::string> k = {"strategy", "preset",     "l_out",  "sinks",        "tau_abs",
-                                             "tau_rel",  "sinkout",    "sinkout_end", "align", "align_target",
-                                             "lambda",   "align_layers"};
+  static const std::vector<std::string> k = {
+      "strategy", "preset",  "start_layer", "end_layer", "apply_interval",   "apply_once",    "abs_thr",
+      "med_mul",  "gamma",   "temp",        "rescale",   "enhance",          "gate",          "enable_relu_tanh",
+      "decode_gating", "override_sinks"};
   return k;
 }
 
@@ -198,57 +199,56 @@ OutroParams apply(const json& obj, const Where& w, const OutroParams& base, bool
     if (!obj.at(key).is_boolean()) bad(key, "true or false");
     return obj.at(key).get<bool>();
   };
-  if (obj.contains("l_out")) p.l_out = integer("l_out", 0, "a layer index (integer >= 0)");
-  if (obj.contains("sinks")) {
-    const json& v = obj.at("sinks");
-    if (v.is_string() && v.get<std::string>() == "auto") {
-      p.auto_sinks = true;
-      p.sinks.clear();
-    } else if (v.is_array() && !v.empty()) {
-      p.auto_sinks = false;
-      p.sinks.clear();
-      for (const auto& e : v) {
-        if (!e.is_number_integer() || e.get<long long>() < 0 || e.get<long long>() > 1000000000LL)
-          bad("sinks", "\"auto\" or a non-empty list of prompt positions (integers >= 0)");
-        p.sinks.push_back(int(e.get<long long>()));
-      }
-    } else {
-      bad("sinks", "\"auto\" or a non-empty list of prompt positions (integers >= 0)");
-    }
-  }
-  if (obj.contains("tau_abs")) p.tau_abs = number("tau_abs", 0, 1e30, "a number >= 0");
-  if (obj.contains("tau_rel")) p.tau_rel = number("tau_rel", 0, 1e30, "a number >= 0");
-  if (obj.contains("sinkout")) p.sinkout = boolean("sinkout");
-  if (obj.contains("sinkout_end")) {
-    const json& v = obj.at("sinkout_end");
-    if (v.is_string() && v.get<std::string>() == "prompt")
-      p.sinkout_end = 0;
+  if (obj.contains("gate") && obj.contains("enable_relu_tanh"))
+    fail(w.source, ": keys 'gate' and 'enable_relu_tanh' name the same thing; set only one");
+  if (obj.contains("start_layer")) p.start_layer = integer("start_layer", 0, "a layer index (integer >= 0)");
+  if (obj.contains("end_layer")) {
+    const json& v = obj.at("end_layer");
+    if (v.is_string() && v.get<std::string>() == "auto")
+      p.end_layer = -1;
     else
-      p.sinkout_end = integer("sinkout_end", 0, "a position > 0, or 0 or \"prompt\" for the prompt length");
+      p.end_layer = integer("end_layer", 0, "a layer index (integer >= 0, exclusive), or \"auto\" (L - 2)");
   }
-  if (obj.contains("align")) p.align = boolean("align");
-  if (obj.contains("align_target")) {
-    const json& v = obj.at("align_target");
+  if (obj.contains("apply_interval")) {
+    const json& v = obj.at("apply_interval");
+    if (v.is_string() && v.get<std::string>() == "auto")
+      p.apply_interval = 0;
+    else
+      p.apply_interval = integer("apply_interval", 1, "an integer >= 1, or \"auto\" (max(1, L // 7))");
+  }
+  if (obj.contains("apply_once")) p.apply_once = boolean("apply_once");
+  if (obj.contains("abs_thr")) p.abs_thr = number("abs_thr", 0, 1e30, "a number >= 0");
+  if (obj.contains("med_mul")) p.med_mul = number("med_mul", 0, 1e30, "a number >= 0");
+  if (obj.contains("gamma")) p.gamma = float(number("gamma", -1e6, 1e6, "a finite number"));
+  if (obj.contains("temp")) {
+    const json& v = obj.at("temp");
+    if (!v.is_number() || !(v.get<double>() > 0) || !std::isfinite(v.get<double>())) bad("temp", "a number > 0");
+    p.temp = float(v.get<double>());
+  }
+  if (obj.contains("rescale")) p.rescale = boolean("rescale");
+  if (obj.contains("enhance")) p.enhance = boolean("enhance");
+  if (obj.contains("gate")) p.gate = boolean("gate");
+  if (obj.contains("enable_relu_tanh")) p.gate = boolean("enable_relu_tanh");
+  if (obj.contains("decode_gating")) {
+    const json& v = obj.at("decode_gating");
     const std::string s = v.is_string() ? v.get<std::string>() : "";
-    if (s == "hidden")
-      p.target = AlignTarget::Hidden;
-    else if (s == "value")
-      p.target = AlignTarget::Value;
+    if (s == "official")
+      p.decode = DecodeGating::Official;
+    else if (s == "on")
+      p.decode = DecodeGating::On;
+    else if (s == "off")
+      p.decode = DecodeGating::Off;
     else
-      bad("align_target", "\"hidden\" or \"value\"");
+      bad("decode_gating", "\"official\", \"on\" or \"off\"");
   }
-  if (obj.contains("lambda")) p.lambda = float(number("lambda", 0, 1, "a number in [0, 1]"));
-  if (obj.contains("align_layers")) {
-    const json& v = obj.at("align_layers");
-    if (v.is_string() && v.get<std::string>() == "auto") {
-      p.align_begin = p.align_end = -1;
-    } else if (v.is_array() && v.size() == 2 && v[0].is_number_integer() && v[1].is_number_integer() &&
-               v[0].get<long long>() >= 0 && v[1].get<long long>() >= v[0].get<long long>() &&
-               v[1].get<long long>() <= 1000000000LL) {
-      p.align_begin = int(v[0].get<long long>());
-      p.align_end = int(v[1].get<long long>());
-    } else {
-      bad("align_layers", "[start, end] with 0 <= start <= end (layers, inclusive), or \"auto\" (l_out+1 .. L-1)");
+  if (obj.contains("override_sinks")) {
+    const json& v = obj.at("override_sinks");
+    p.override_sinks.clear();
+    if (!v.is_array()) bad("override_sinks", "a list of prompt positions (integers >= 0; [] for Φ_LLM detection)");
+    for (const auto& e : v) {
+      if (!e.is_number_integer() || e.get<long long>() < 0 || e.get<long long>() > 1000000000LL)
+        bad("override_sinks", "a list of prompt positions (integers >= 0; [] for Φ_LLM detection)");
+      p.override_sinks.push_back(int(e.get<long long>()));
     }
   }
   return p;

@@ -152,7 +152,7 @@ class CpuBackend final : public Backend {
         const int kvh = h / group;
         const int pos = p.past + r;
         int nk = pos + 1;
-        if (p.n_sinkout && std::binary_search(p.sinkout_rows, p.sinkout_rows + p.n_sinkout, pos))
+        if (p.sinkout_mask && static_cast<const float*>(p.sinkout_mask)[r] != 0.f)
           nk = std::max(nk, std::min(p.sinkout_end, total));
         const float* qr = F(q) + (size_t(r) * H + h) * hd;
         float mx = -INFINITY;
@@ -295,42 +295,19 @@ class CpuBackend final : public Backend {
     cpu::kernels().axpy(F(y), 1.f, F(x), int64_t(n));  // y + 1·x: exact, same as y += x
   }
 
-  void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {
-    float* o = F(out);
-    std::fill(o, o + dim, 0.f);
-    for (int k = 0; k < n_rows; ++k) {
-      const float* xr = F(x) + size_t(rows[k]) * dim;
-      for (int c = 0; c < dim; ++c) o[c] += xr[c];
-    }
-    if (n_rows)
-      for (int c = 0; c < dim; ++c) o[c] /= float(n_rows);
+  void phi_detect(Buf rec, const Buf& h, int n, int dim, float abs_thr, float med_mul) override {
+    host::phi_detect(F(rec), F(h), n, dim, abs_thr, med_mul);
   }
-
-  void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
-                  float lambda) override {
-    const float* t = F(target);
-    for (int i = 0; i < n; ++i) {
-      if (skip && skip[i]) continue;
-      for (int g = 0; g < groups; ++g) {
-        float* v = F(x) + (size_t(i) * groups + g) * gdim;
-        const float* tg = t + size_t(g) * gdim;
-        double nv = 0, nt = 0;
-        for (int c = 0; c < gdim; ++c) {
-          nv += double(v[c]) * v[c];
-          nt += double(tg[c]) * tg[c];
-        }
-        if (nv == 0 || nt == 0) continue;
-        const float a = float((1.0 - lambda) / std::sqrt(nv)), b = float(lambda / std::sqrt(nt));
-        double nm = 0;
-        for (int c = 0; c < gdim; ++c) {
-          v[c] = a * v[c] + b * tg[c];
-          nm += double(v[c]) * v[c];
-        }
-        if (nm == 0) continue;
-        const float sc = float(std::sqrt(nv / nm));
-        for (int c = 0; c < gdim; ++c) v[c] *= sc;
-      }
-    }
+  void outro_sets(Buf enh, Buf done, Buf cum, const Buf& rec, int n, bool enhance, bool once) override {
+    host::outro_sets(F(enh), F(done), F(cum), F(rec), n, enhance, once);
+  }
+  void masked_mean(Buf out, const Buf& x, int n, int dim, const Buf& flags) override {
+    host::masked_mean(F(out), F(x), n, dim, F(flags));
+  }
+  void gate_heads(Buf z, int n, int heads, int kv_heads, int hd, const Buf& vbar, const Buf* excl, int excl_n,
+                  float gamma, float temp, bool rescale, Buf counter) override {
+    host::gate_heads(F(z), n, heads, kv_heads, hd, F(vbar), excl ? F(*excl) : nullptr, excl_n, gamma, temp, rescale,
+                     counter.ptr ? F(counter) : nullptr);
   }
 
   void zero_cols(Buf x, int n, int row_len, int col0, int ncols) override {

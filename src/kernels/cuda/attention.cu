@@ -44,17 +44,9 @@ __device__ __forceinline__ void row_range(const AttnDev& p, int r, int& lo, int&
   }
   const int pos = p.past + r;
   lo = 0, hi = pos + 1;
-  if (p.n_sinkout > 0) {
-    int a = 0, b = p.n_sinkout - 1;
-    while (a <= b) {
-      const int m = (a + b) >> 1, v = p.sinkout_rows[m];
-      if (v == pos) {
-        const int e = p.sinkout_end < total ? p.sinkout_end : total;
-        if (e > hi) hi = e;
-        break;
-      }
-      if (v < pos) a = m + 1; else b = m - 1;
-    }
+  if (p.sinkout_mask && p.sinkout_mask[r] != 0.f) {
+    const int e = p.sinkout_end < total ? p.sinkout_end : total;
+    if (e > hi) hi = e;
   }
 }
 
@@ -97,7 +89,7 @@ __global__ void __launch_bounds__(kRowThreads) k_attn_rows(float* z, const float
   // The cached keys and values before this call's rows depend on no running kernel: start bringing
   // this block's share into L2 before waiting for the previous kernel (a hint; causal rows only).
   pdl_trigger();
-  if (p.causal && p.n_sinkout == 0 && r < p.n_new) {
+  if (p.causal && !p.sinkout_mask && r < p.n_new) {
     const int hi0 = p.past + r + 1, per0 = (hi0 + nsplit - 1) / nsplit;
     const int a0 = sp * per0, a1 = min(min(hi0, a0 + per0), p.past);
     const int lines = (hd * 4 + 127) / 128;
@@ -297,7 +289,7 @@ __global__ void __launch_bounds__(kDecThreads) k_attn_dec(float* z, const float*
   pdl_trigger();
   // The cached keys and values before this call's rows depend on no running kernel: start bringing
   // this block's share into L2 before waiting for the previous kernel (a hint; plain causal rows).
-  if (p.causal && p.n_sinkout == 0) {
+  if (p.causal && !p.sinkout_mask) {
     const int K1 = p.past + p.n_new, per = (K1 + nsplit - 1) / nsplit;
     const int a0 = sp * per, a1 = min(min(K1, a0 + per), p.past);
     constexpr int lines = HD * 4 / 128;

@@ -119,8 +119,8 @@ void to_bf16(cudaStream_t s, __nv_bfloat16* y, const float* x, size_t n);
 struct AttnDev {
   int n_heads, n_kv, head_dim, n_new, past;
   float scale;
-  const int* sinkout_rows;  // device-readable, sorted
-  int n_sinkout, sinkout_end;
+  const float* sinkout_mask;  // device [n_new]: nonzero rows see keys [0, sinkout_end); null: none
+  int sinkout_end;
   bool causal;
   const int* segments;  // device-readable, n_segments + 1 offsets
   int n_segments;
@@ -148,11 +148,6 @@ void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols
 void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps);
 // x[n, d] += a; then y = rmsnorm(x) (the add and the norm of the residual stream in one kernel).
 void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps);
-// x += a; align_rows(x, n, 1, d, t, skip, lambda); y = rmsnorm(x) (OutRo's hidden alignment between
-// the residual add and the norm). False (nothing launched) when the operands are not 16-byte aligned
-// rows (d % 4 != 0).
-bool add_align_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, const float* t, const uint8_t* skip,
-                       float lambda, int n, int d, const float* g, float eps);
 void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps);
 // positions: pos (device-readable) or, when pos == nullptr, pos0 + i
 void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq);
@@ -168,9 +163,6 @@ void gelu(cudaStream_t s, float* y, const float* x, size_t n, bool tanh_approx);
 void add(cudaStream_t s, float* y, const float* x, size_t n);
 void fill(cudaStream_t s, float* y, size_t n, float v);
 void copy(cudaStream_t s, float* y, const float* x, size_t n);
-void mean_rows(cudaStream_t s, float* out, const float* x, int dim, const int* rows, int n_rows);
-void align_rows(cudaStream_t s, float* x, int n, int groups, int gdim, const float* target, const uint8_t* skip,
-                float lambda);
 void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols);
 void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
 // Φ_LLM statistics of h[n, dim] (n * dim < 2^32): writes, in scratch (phi_llm_scratch_bytes(n)), n row
@@ -182,6 +174,14 @@ size_t phi_llm_scratch_bytes(int n);
 // (device memory). One block.
 void argmax(cudaStream_t s, const float* x, int n, int32_t* out);
 float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch);
+// OutRo's ops (Backend::phi_detect, outro_sets, masked_mean, gate_heads), all on the stream; phi_detect
+// uses the phi_llm_stats scratch.
+void phi_detect(cudaStream_t s, float* rec, const float* h, int n, int dim, float abs_thr, float med_mul,
+                void* scratch);
+void outro_sets(cudaStream_t s, float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once);
+void masked_mean(cudaStream_t s, float* out, const float* x, int n, int dim, const float* flags);
+void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
+                int excl_n, float gamma, float temp, bool rescale, float* counter);
 // out rows [seg_out[s], seg_out[s+1]) come from input rows starting at seg_in[s] of length seg_len[s]
 void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
               const int* seg_len, const int* seg_out, int nseg, int total_rows);

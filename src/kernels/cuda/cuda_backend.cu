@@ -331,16 +331,6 @@ class CudaBackend final : public Backend {
   void rmsnorm(Buf y, const Buf& x, int n, const Weight& w, float eps) override {
     const int d = int(w.cols);
     const float* g = vec_ptr(w);
-    if (pend_ == Pend::AddAlign && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(d) && pal_gdim_ == d) {
-      const size_t bytes = pa_n_ * 4;
-      if (!ov(y.ptr, bytes, pa_x_, bytes) && !ov(y.ptr, bytes, pal_t_, size_t(d) * 4) &&
-          (y.ptr == x.ptr || !ov(y.ptr, bytes, x.ptr, bytes))) {
-        if (cuda::add_align_rmsnorm(s_, F(y), F(x), pa_x_, pal_t_, pal_skip_, pal_lambda_, n, d, g, eps)) {
-          pend_ = Pend::None;
-          return;
-        }
-      }
-    }
     // A residual add waiting for this norm of its sum: one kernel.
     if (pend_ == Pend::Add && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(d)) {
       const size_t bytes = pa_n_ * 4;
@@ -394,11 +384,8 @@ class CudaBackend final : public Backend {
     if (p.n_heads <= 0 || p.n_kv <= 0 || p.n_heads % p.n_kv)
       fail("attention: ", p.n_heads, " heads are not a multiple of ", p.n_kv, " KV heads");
     if (p.causal) {
-      if (p.n_sinkout > 0) {
-        d.sinkout_rows = static_cast<const int*>(stage(p.sinkout_rows, size_t(p.n_sinkout) * 4));
-        d.n_sinkout = p.n_sinkout;
-        d.sinkout_end = p.sinkout_end;
-      }
+      d.sinkout_mask = static_cast<const float*>(p.sinkout_mask);
+      d.sinkout_end = p.sinkout_end;
     } else {
       if (p.past != 0) fail("attention: a non-causal (encoder) call needs past == 0, found ", p.past);
       if (p.segments && p.n_segments > 0) {
@@ -473,31 +460,25 @@ class CudaBackend final : public Backend {
     cuda::add(s_, F(y), F(x), n);
   }
 
-  void mean_rows(Buf out, const Buf& x, int dim, const int* rows, int n_rows) override {
+  void phi_detect(Buf rec, const Buf& h, int n, int dim, float abs_thr, float med_mul) override {
     flush();
-    const int* d = n_rows > 0 ? static_cast<const int*>(stage(rows, size_t(n_rows) * 4)) : nullptr;
-    cuda::mean_rows(s_, F(out), F(x), dim, d, n_rows);
+    if (size_t(n) * size_t(dim) >= (size_t(1) << 32))
+      fail("phi_detect: ", n, " x ", dim, " values is more than the CUDA statistics take (< 2^32)");
+    cuda::phi_detect(s_, F(rec), F(h), n, dim, abs_thr, med_mul, phi_scratch(n));
   }
-  void align_rows(Buf x, int n, int groups, int gdim, const Buf& target, const uint8_t* skip,
-                  float lambda) override {
-    // OutRo's alignment of the residual stream between an add and the norm: joins them.
-    if (pend_ == Pend::Add && groups == 1 && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(gdim) &&
-        !ov(target.ptr, size_t(gdim) * 4, pa_y_, pa_n_ * 4) && !ov(pa_x_, pa_n_ * 4, pa_y_, pa_n_ * 4)) {
-      // A staged skip array stays valid until the group is launched: stage() launches waiting groups
-      // before it reuses the ring (and then the add is no longer waiting).
-      const uint8_t* ds = skip ? static_cast<const uint8_t*>(stage(skip, size_t(n))) : nullptr;
-      if (pend_ == Pend::Add) {
-        pend_ = Pend::AddAlign;
-        pal_skip_ = ds;
-        pal_t_ = F(target), pal_lambda_ = lambda, pal_gdim_ = gdim;
-        return;
-      }
-      cuda::align_rows(s_, F(x), n, groups, gdim, F(target), ds, lambda);
-      return;
-    }
+  void outro_sets(Buf enh, Buf done, Buf cum, const Buf& rec, int n, bool enhance, bool once) override {
     flush();
-    const uint8_t* d = skip && n > 0 ? static_cast<const uint8_t*>(stage(skip, size_t(n))) : nullptr;
-    cuda::align_rows(s_, F(x), n, groups, gdim, F(target), d, lambda);
+    cuda::outro_sets(s_, F(enh), F(done), F(cum), F(rec), n, enhance, once);
+  }
+  void masked_mean(Buf out, const Buf& x, int n, int dim, const Buf& flags) override {
+    flush();
+    cuda::masked_mean(s_, F(out), F(x), n, dim, F(flags));
+  }
+  void gate_heads(Buf z, int n, int heads, int kv_heads, int hd, const Buf& vbar, const Buf* excl, int excl_n,
+                  float gamma, float temp, bool rescale, Buf counter) override {
+    flush();
+    cuda::gate_heads(s_, F(z), n, heads, kv_heads, hd, F(vbar), excl ? F(*excl) : nullptr, excl_n, gamma, temp,
+                     rescale, counter.ptr ? F(counter) : nullptr);
   }
   void zero_cols(Buf x, int n, int row_len, int col0, int ncols) override {
     flush();
@@ -578,7 +559,7 @@ class CudaBackend final : public Backend {
 
   // ---- deferred ops ----
   // The decoder's small ops are fused by looking one call ahead: an add waits for the RMSNorm of
-  // its sum (add_rmsnorm; an OutRo alignment of the sum in between joins them), GEMVs of the same x wait for each other (q/k/v, gate/up) and for a
+  // its sum (add_rmsnorm), GEMVs of the same x wait for each other (q/k/v, gate/up) and for a
   // SwiGLU of their outputs, rope(q) waits for rope(k) and for the KV-cache copies of k and v. Any
   // call that cannot join the waiting group launches it first (flush), so every op still happens in
   // program order; downloads, uploads and releases flush too. OUTRO_CUDA_FUSE=0 turns it off.
@@ -590,10 +571,6 @@ class CudaBackend final : public Backend {
         return;
       case Pend::Add:
         cuda::add(s_, pa_y_, pa_x_, pa_n_);
-        return;
-      case Pend::AddAlign:
-        cuda::add(s_, pa_y_, pa_x_, pa_n_);
-        cuda::align_rows(s_, pa_y_, int(pa_n_ / size_t(pal_gdim_)), 1, pal_gdim_, pal_t_, pal_skip_, pal_lambda_);
         return;
       case Pend::Gemv:
         if (pg_count_ == 1)
@@ -621,8 +598,8 @@ class CudaBackend final : public Backend {
     fuse_ = on;
   }
   // Φ_LLM's row maxima and median on the GPU; only n + 1 floats come back.
-  void phi_llm_stats(const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
-    flush();
+  // The statistics' scratch, grown on request (the kernels leave their counters zero).
+  void* phi_scratch(int n) {
     const size_t need = cuda::phi_llm_scratch_bytes(n);
     if (need > phi_bytes_) {
       if (phi_scratch_) {
@@ -632,8 +609,13 @@ class CudaBackend final : public Backend {
       }
       phi_bytes_ = std::max(need, size_t(64) << 10);
       phi_scratch_ = dmalloc(phi_bytes_, "phi_llm scratch");
-      OUTRO_CK(cudaMemsetAsync(phi_scratch_, 0, phi_bytes_, s_));  // the kernels leave their counters zero
+      OUTRO_CK(cudaMemsetAsync(phi_scratch_, 0, phi_bytes_, s_));
     }
+    return phi_scratch_;
+  }
+  void phi_llm_stats(const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
+    flush();
+    phi_scratch(n);
     const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_);
     // The n + 1 floats come back through pinned memory (a direct copy, no staging by the driver).
     const size_t bytes = (size_t(n) + 1) * 4;
@@ -784,16 +766,12 @@ class CudaBackend final : public Backend {
   size_t phi_pin_bytes_ = 0;
   std::vector<float> invf_host_;
 
-  enum class Pend { None, Add, AddAlign, Gemv, Rope };
+  enum class Pend { None, Add, Gemv, Rope };
   bool fuse_ = true;
   Pend pend_ = Pend::None;
   float* pa_y_ = nullptr;  // Add: y += x over n
   const float* pa_x_ = nullptr;
   size_t pa_n_ = 0;
-  const float* pal_t_ = nullptr;  // AddAlign: then align_rows(y, n, 1, gdim, t, skip, lambda)
-  const uint8_t* pal_skip_ = nullptr;  // staged
-  float pal_lambda_ = 0.f;
-  int pal_gdim_ = 0;
   cuda::GemvOut pg_[3] = {};  // Gemv: up to 3 products of x [n, cols]
   int pg_count_ = 0, pg_n_ = 0;
   const float* pg_x_ = nullptr;

@@ -94,68 +94,6 @@ __device__ __forceinline__ void write_normed4(float4* yr, const float4* xr, cons
   }
 }
 
-// add, OutRo's alignment of the row toward t (align_rows with one group; rows with skip[row] set are
-// not aligned), then the RMSNorm: the arithmetic of k_add, k_align_rows and k_rmsnorm in one block
-// per row, 16-byte accesses (d % 4 == 0, aligned rows).
-__global__ void k_add_align_rmsnorm4(float* y, float* x, const float* a, const float* t, const uint8_t* skip,
-                                     float lambda, int d, const float* g, float eps) {
-  pdl_trigger();
-  for (int i = threadIdx.x * 32; i < d; i += blockDim.x * 32) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(g + i));
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(t + i));
-  }
-  pdl_wait();
-  __shared__ double sh[64];
-  const size_t row = blockIdx.x;
-  const int d4 = d / 4;
-  float4* xr = reinterpret_cast<float4*>(x + row * d);
-  const float4* ar = reinterpret_cast<const float4*>(a + row * d);
-  const float4* t4 = reinterpret_cast<const float4*>(t);
-  const bool align = !(skip && skip[row]);
-  double nv = 0, nt = 0;
-  for (int c = threadIdx.x; c < d4; c += blockDim.x) {
-    float4 v = xr[c];
-    const float4 b = ar[c];
-    v.x += b.x, v.y += b.y, v.z += b.z, v.w += b.w;
-    xr[c] = v;
-    nv += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
-    if (align) {
-      const float4 u = t4[c];
-      nt += double(u.x) * u.x + double(u.y) * u.y + double(u.z) * u.z + double(u.w) * u.w;
-    }
-  }
-  block_sum2(nv, nt, sh);
-  double ss = nv;  // the squares of x, unless the alignment changes x
-  if (align && nv != 0 && nt != 0) {
-    const float ca = float((1.0 - lambda) / sqrt(nv)), cb = float(lambda / sqrt(nt));
-    double nm = 0;
-    for (int c = threadIdx.x; c < d4; c += blockDim.x) {
-      const float4 v = xr[c], u = t4[c];
-      const float4 w = make_float4(ca * v.x + cb * u.x, ca * v.y + cb * u.y, ca * v.z + cb * u.z, ca * v.w + cb * u.w);
-      xr[c] = w;
-      nm += double(w.x) * w.x + double(w.y) * w.y + double(w.z) * w.z + double(w.w) * w.w;
-    }
-    __syncthreads();  // sh is reused
-    nm = block_sum(nm, sh);
-    if (nm != 0) {
-      const float sc = float(sqrt(nv / nm));
-      double s2 = 0;
-      for (int c = threadIdx.x; c < d4; c += blockDim.x) {
-        float4 v = xr[c];
-        v.x *= sc, v.y *= sc, v.z *= sc, v.w *= sc;
-        xr[c] = v;
-        s2 += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
-      }
-      __syncthreads();
-      ss = block_sum(s2, sh);
-    } else {
-      ss = nm;
-    }
-  }
-  write_normed4(reinterpret_cast<float4*>(y + row * d), xr, reinterpret_cast<const float4*>(g),
-                1.f / sqrtf(float(ss / double(d)) + eps), d4);
-}
-
 // The same with 16-byte accesses (d % 4 == 0, aligned rows), fewer threads per row.
 __global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const float* g, float eps) {
   pdl_begin_prefetch(g, d);
@@ -327,45 +265,6 @@ __global__ void k_copy(float* y, const float* x, size_t n) {
 __global__ void k_fill(float* y, size_t n, float v) {
   pdl_begin();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) y[i] = v;
-}
-
-// Sums in row order, like the CPU loop; one thread per column.
-__global__ void k_mean_rows(float* out, const float* x, int dim, const int* rows, int n_rows) {
-  pdl_begin();
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < dim; c += gridDim.x * blockDim.x) {
-    float s = 0.f;
-    for (int k = 0; k < n_rows; ++k) s += x[size_t(rows[k]) * dim + c];
-    out[c] = n_rows ? s / float(n_rows) : 0.f;
-  }
-}
-
-// One block per (row, group).
-__global__ void k_align_rows(float* x, int groups, int gdim, const float* t, const uint8_t* skip, float lambda) {
-  pdl_begin();
-  __shared__ double sh[32];
-  const int i = blockIdx.x / groups, g = blockIdx.x % groups;
-  if (skip && skip[i]) return;
-  float* v = x + (size_t(i) * groups + g) * gdim;
-  const float* tg = t + size_t(g) * gdim;
-  double nv = 0, nt = 0;
-  for (int c = threadIdx.x; c < gdim; c += blockDim.x) {
-    nv += double(v[c]) * v[c];
-    nt += double(tg[c]) * tg[c];
-  }
-  nv = block_sum(nv, sh);
-  nt = block_sum(nt, sh);
-  if (nv == 0 || nt == 0) return;
-  const float a = float((1.0 - lambda) / sqrt(nv)), b = float(lambda / sqrt(nt));
-  double nm = 0;
-  for (int c = threadIdx.x; c < gdim; c += blockDim.x) {
-    const float w = a * v[c] + b * tg[c];
-    v[c] = w;
-    nm += double(w) * w;
-  }
-  nm = block_sum(nm, sh);
-  if (nm == 0) return;
-  const float sc = float(sqrt(nv / nm));
-  for (int c = threadIdx.x; c < gdim; c += blockDim.x) v[c] *= sc;
 }
 
 __global__ void k_zero_cols(float* x, int n, int row_len, int col0, int ncols) {
@@ -592,6 +491,133 @@ float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scrat
   return out;
 }
 
+// ---- OutRo: detection record, per-prompt sets, sink value, gated rotation ----
+// rec[i] = row_max[i] >= tau; rec[n..n+3] = tau, median, count, largest max|h|. One block.
+__global__ void k_phi_rec(float* rec, const float* stats, int n, float abs_thr, float med_mul) {
+  pdl_begin();
+  __shared__ float smax[32];
+  __shared__ int scnt[32];
+  const float m = stats[n];
+  const float tau = fmaxf(abs_thr, med_mul * m);
+  float top = 0.f;
+  int cnt = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = stats[i];
+    const bool s = v >= tau;
+    rec[i] = s ? 1.f : 0.f;
+    cnt += s;
+    top = fmaxf(top, v);
+  }
+  top = warp_max(top);
+  for (int o = 16; o; o >>= 1) cnt += __shfl_xor_sync(0xffffffffu, cnt, o);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  if (lane == 0) smax[w] = top, scnt[w] = cnt;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float t = 0.f;
+    int c = 0;
+    for (int i = 0; i < int(blockDim.x >> 5); ++i) t = fmaxf(t, smax[i]), c += scnt[i];
+    rec[n] = tau, rec[n + 1] = m, rec[n + 2] = float(c), rec[n + 3] = t;
+  }
+}
+
+__global__ void k_outro_sets(float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once) {
+  pdl_begin();
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const bool s = rec[i] != 0.f;
+    const bool e = enhance && s && done[i] == 0.f;
+    enh[i] = e ? 1.f : 0.f;
+    if (once && e) done[i] = 1.f;
+    if (s) cum[i] = 1.f;
+  }
+}
+
+// One thread per column; every thread scans the flags (the count comes from the same scan).
+__global__ void k_masked_mean(float* out, const float* x, int n, int dim, const float* flags) {
+  pdl_begin();
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < dim; c += gridDim.x * blockDim.x) {
+    double acc = 0.0;
+    int cnt = 0;
+    for (int i = 0; i < n; ++i)
+      if (flags[i] != 0.f) {
+        acc += x[size_t(i) * dim + c];
+        ++cnt;
+      }
+    out[c] = cnt ? float(acc / cnt) : 0.f;
+    if (c == 0) out[dim] = float(cnt);
+  }
+}
+
+// One warp per (row, head): o = z[row, head], v = vbar[head / group].
+__global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
+                             int excl_n, float gamma, float temp, bool rescale, float* counter) {
+  pdl_begin();
+  if (vbar[size_t(kv_heads) * hd] == 0.f) return;
+  const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const size_t task = size_t(blockIdx.x) * warps + (threadIdx.x >> 5);
+  if (task >= size_t(n) * heads) return;
+  const int i = int(task / heads), h = int(task % heads);
+  if (excl && i < excl_n && excl[i] != 0.f) return;
+  float* o = z + task * hd;
+  const float* v = vbar + size_t(h / (heads / kv_heads)) * hd;
+  float oo = 0.f, vv = 0.f, ov = 0.f;
+  for (int c = lane; c < hd; c += 32) {
+    const float a = o[c], b = v[c];
+    oo += a * a, vv += b * b, ov += a * b;
+  }
+  for (int s = 16; s; s >>= 1) {
+    oo += __shfl_xor_sync(0xffffffffu, oo, s);
+    vv += __shfl_xor_sync(0xffffffffu, vv, s);
+    ov += __shfl_xor_sync(0xffffffffu, ov, s);
+  }
+  const float no = sqrtf(oo), nv = sqrtf(vv);
+  const float cs = ov / (fmaxf(no, 1e-12f) * fmaxf(nv, 1e-12f));
+  const float g = tanhf(fmaxf(cs, 0.f) / temp);
+  const float coef = g * gamma * fabsf(ov) / (vv + 1e-8f);
+  float nn = 0.f;
+  for (int c = lane; c < hd; c += 32) {
+    const float w = o[c] + coef * v[c];
+    o[c] = w;
+    nn += w * w;
+  }
+  if (rescale) {
+    for (int s = 16; s; s >>= 1) nn += __shfl_xor_sync(0xffffffffu, nn, s);
+    const float sc = no / (sqrtf(nn) + 1e-8f);
+    for (int c = lane; c < hd; c += 32) o[c] *= sc;
+  }
+  if (counter && lane == 0 && cs > 0.f) atomicAdd(counter, 1.f);
+}
+
+void phi_detect(cudaStream_t s, float* rec, const float* h, int n, int dim, float abs_thr, float med_mul,
+                void* scratch) {
+  if (n <= 0) return;
+  const float* stats = phi_llm_stats(s, h, n, dim, scratch);
+  launch("k_phi_rec", k_phi_rec, dim3(1), dim3(1024), 0, s, rec, stats, n, abs_thr, med_mul);
+  OUTRO_LAUNCHED("phi_detect");
+}
+
+void outro_sets(cudaStream_t s, float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once) {
+  if (n <= 0) return;
+  launch("k_outro_sets", k_outro_sets, dim3(blocks_for(size_t(n), 256)), dim3(256), 0, s, enh, done, cum, rec, n,
+         enhance, once);
+  OUTRO_LAUNCHED("outro_sets");
+}
+
+void masked_mean(cudaStream_t s, float* out, const float* x, int n, int dim, const float* flags) {
+  if (dim <= 0) return;
+  launch("k_masked_mean", k_masked_mean, dim3(blocks_for(size_t(dim), 128)), dim3(128), 0, s, out, x, n, dim, flags);
+  OUTRO_LAUNCHED("masked_mean");
+}
+
+void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
+                int excl_n, float gamma, float temp, bool rescale, float* counter) {
+  if (n <= 0 || heads <= 0) return;
+  const size_t tasks = size_t(n) * heads;
+  launch("k_gate_heads", k_gate_heads, dim3(unsigned((tasks + 7) / 8)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
+         vbar, excl, excl_n, gamma, temp, rescale, counter);
+  OUTRO_LAUNCHED("gate_heads");
+}
+
 void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n) {
   if (n <= 0) return;
   dim3 grid(unsigned((cols + 255) / 256), unsigned(n));
@@ -619,19 +645,6 @@ void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int 
     launch("k_add_rmsnorm", k_add_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, a, d,
            g, eps);
   OUTRO_LAUNCHED("add_rmsnorm");
-}
-
-bool add_align_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, const float* t, const uint8_t* skip,
-                       float lambda, int n, int d, const float* g, float eps) {
-  if (n <= 0) return true;
-  const bool vec = d % 4 == 0 && ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(x) |
-                                   reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(t) |
-                                   reinterpret_cast<uintptr_t>(g)) % 16) == 0;
-  if (!vec) return false;
-  launch("k_add_align_rmsnorm", k_add_align_rmsnorm4, dim3(n), dim3(d >= 4096 ? 512 : d >= 1024 ? 256 : 128), 0, s, y,
-         x, a, t, skip, lambda, d, g, eps);
-  OUTRO_LAUNCHED("add_align_rmsnorm");
-  return true;
 }
 
 void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps) {
@@ -691,19 +704,6 @@ void fill(cudaStream_t s, float* y, size_t n, float v) {
 void copy(cudaStream_t s, float* y, const float* x, size_t n) {
   if (!n) return;
   launch("copy", k_copy, dim3(blocks_for((n + 3) / 4, 256)), dim3(256), 0, s, y, x, n);
-}
-
-void mean_rows(cudaStream_t s, float* out, const float* x, int dim, const int* rows, int n_rows) {
-  if (dim <= 0) return;
-  launch("k_mean_rows", k_mean_rows, dim3(blocks_for(size_t(dim), 128)), dim3(128), 0, s, out, x, dim, rows, n_rows);
-  OUTRO_LAUNCHED("mean_rows");
-}
-
-void align_rows(cudaStream_t s, float* x, int n, int groups, int gdim, const float* target, const uint8_t* skip,
-                float lambda) {
-  if (n <= 0 || groups <= 0) return;
-  launch("k_align_rows", k_align_rows, dim3(unsigned(n * groups)), dim3(gdim >= 2048 ? 512 : 128), 0, s, x, groups, gdim, target, skip, lambda);
-  OUTRO_LAUNCHED("align_rows");
 }
 
 void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols) {
