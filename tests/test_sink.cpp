@@ -135,12 +135,13 @@ TEST(SinkCriteria, PhiLLMFindsTheMassiveTokenOnly) {
 }
 
 TEST(SinkCriteria, PhiLLMThresholdEdgesAreInclusive) {
-  // max |h| = 128 exactly, median 0.5 exactly: 128 = tau_abs = 256 x median.
+  // max |h| = 128 exactly, median 0.5 exactly: 128 = tau_abs = 256 x median. The threshold is
+  // compared in float32, as the release compares it on its float tensors.
   auto h = flat_rows(5, 8, {{3, 2, 128.f}});
   EXPECT_EQ(phi_llm(h.data(), 5, 8, {128.0, 1.0}).sinks, std::vector<int>{3});
-  EXPECT_TRUE(phi_llm(h.data(), 5, 8, {std::nextafter(128.0, 1e9), 1.0}).sinks.empty());
+  EXPECT_TRUE(phi_llm(h.data(), 5, 8, {double(std::nextafter(128.f, 1e9f)), 1.0}).sinks.empty());
   EXPECT_EQ(phi_llm(h.data(), 5, 8, {1.0, 256.0}).sinks, std::vector<int>{3});
-  EXPECT_TRUE(phi_llm(h.data(), 5, 8, {1.0, std::nextafter(256.0, 1e9)}).sinks.empty());
+  EXPECT_TRUE(phi_llm(h.data(), 5, 8, {1.0, double(std::nextafter(256.f, 1e9f))}).sinks.empty());
   // Both conditions must hold.
   EXPECT_TRUE(phi_llm(h.data(), 5, 8, {200.0, 1.0}).sinks.empty());
   EXPECT_TRUE(phi_llm(h.data(), 5, 8, {1.0, 300.0}).sinks.empty());

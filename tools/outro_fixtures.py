@@ -15,7 +15,7 @@ Decode steps use transformers' KV cache; the gating of a new token follows the d
 The checkpoints are tiny random Qwen2 decoders whose embeddings carry planted massive channels,
 and whose MLP neurons are set so that real sinks exist at several layers:
   token A (position 0) is a sink at every layer; token B is a sink at layers 0-1 and then stops
-  (a layer-1 neuron cancels its massive channel); token D is no sink at first and becomes one from
+  (a layer-1 neuron brings its massive channel down to 200); token D is no sink at first and becomes one from
   layer 3 (a layer-2 neuron writes a massive value), at two positions of the prompt.
 Run on the GPU machine (CPU is fine too):  python3 tools/outro_fixtures.py OUTDIR
 Writes OUTDIR/<name>/{config.json, model.safetensors, ref.safetensors, ref.json}.
@@ -186,9 +186,10 @@ def build(name, L, H, KV, hd, seed, outdir):
             mlp.down_proj.weight[:, 0] = 0.0
             mlp.gate_proj.weight[0, ch] = 4.0
             mlp.up_proj.weight[0, ch] = 4.0
-    # The detector neurons' output weights: B's channel cancelled at layer 2's input, D's raised to MASSIVE.
+    # The detector neurons' output weights: B's channel brought down to 200 at layer 2's input (below
+    # every layer's threshold, yet far from 0, so that the float32 sum is well conditioned), D's raised to MASSIVE.
     ids = prompt_ids(V)
-    for l, tok, ch, target in ((1, B, CH_B, 1.0), (2, D, CH_D, MASSIVE)):
+    for l, tok, ch, target in ((1, B, CH_B, 200.0), (2, D, CH_D, MASSIVE)):
         acts, hin = {}, {}
         mlp = m.model.layers[l].mlp
         h1 = mlp.down_proj.register_forward_pre_hook(lambda mod, a: acts.__setitem__("a", a[0][0, :, 0].clone()))
