@@ -1,8 +1,11 @@
+// Answer readers: the harness's own rules and the OutRo authors' AVHBench / Daily-Omni readers.
 #include "eval/extract.h"
 
 #include <cctype>
 #include <cstring>
 #include <vector>
+
+#include "core/error.h"
 
 namespace outro::eval {
 
@@ -136,6 +139,81 @@ Extraction extract_answer(const std::string& response, const Item& item) {
         std::islower(static_cast<unsigned char>(s[p + 2])))
       continue;
     return {k, "letter_loose"};
+  }
+  return {-1, "unparsed"};
+}
+
+namespace {
+
+// A byte of a word in the sense of Python's \b on str: ASCII letters, digits, '_', and (as an
+// approximation of Unicode letters) every byte of a multi-byte UTF-8 character.
+bool py_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
+
+Extraction avhbench_reader(const std::string& response, const Item& item) {
+  const std::string s = lower(trim(response));
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && py_word_byte(static_cast<unsigned char>(s[i - 1]))) continue;
+    for (const char* w : {"yes", "no"}) {
+      const size_t n = std::strlen(w);
+      if (s.compare(i, n, w) == 0 && (i + n == s.size() || !py_word_byte(static_cast<unsigned char>(s[i + n])))) {
+        // yes/no items hold "yes" and "no" as options 0 and 1; another item has no such option
+        const bool yes = n == 3;
+        int idx = -1;
+        for (int k = 0; k < int(item.options.size()); ++k)
+          if (lower(trim(item.options[k])) == (yes ? "yes" : "no")) idx = k;
+        return {idx, idx >= 0 ? "avhbench_yes_no" : "unparsed"};
+      }
+    }
+  }
+  return {-1, "unparsed"};
+}
+
+Extraction dailyomni_reader(const std::string& response, const Item& item) {
+  std::string s = trim(response);
+  for (auto& c : s) c = char(std::toupper(static_cast<unsigned char>(c)));
+  for (char c = 'A'; c <= 'D'; ++c) {
+    const bool starts = !s.empty() && s[0] == c;
+    const bool paren = s.find(std::string("(") + c + ")") != std::string::npos;
+    const bool bracket = s.find(std::string("[") + c + "]") != std::string::npos;
+    if (starts || paren || bracket) return {c - 'A', starts ? "dailyomni_leading" : "dailyomni_bracketed"};
+  }
+  // "ANSWER:" then optional whitespace then a letter A-D
+  for (size_t p = s.find("ANSWER:"); p != std::string::npos; p = s.find("ANSWER:", p + 1)) {
+    size_t q = p + 7;
+    while (q < s.size() && std::isspace(static_cast<unsigned char>(s[q]))) ++q;
+    if (q < s.size() && s[q] >= 'A' && s[q] <= 'D') return {s[q] - 'A', "dailyomni_answer_colon"};
+  }
+  (void)item;
+  return {-1, "unparsed"};
+}
+
+}  // namespace
+
+AnswerRule parse_answer_rule(const std::string& name) {
+  if (name == "harness") return AnswerRule::Harness;
+  if (name == "authors") return AnswerRule::Authors;
+  if (name == "avhbench") return AnswerRule::AVHBench;
+  if (name == "dailyomni") return AnswerRule::DailyOmni;
+  fail("--answer-rule: unknown rule '", name, "' (known: harness, authors, avhbench, dailyomni)");
+}
+
+const char* answer_rule_name(AnswerRule r) {
+  switch (r) {
+    case AnswerRule::Harness: return "harness";
+    case AnswerRule::Authors: return "authors";
+    case AnswerRule::AVHBench: return "avhbench";
+    case AnswerRule::DailyOmni: return "dailyomni";
+  }
+  return "?";
+}
+
+Extraction read_answer(AnswerRule rule, const std::string& response, const Item& item) {
+  switch (rule) {
+    case AnswerRule::Harness: return extract_answer(response, item);
+    case AnswerRule::AVHBench: return avhbench_reader(response, item);
+    case AnswerRule::DailyOmni: return dailyomni_reader(response, item);
+    case AnswerRule::Authors:
+      return item.yes_no() ? avhbench_reader(response, item) : dailyomni_reader(response, item);
   }
   return {-1, "unparsed"};
 }

@@ -14,4 +14,17 @@ struct Extraction {
 
 Extraction extract_answer(const std::string& response, const Item& item);
 
+// Which rules read the answer.
+//   harness:   extract_answer above
+//   avhbench:  the OutRo authors' AVHBench reader: the first whole word "yes" or "no" anywhere in the
+//              stripped response, case-insensitive; else invalid
+//   dailyomni: the authors' Daily-Omni reader, on the stripped, upper-cased response: the first of
+//              A, B, C, D (in that order) that the response starts with or that appears as "(X)" or
+//              "[X]"; else the letter after "Answer:" (optional spaces); else invalid
+//   authors:   avhbench for yes/no items, dailyomni for the others
+enum class AnswerRule { Harness, Authors, AVHBench, DailyOmni };
+AnswerRule parse_answer_rule(const std::string& name);  // throws naming the known rules
+const char* answer_rule_name(AnswerRule r);
+Extraction read_answer(AnswerRule rule, const std::string& response, const Item& item);
+
 }  // namespace outro::eval

@@ -18,7 +18,8 @@ struct PromptSegment {
   int media_index = -1;  // Media: index into Item::media
 };
 
-// "<media slots><context> Question: <q> Options: A. x B. y C. z" or, for yes/no items,
+// An item with a `prompt` (a benchmark's own user text): "<media slots><prompt>", verbatim.
+// Otherwise "<media slots><context> Question: <q> Options: A. x B. y C. z" or, for yes/no items,
 // "<media slots><context> Question: <q> Answer yes or no." (the form the demo model was trained on).
 std::vector<PromptSegment> build_prompt(const Item& item);
 

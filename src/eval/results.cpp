@@ -192,6 +192,7 @@ json summarize(const std::vector<Item>& items, const std::map<RecordKey, Record>
     js["std"] = m.std;
     js["per_seed"] = ps;
     js["unparsed_rate"] = double(unparsed) / double(n * cfg.seeds.size());
+    js["invalid"] = unparsed;  // responses no answer could be read from (counted wrong), over all seeds
     // per task / category: accuracy per seed, then mean and std across seeds
     for (const char* field : {"task", "category"}) {
       std::map<std::string, std::vector<size_t>> groups;
