@@ -544,3 +544,26 @@ TEST(EvalProtocol, DailyOmniFormRunsWithTheLetterReader) {
     EXPECT_TRUE(m.rfind("dailyomni_", 0) == 0 || m == "unparsed") << m;
   }
 }
+
+// Daily-Omni's own qa.json: the same user text as the authors' file, built around its question;
+// --tasks keeps the named tasks of any format.
+TEST(EvalAdapters, DailyOmniQaFormGetsTheAuthorsPromptAndTasksFilter) {
+  Conversion c = convert_benchmark("dailyomni", test::fixture("bench/dailyomni_qa.json"));
+  ASSERT_EQ(c.items.size(), 4u);
+  const Item& it = c.items[0];
+  std::string want =
+      "Select the best answer to the following multiple-choice question based on the video and audio. Respond with "
+      "only the letter (A, B, C, or D) of the correct option.\n" +
+      it.question + "\n";
+  for (auto& o : it.options) want += o + "\n";
+  want += "Answer with the option's letter from the given choices directly and only give the best option. The best "
+          "answer is:";
+  EXPECT_EQ(it.prompt, want);
+  EXPECT_EQ(it.index, 0);
+  AdapterOptions o;
+  o.tasks = {"AV Event Alignment"};
+  Conversion f = convert_benchmark("dailyomni", test::fixture("bench/dailyomni_qa.json"), o);
+  ASSERT_EQ(f.items.size(), 1u);
+  EXPECT_EQ(f.items[0].task, "AV Event Alignment");
+  EXPECT_EQ(f.skipped.size(), 3u);  // one reason per task left out
+}

@@ -450,7 +450,15 @@ int cmd_eval_run(int argc, char** argv) {
                                             {"top_p", go.sampling.top_p}}
                                      : json("greedy")},
                {"system", proto.system},
-               {"raw", a.flag("raw")}};
+               {"raw", a.flag("raw")},
+               {"strategies", strategies},
+               {"device", l.backend->name()}};
+  if (a.has("outro-config")) {
+    // the OutRo parameters on top of the presets affect the numbers: their text goes with the results
+    std::ifstream f(a.str("outro-config"), std::ios::binary);
+    meta["outro_config"] = {{"path", a.str("outro-config")},
+                            {"text", std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>())}};
+  }
 
   // --- the output folder: resume, and refuse to mix runs made with other settings
   fs::create_directories(out);
@@ -463,7 +471,8 @@ int cmd_eval_run(int argc, char** argv) {
       fail(cfg_path.string(), " is not a whole JSON object (", e.what(), "); it records the settings of the run in ", out,
            ": remove it only if that folder holds no results");
     }
-    for (auto& k : {"bench", "model", "max_new_tokens", "sampling", "system", "raw", "tokenization", "protocol"})
+    for (auto& k : {"bench", "model", "max_new_tokens", "sampling", "system", "raw", "tokenization", "protocol",
+                    "outro_config"})
       if (old.contains(k) && old[k] != meta[k])
         fail(out, " holds results of a run with another ", k, " (", old[k].dump(), ", now ", meta[k].dump(),
              "); use another --out");

@@ -512,6 +512,14 @@ Conversion convert_benchmark(const std::string& format, const std::string& input
   else if (format == "videoholmes") videoholmes(input, o, out);
   else if (format == "omnibench") omnibench(input, o, out);
   else fail("unknown benchmark format '", format, "' (known: avhbench, dailyomni, worldsense, videoholmes, omnibench)");
+  if (format != "avhbench" && !o.tasks.empty()) {  // avhbench filters as it reads (its *_only tasks)
+    std::vector<Item> kept;
+    for (auto& it : out.items) {
+      if (keep_task(it.task, o)) kept.push_back(std::move(it));
+      else count_left_out(out, it.task, o);
+    }
+    out.items = std::move(kept);
+  }
   std::set<std::string> ids;
   for (auto& it : out.items)
     if (!ids.insert(it.id).second) fail(input, ": two questions map to the same id \"", it.id, "\"");

@@ -31,6 +31,7 @@ json record_to_json(const Record& r, const Item& item) {
   j["method"] = r.method;
   if (!item.task.empty()) j["task"] = item.task;
   if (!item.category.empty()) j["category"] = item.category;
+  if (item.index >= 0) j["index"] = item.index;  // the record's index in the source question file
   j["prompt_tokens"] = r.prompt_tokens;
   j["new_tokens"] = r.new_tokens;
   j["seconds"] = r.seconds;
