@@ -466,6 +466,7 @@ TEST(EvalProtocol, EndToEndOnOmniDemoResumesAndRescores) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("eval: protocol outro: {"), std::string::npos) << r.out;  // printed at the start
   EXPECT_NE(r.out.find("\"video_second_per_grid\":1.0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("invalid answers (counted wrong): baseline "), std::string::npos) << r.out;
   auto recs = jsonl_file(fs::path(full) / "merged" / "baseline.jsonl");
   ASSERT_EQ(recs.size(), 4u);
   for (auto& x : recs) {

@@ -367,7 +367,7 @@ int cmd_eval_run(int argc, char** argv) {
 
   // --- the benchmark and its media
   const std::string bench = a.required("bench");
-  const std::string out = a.required("out");
+  const std::string out = a.flag("print-prompts") ? a.str("out") : a.required("out");  // --print-prompts writes nothing
   std::vector<eval::Item> items = eval::load_bench(bench);
   if (a.has("limit")) {
     const int lim = a.integer("limit", 0);

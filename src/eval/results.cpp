@@ -334,6 +334,15 @@ std::string format_table(const json& sm) {
     if (c["p_mcnemar_max"].get<double>() < 0.05) o << " *";
     o << "\n";
   }
+  {
+    // answers no rule could read: counted wrong, reported so a reader sees how many
+    std::string inv;
+    for (auto& sj : sm["strategies"]) {
+      const auto& a = sm["accuracy"][sj.get<std::string>()];
+      if (a.contains("invalid")) inv += (inv.empty() ? "" : ", ") + sj.get<std::string>() + " " + a["invalid"].dump();
+    }
+    if (!inv.empty()) o << "\ninvalid answers (counted wrong): " << inv << "\n";
+  }
   for (const char* field : {"per_task", "per_category"}) {
     const std::string first = sm["strategies"][0];
     if (!sm["accuracy"][first].contains(field)) continue;
