@@ -568,3 +568,26 @@ TEST(EvalAdapters, DailyOmniQaFormGetsTheAuthorsPromptAndTasksFilter) {
   EXPECT_EQ(f.items[0].task, "AV Event Alignment");
   EXPECT_EQ(f.skipped.size(), 3u);  // one reason per task left out
 }
+
+TEST(EvalCli, ConvertTasksAndQaFlags) {
+  const std::string d = test::tmp_dir("eval_convert_flags");
+  const std::string official = kOfficial + "dailyomni.json";
+  write(d + "/qa.json", R"J([{"video_id": "Ec_lQgZ9wlg", "Question": "What visual elements were displayed immediately after Dr. Rajani's 'BOTOX WITHOUT THE BOTOX' video concluded?", "Type": "Event Sequence"}])J");
+  auto r = test::run_cli("eval convert --format dailyomni --in " + official + " --qa " + d + "/qa.json --tasks 'Event Sequence' --out " +
+                         d + "/one.jsonl");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto items = load_bench(d + "/one.jsonl");
+  ASSERT_EQ(items.size(), 1u);
+  EXPECT_EQ(items[0].task, "Event Sequence");
+  EXPECT_EQ(items[0].index, 0);
+  EXPECT_NE(r.out.find("note 1196: questions not found in --qa"), std::string::npos) << r.out;
+  r = test::run_cli("eval convert --format avhbench --in " + kOfficial + "avhbench.json --qa " + d + "/qa.json --out " + d +
+                    "/x.jsonl");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--qa: only for --format dailyomni"), std::string::npos) << r.out;
+  // a qa.json that is not one names what it lacks
+  r = test::run_cli("eval convert --format dailyomni --in " + official + " --qa " + kOfficial + "avhbench.json --out " + d +
+                    "/x.jsonl");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("avhbench.json [0]: not in the Daily-Omni qa.json (--qa) format"), std::string::npos) << r.out;
+}
