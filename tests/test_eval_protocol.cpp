@@ -319,14 +319,35 @@ TEST(EvalAdapters, OmniBenchUnmatchedAnswerIsSkippedAndCounted) {
   write(d + "/b.jsonl",
         R"J({"index": 0, "task type": "t", "audio type": "speech", "question": "q", "options": ["Red", "Blue"], "answer": " blue "}
 {"index": 1, "task type": "t", "audio type": "speech", "question": "q", "options": ["Red", "Blue"], "answer": "Green"}
+{"index": 3, "task type": "t", "audio type": "speech", "question": "q", "options": ["Red", "Blue"], "answer": "(B) Blue."}
 {"index": 2, "task type": "t", "audio type": "music", "question": "q", "options": ["Red", "Blue"], "answer": "Red"}
 )J");
   Conversion c = convert_benchmark("omnibench", d + "/b.jsonl");
-  ASSERT_EQ(c.items.size(), 2u);
+  ASSERT_EQ(c.items.size(), 3u);
   EXPECT_EQ(c.items[0].answer, 1);  // case and spaces aside
-  EXPECT_EQ(c.items[1].id, "omnibench-2");
-  EXPECT_EQ(c.items[1].index, 2);
-  EXPECT_EQ(c.skipped.at("answer matches none of the options"), 1);
+  EXPECT_EQ(c.items[1].id, "omnibench-3");  // "(B) Blue.": read as OmniBench's scorer reads it
+  EXPECT_EQ(c.items[1].answer, 1);
+  EXPECT_EQ(c.items[2].id, "omnibench-2");
+  EXPECT_EQ(c.items[2].index, 3);
+  EXPECT_EQ(c.skipped.at("answer matches none of the options (nor OmniBench's parser)"), 1);  // "Green"
+  EXPECT_EQ(c.notes.size(), 1u);
+}
+
+// OmniBench's choice parser, case by case as its answer_parsing.py reads them.
+TEST(EvalAnswerRules, OmniBenchParser) {
+  const std::vector<std::string> o = {"a dog", "a cat", "a bird", "a fish"};
+  EXPECT_EQ(omnibench_choice("(C)", o), 2);
+  EXPECT_EQ(omnibench_choice("I pick (B), not (D)", o), 3);  // several in brackets: the last one
+  EXPECT_EQ(omnibench_choice("B", o), 1);                    // "B " once padded with spaces
+  EXPECT_EQ(omnibench_choice("D.", o), 3);
+  EXPECT_EQ(omnibench_choice("A man says C is right", o), 2);  // "A " and "C ": the one found last
+  EXPECT_EQ(omnibench_choice("it sounds like a cat to me", o), 1);  // more than five words: option text
+  EXPECT_EQ(omnibench_choice("a cat", o), -1);  // too short for the text match, no letter
+  EXPECT_EQ(omnibench_choice("", o), -1);
+  Item it;
+  it.options = o;
+  EXPECT_EQ(read_answer(AnswerRule::OmniBench, "(A)", it).index, 0);
+  EXPECT_EQ(read_answer(AnswerRule::OmniBench, "(A)", it).method, "omnibench");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ const char* kEvalUsage =
     "                  [--limit N] [--allow-missing-media] [--bootstrap N] [--outro-config FILE]\n"
     "                  [--merge-timeout S] [--no-progress] [--device cpu|cuda|auto] [--threads N]\n"
     "                  [--text-only]   (Omni/VL checkpoints see the items' media unless --text-only)\n"
-    "                  [--protocol harness|outro] [--answer-rule harness|authors|avhbench|dailyomni]\n"
+    "                  [--protocol harness|outro] [--answer-rule harness|authors|avhbench|dailyomni|omnibench]\n"
     "                  [--audio-in-video auto|on|off] [--video-second-per-grid S] [--audio-max-seconds S]\n"
     "                  [--video-budget checkpoint|qwen-omni-utils] [--skip-special-tokens] [--print-prompts]\n"
     "       outro eval convert --format avhbench|dailyomni|worldsense|videoholmes|omnibench --in PATH\n"

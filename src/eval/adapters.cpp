@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "eval/extract.h"
 
 namespace outro::eval {
 
@@ -469,10 +470,15 @@ void omnibench(const std::string& input, const AdapterOptions& o, Conversion& ou
       for (size_t i = 0; i < it.options.size(); ++i)
         if (lower(it.options[i]) == lower(ans)) it.answer = int(i);
     if (it.answer < 0) {
-      // OmniBench's own scorer compares the answer with the options' text; a record whose answer is
-      // none of them cannot be scored there either, so it is left out and counted.
-      out.skipped["answer matches none of the options"]++;
-      continue;
+      // OmniBench's scorer reads the gold answer with its own choice parser; where that finds no
+      // option either, the record cannot be scored there: left out and counted.
+      it.answer = omnibench_choice(ans, it.options);
+      if (it.answer >= 0) {
+        out.notes["answers matched as OmniBench's scorer reads them (no option's text equals them)"]++;
+      } else {
+        out.skipped["answer matches none of the options (nor OmniBench's parser)"]++;
+        continue;
+      }
     }
     it.task = opt_field(q, "task type");
     it.category = opt_field(q, "audio type");

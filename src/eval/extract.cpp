@@ -1,6 +1,7 @@
 // Answer readers: the harness's own rules and the OutRo authors' AVHBench / Daily-Omni readers.
 #include "eval/extract.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <vector>
@@ -189,12 +190,51 @@ Extraction dailyomni_reader(const std::string& response, const Item& item) {
 
 }  // namespace
 
+int omnibench_choice(const std::string& text, const std::vector<std::string>& options) {
+  const int n = std::min<int>(4, int(options.size()));
+  const std::string r = " " + text + " ";
+  std::vector<int> cand;
+  bool bracketed = false, by_letter = true;
+  auto has = [&](const std::string& needle) { return r.find(needle) != std::string::npos; };
+  for (int i = 0; i < n; ++i)
+    if (has(std::string("(") + char('A' + i) + ")")) cand.push_back(i), bracketed = true;
+  if (cand.empty())
+    for (int i = 0; i < n; ++i)
+      if (has(std::string(1, char('A' + i)) + " ")) cand.push_back(i);
+  if (cand.empty())
+    for (int i = 0; i < n; ++i)
+      if (has(std::string(1, char('A' + i)) + ".")) cand.push_back(i);
+  const std::string lr = lower(r);
+  if (cand.empty()) {
+    size_t words = 0;
+    for (size_t i = 0; i < r.size(); ++i)
+      words += !std::isspace(static_cast<unsigned char>(r[i])) && (i == 0 || std::isspace(static_cast<unsigned char>(r[i - 1])));
+    if (words > 5)
+      for (int i = 0; i < n; ++i)
+        if (lr.find(lower(options[i])) != std::string::npos) cand.push_back(i), by_letter = false;
+  }
+  if (cand.empty()) return -1;
+  if (cand.size() == 1) return cand[0];
+  // several: the one whose mark starts last (the first of equals)
+  long best = -2;
+  int pick = cand[0];
+  for (int c : cand) {
+    const std::string mark = by_letter ? (bracketed ? std::string("(") + char('A' + c) + ")" : std::string(" ") + char('A' + c) + " ")
+                                       : lower(options[c]);
+    const size_t at = (by_letter ? r : lr).rfind(mark);
+    const long pos = at == std::string::npos ? -1 : long(at);
+    if (pos > best) best = pos, pick = c;
+  }
+  return pick;
+}
+
 AnswerRule parse_answer_rule(const std::string& name) {
   if (name == "harness") return AnswerRule::Harness;
   if (name == "authors") return AnswerRule::Authors;
   if (name == "avhbench") return AnswerRule::AVHBench;
   if (name == "dailyomni") return AnswerRule::DailyOmni;
-  fail("--answer-rule: unknown rule '", name, "' (known: harness, authors, avhbench, dailyomni)");
+  if (name == "omnibench") return AnswerRule::OmniBench;
+  fail("--answer-rule: unknown rule '", name, "' (known: harness, authors, avhbench, dailyomni, omnibench)");
 }
 
 const char* answer_rule_name(AnswerRule r) {
@@ -203,6 +243,7 @@ const char* answer_rule_name(AnswerRule r) {
     case AnswerRule::Authors: return "authors";
     case AnswerRule::AVHBench: return "avhbench";
     case AnswerRule::DailyOmni: return "dailyomni";
+    case AnswerRule::OmniBench: return "omnibench";
   }
   return "?";
 }
@@ -214,6 +255,10 @@ Extraction read_answer(AnswerRule rule, const std::string& response, const Item&
     case AnswerRule::DailyOmni: return dailyomni_reader(response, item);
     case AnswerRule::Authors:
       return item.yes_no() ? avhbench_reader(response, item) : dailyomni_reader(response, item);
+    case AnswerRule::OmniBench: {
+      const int k = omnibench_choice(response, item.options);
+      return {k, k >= 0 ? "omnibench" : "unparsed"};
+    }
   }
   return {-1, "unparsed"};
 }
