@@ -248,13 +248,14 @@ TEST(EvalAdapters, AVHBenchSingleModalityTasks) {
     {"video_id": "00001", "task": "AV Hallucination (Audio_only)", "text": "Is the dog making sound in the audio?", "label": "Yes"},
     {"video_id": "00001", "task": "AV Hallucination (Video_only)", "text": "Is the dog visible in the video?", "label": "No"},
     {"video_id": "00001", "task": "AV Captioning", "text": "Describe what you see and hear.", "label": "A dog barks."},
-    {"video_id": "00002", "task": "AV Matching", "text": " Do they match? Please answer Yes or No. ", "label": "no"}
+    {"video_id": "00002.mp4", "task": "AV Matching", "text": " Do they match? Please answer Yes or No. ", "label": "no"}
   ])J");
   Conversion c = convert_benchmark("avhbench", d + "/qa.json");
   ASSERT_EQ(c.items.size(), 2u);  // the audio-visual questions only
   EXPECT_EQ(c.items[0].index, 0);
   EXPECT_EQ(c.items[1].index, 4);
   EXPECT_EQ(c.items[1].prompt, "Do they match? Please answer Yes or No.");  // already asks: nothing added
+  EXPECT_EQ(c.items[1].media[0].path, "video/00002.mp4");                 // not .mp4.mp4
   int left_out = 0;
   for (auto& [why, n] : c.skipped)
     if (why.find("single-modality") != std::string::npos) left_out += n;

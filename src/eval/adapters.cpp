@@ -251,7 +251,9 @@ void avhbench(const std::string& input, const AdapterOptions& o, Conversion& out
       it.options = {"yes", "no"};
       it.answer = label == "yes" ? 0 : 1;
       it.category = vid.find("_swap") != std::string::npos ? "swapped audio" : "original";
-      const std::map<std::string, std::string> vars = {{"video_id", vid}, {"id", it.id}};
+      // a video_id given with its extension names the same file (the authors' script adds ".mp4" otherwise)
+      const std::string stem = vid.size() > 4 && lower(vid.substr(vid.size() - 4)) == ".mp4" ? vid.substr(0, vid.size() - 4) : vid;
+      const std::map<std::string, std::string> vars = {{"video_id", stem}, {"id", it.id}};
       const std::string lt = lower(it.task);
       if (lt.find("audio_only") != std::string::npos) {
         // the sound alone: the audio template, else the video's own audio track
