@@ -95,7 +95,8 @@ TEST(EvalCli, OmniModelSeesTheMedia) {
   auto t = test::run_cli(common + text + " --text-only");
   ASSERT_EQ(t.code, 0) << t.out;
   json s = json::parse(slurp(fs::path(out) / "summary.json"));
-  EXPECT_EQ(s["meta"]["media_mode"], "encoded (video with its own audio track on Omni)");
+  EXPECT_EQ(s["meta"]["media_mode"], "encoded");
+  EXPECT_EQ(s["meta"]["protocol"]["audio_in_video"], "auto");
   json st = json::parse(slurp(fs::path(text) / "summary.json"));
   EXPECT_EQ(st["meta"]["media_mode"], "text-only");
   std::ifstream f(fs::path(out) / "results" / "baseline.rank0.jsonl"), g(fs::path(text) / "results" / "baseline.rank0.jsonl");

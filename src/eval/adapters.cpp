@@ -1,19 +1,22 @@
+// The benchmark adapters: each published question file, record by record in file order, to items.
 #include "eval/adapters.h"
 
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "eval/extract.h"
 
 namespace outro::eval {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
+using json = nlohmann::ordered_json;  // objects keep the file's key order (WorldSense's videos and tasks)
 
 namespace {
 
@@ -135,6 +138,70 @@ int letter_index(const std::string& a, int n, const std::string& where) {
   return k;
 }
 
+// The keys of a record, for errors: "video_id", "task", ... (or what the record is when not an object).
+std::string keys_of(const json& j) {
+  if (!j.is_object()) return std::string("no fields (the record is ") + j.type_name() + ", not an object)";
+  if (j.empty()) return "no fields (an empty object)";
+  std::string out;
+  for (auto& [k, v] : j.items()) out += (out.empty() ? "\"" : ", \"") + k + "\"";
+  return out;
+}
+
+std::string quoted_list(std::initializer_list<const char*> ks) {
+  std::string out;
+  for (const char* k : ks) out += (out.empty() ? "\"" : ", \"") + std::string(k) + "\"";
+  return out;
+}
+
+bool has_fields(const json& q, std::initializer_list<const char*> need) {
+  if (!q.is_object()) return false;
+  for (const char* k : need)
+    if (!q.contains(k) || q[k].is_null()) return false;
+  return true;
+}
+
+// A record of another format than the one named: which fields were expected, which were found.
+[[noreturn]] void wrong_format(const std::string& where, const std::string& format, const std::string& expected,
+                               const json& q) {
+  fail(where, ": not in the ", format, " format: expected the fields ", expected, "; found ", keys_of(q),
+       " (is --format right for this file?)");
+}
+
+// Python's str.strip(): whitespace off both ends.
+std::string py_strip(const std::string& s) { return trim(s); }
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t p = s.find(from); p != std::string::npos; p = s.find(from, p + to.size())) s.replace(p, from.size(), to);
+  return s;
+}
+
+std::vector<std::string> split_lines(const std::string& s) {
+  std::vector<std::string> out;
+  size_t a = 0;
+  for (size_t b = s.find('\n'); ; b = s.find('\n', a)) {
+    out.push_back(s.substr(a, b == std::string::npos ? std::string::npos : b - a));
+    if (b == std::string::npos) break;
+    a = b + 1;
+  }
+  return out;
+}
+
+// Whether a task is to be converted: --tasks names it, or (no --tasks) it is not one of AVHBench's
+// single-modality "*_only" variants.
+bool single_modality(const std::string& task) { return lower(task).find("_only") != std::string::npos; }
+bool keep_task(const std::string& task, const AdapterOptions& o) {
+  if (o.tasks.empty()) return !single_modality(task);
+  for (auto& t : o.tasks)
+    if (t == "all" || t == task) return true;
+  return false;
+}
+void count_left_out(Conversion& out, const std::string& task, const AdapterOptions& o) {
+  if (o.tasks.empty())
+    out.skipped["single-modality task \"" + task + "\" (the same question with one modality; --tasks names it to convert it)"]++;
+  else
+    out.skipped["task \"" + task + "\" not in --tasks"]++;
+}
+
 std::map<std::string, std::string> templates_for(const std::string& format, const AdapterOptions& o) {
   auto t = default_media_templates(format);
   for (auto& [k, v] : o.media_templates) t[k] = v;
@@ -161,45 +228,145 @@ void avhbench(const std::string& input, const AdapterOptions& o, Conversion& out
     for (size_t k = 0; k < j.size(); ++k) {
       const std::string where = f + " [" + std::to_string(k) + "]";
       const json& q = j[k];
+      if (!has_fields(q, {"video_id", "text", "label"}))
+        wrong_format(where, "avhbench", quoted_list({"video_id", "task", "text", "label"}), q);
       const std::string vid = field(q, "video_id", where);
       const std::string label = lower(trim(field(q, "label", where)));
       Item it;
       it.id = "avh-" + vid + "-" + std::to_string(counter[vid]++);
+      it.index = (long long)k;
       it.question = trim(field(q, "text", where));
       it.task = opt_field(q, "task");
       if (label != "yes" && label != "no") {
         out.skipped["not a yes/no question (" + (it.task.empty() ? std::string("no task") : it.task) + ")"]++;
         continue;
       }
+      if (!keep_task(it.task, o)) {
+        count_left_out(out, it.task, o);
+        continue;
+      }
+      // The authors' script: the stripped text, and " Answer yes or no." unless it already asks so.
+      static const std::regex asks(R"(\banswer\s+yes\s+or\s+no\b)", std::regex::icase);
+      it.prompt = it.question + (std::regex_search(it.question, asks) ? "" : " Answer yes or no.");
       it.options = {"yes", "no"};
       it.answer = label == "yes" ? 0 : 1;
       it.category = vid.find("_swap") != std::string::npos ? "swapped audio" : "original";
-      add_media(it, tmpl, {{"video_id", vid}, {"id", it.id}});
+      // a video_id given with its extension names the same file (the authors' script adds ".mp4" otherwise)
+      const std::string stem = vid.size() > 4 && lower(vid.substr(vid.size() - 4)) == ".mp4" ? vid.substr(0, vid.size() - 4) : vid;
+      const std::map<std::string, std::string> vars = {{"video_id", stem}, {"id", it.id}};
+      const std::string lt = lower(it.task);
+      if (lt.find("audio_only") != std::string::npos) {
+        // the sound alone: the audio template, else the video's own audio track
+        auto a = tmpl.find("audio");
+        it.media.push_back({"audio", fill(a != tmpl.end() ? a->second : tmpl.at("video"), vars)});
+      } else if (lt.find("video_only") != std::string::npos) {
+        it.media.push_back({"video", fill(tmpl.at("video"), vars)});
+        it.audio_in_video = 0;  // the frames alone
+      } else {
+        add_media(it, tmpl, vars);
+      }
       out.items.push_back(std::move(it));
     }
   }
 }
 
-// --- Daily-Omni: qa.json = [{"video_id", "Question", "Choice": [...], "Answer": "B", "Type", "video_duration", ...}]
+// --- Daily-Omni, two forms:
+//   Daily-Omni's qa.json = [{"video_id", "Question", "Choice": [...], "Answer": "B", "Type", "video_duration", ...}]
+//   the OutRo authors' dailyomni.json = [{"video", "audio", "conversations": [{"from": "human", "value":
+//     "<image>\n{instruction}\n{question}\n{4 options, no letters}\n{answer instruction}"}, {"from": "gpt",
+//     "value": "B. ..."}], "id"}]
+// The instruction lines of the authors' file; a qa.json item gets the same user text around its question.
+const char* kDailyOmniHead =
+    "Select the best answer to the following multiple-choice question based on the video and audio. Respond with "
+    "only the letter (A, B, C, or D) of the correct option.";
+const char* kDailyOmniTail =
+    "Answer with the option's letter from the given choices directly and only give the best option. The best answer "
+    "is:";
+
+std::string dailyomni_key(const std::string& vid, const std::string& question) { return vid + "\n" + trim(question); }
+
+// qa.json's Type of each (video_id, question), for the authors' file, which has none.
+std::map<std::string, std::string> dailyomni_types(const std::string& qa) {
+  std::map<std::string, std::string> out;
+  auto recs = parse_records(qa);
+  for (size_t k = 0; k < recs.size(); ++k) {
+    const json& q = recs[k];
+    if (!has_fields(q, {"video_id", "Question", "Type"}))
+      wrong_format(qa + " [" + std::to_string(k) + "]", "Daily-Omni qa.json (--qa)",
+                   quoted_list({"video_id", "Question", "Type"}), q);
+    out[dailyomni_key(field(q, "video_id", qa), field(q, "Question", qa))] = field(q, "Type", qa);
+  }
+  return out;
+}
+
 void dailyomni(const std::string& input, const AdapterOptions& o, Conversion& out) {
-  const auto tmpl = templates_for("dailyomni", o);
+  auto tmpl = templates_for("dailyomni", o);
   auto recs = parse_records(input);
+  std::map<std::string, std::string> types;
+  if (!o.qa_file.empty()) types = dailyomni_types(o.qa_file);
   std::map<std::string, int> counter;
   for (size_t k = 0; k < recs.size(); ++k) {
     const std::string where = input + " [" + std::to_string(k) + "]";
     const json& q = recs[k];
-    const std::string vid = field(q, "video_id", where);
     Item it;
-    it.id = "dailyomni-" + vid + "-" + std::to_string(counter[vid]++);
-    it.question = trim(field(q, "Question", where));
-    auto c = q.find("Choice");
-    if (c == q.end() || !c->is_array() || c->size() < 2) fail(where, ": \"Choice\" must list the options");
-    for (size_t i = 0; i < c->size(); ++i) it.options.push_back(strip_label((*c)[i].get<std::string>(), char('A' + i)));
-    it.answer = letter_index(field(q, "Answer", where), int(it.options.size()), where);
-    it.task = opt_field(q, "Type");
-    it.category = opt_field(q, "video_duration");
-    if (it.category.empty()) it.category = opt_field(q, "video_category");
-    add_media(it, tmpl, {{"video_id", vid}, {"id", it.id}});
+    it.index = (long long)k;
+    std::string vid;
+    if (has_fields(q, {"video", "conversations"})) {
+      // the authors' form: the human turn is the prompt, the gpt turn starts with the letter
+      const json& c = q["conversations"];
+      if (!c.is_array() || c.size() < 2 || !c[0].is_object() || !c[1].is_object() || !c[0].contains("value") ||
+          !c[1].contains("value") || !c[0]["value"].is_string() || !c[1]["value"].is_string())
+        fail(where, ": \"conversations\" must hold the human turn and the gpt turn, each with a \"value\" string");
+      const std::string video = field(q, "video", where);
+      vid = fs::path(video).parent_path().filename().string();
+      if (vid.empty()) vid = fs::path(video).stem().string();
+      it.id = "dailyomni-" + (q.contains("id") ? field(q, "id", where) : std::to_string(k));
+      it.prompt = py_strip(replace_all(replace_all(c[0]["value"].get<std::string>(), "<image>\n", ""), "<image>", ""));
+      const auto lines = split_lines(it.prompt);
+      if (lines.size() < 7)
+        fail(where, ": the human turn has ", lines.size(),
+             " lines; expected an instruction, the question, four options and the answer instruction");
+      const size_t n = lines.size();
+      for (size_t i = 1; i + 5 < n; ++i) it.question += (i > 1 ? "\n" : "") + lines[i];
+      for (size_t i = n - 5; i + 1 < n; ++i) it.options.push_back(trim(lines[i]));
+      const std::string gold = py_strip(c[1]["value"].get<std::string>());
+      const char letter = gold.empty() ? 0 : char(std::toupper(static_cast<unsigned char>(gold[0])));
+      if (letter < 'A' || letter > 'D') fail(where, ": the gpt turn \"", gold, "\" does not start with a letter A-D");
+      it.answer = letter - 'A';
+      if (!types.empty()) {
+        auto t = types.find(dailyomni_key(vid, it.question));
+        if (t != types.end()) it.task = t->second;
+        else out.notes["questions not found in --qa (no task)"]++;
+      }
+      std::map<std::string, std::string> vars = {{"video_id", vid}, {"id", it.id}, {"video", video},
+                                                 {"audio", opt_field(q, "audio")}};
+      if (o.media_templates.empty()) it.media.push_back({"video", video});  // the release's path
+      else add_media(it, tmpl, vars);
+    } else if (has_fields(q, {"video_id", "Question", "Choice", "Answer"})) {
+      vid = field(q, "video_id", where);
+      it.id = "dailyomni-" + vid + "-" + std::to_string(counter[vid]++);
+      it.question = trim(field(q, "Question", where));
+      auto c = q.find("Choice");
+      if (!c->is_array() || c->size() < 2) fail(where, ": \"Choice\" must list the options");
+      for (size_t i = 0; i < c->size(); ++i) {
+        if (!(*c)[i].is_string()) fail(where, ": \"Choice\" [", i, "] is not a string");
+        it.options.push_back(strip_label((*c)[i].get<std::string>(), char('A' + i)));
+      }
+      it.answer = letter_index(field(q, "Answer", where), int(it.options.size()), where);
+      it.task = opt_field(q, "Type");
+      it.category = opt_field(q, "video_duration");
+      if (it.category.empty()) it.category = opt_field(q, "video_category");
+      // the user text of the authors' file, built around this question
+      it.prompt = std::string(kDailyOmniHead) + "\n" + it.question;
+      for (auto& x : it.options) it.prompt += "\n" + x;
+      it.prompt += std::string("\n") + kDailyOmniTail;
+      add_media(it, tmpl, {{"video_id", vid}, {"id", it.id}, {"video", ""}, {"audio", ""}});
+    } else {
+      wrong_format(where, "dailyomni",
+                   quoted_list({"video", "conversations"}) + " (the OutRo authors' dailyomni.json) or " +
+                       quoted_list({"video_id", "Question", "Choice", "Answer"}) + " (Daily-Omni's qa.json)",
+                   q);
+    }
     out.items.push_back(std::move(it));
   }
 }
@@ -209,7 +376,12 @@ void dailyomni(const std::string& input, const AdapterOptions& o, Conversion& ou
 void worldsense(const std::string& input, const AdapterOptions& o, Conversion& out) {
   const auto tmpl = templates_for("worldsense", o);
   json j = parse_file(input);
-  if (!j.is_object()) fail(input, ": expected an object video -> tasks (worldsense_qa.json)");
+  if (j.is_array() && !j.empty())
+    wrong_format(input + " [0]", "worldsense",
+                 "of an object video -> {\"video_id\", \"domain\", \"task1\": {\"question\", \"candidates\", \"answer\"}, ...}",
+                 j[0]);
+  if (!j.is_object()) fail(input, ": expected an object video -> tasks (worldsense_qa.json); found a JSON ", j.type_name());
+  long long index = 0;
   for (auto& [key, v] : j.items()) {
     if (!v.is_object()) continue;
     std::string vid = opt_field(v, "video_id");
@@ -217,13 +389,13 @@ void worldsense(const std::string& input, const AdapterOptions& o, Conversion& o
     std::vector<std::string> tasks;
     for (auto& [tk, tv] : v.items())
       if (tk.rfind("task", 0) == 0 && tv.is_object()) tasks.push_back(tk);
-    std::sort(tasks.begin(), tasks.end(), [](const std::string& a, const std::string& b) {
-      return a.size() != b.size() ? a.size() < b.size() : a < b;
-    });
     for (auto& tk : tasks) {
       const json& q = v[tk];
       const std::string where = input + " [" + key + "." + tk + "]";
+      if (!has_fields(q, {"question", "candidates", "answer"}))
+        wrong_format(where, "worldsense", quoted_list({"question", "candidates", "answer", "task_type"}), q);
       Item it;
+      it.index = index++;
       it.id = "worldsense-" + vid + "-" + tk;
       it.question = trim(field(q, "question", where));
       auto c = q.find("candidates");
@@ -246,8 +418,11 @@ void videoholmes(const std::string& input, const AdapterOptions& o, Conversion& 
   for (size_t k = 0; k < recs.size(); ++k) {
     const std::string where = input + " [" + std::to_string(k) + "]";
     const json& q = recs[k];
+    if (!has_fields(q, {"video ID", "Question ID", "Question", "Options", "Answer"}))
+      wrong_format(where, "videoholmes", quoted_list({"video ID", "Question ID", "Question Type", "Question", "Options", "Answer"}), q);
     const std::string vid = field(q, "video ID", where);
     Item it;
+    it.index = (long long)k;
     it.id = "holmes-" + vid + "-" + field(q, "Question ID", where);
     it.question = trim(field(q, "Question", where));
     auto c = q.find("Options");
@@ -281,7 +456,10 @@ void omnibench(const std::string& input, const AdapterOptions& o, Conversion& ou
   for (size_t k = 0; k < recs.size(); ++k) {
     const std::string where = input + " [" + std::to_string(k) + "]";
     const json& q = recs[k];
+    if (!has_fields(q, {"index", "question", "options", "answer"}))
+      wrong_format(where, "omnibench", quoted_list({"index", "task type", "question", "options", "answer", "audio_path", "image_path"}), q);
     Item it;
+    it.index = (long long)k;
     it.id = "omnibench-" + field(q, "index", where);
     it.question = trim(field(q, "question", where));
     auto c = q.find("options");
@@ -293,7 +471,17 @@ void omnibench(const std::string& input, const AdapterOptions& o, Conversion& ou
     if (it.answer < 0)
       for (size_t i = 0; i < it.options.size(); ++i)
         if (lower(it.options[i]) == lower(ans)) it.answer = int(i);
-    if (it.answer < 0) fail(where, ": answer \"", ans, "\" is not one of the options");
+    if (it.answer < 0) {
+      // OmniBench's scorer reads the gold answer with its own choice parser; where that finds no
+      // option either, the record cannot be scored there: left out and counted.
+      it.answer = omnibench_choice(ans, it.options);
+      if (it.answer >= 0) {
+        out.notes["answers matched as OmniBench's scorer reads them (no option's text equals them)"]++;
+      } else {
+        out.skipped["answer matches none of the options (nor OmniBench's parser)"]++;
+        continue;
+      }
+    }
     it.task = opt_field(q, "task type");
     it.category = opt_field(q, "audio type");
     if (o.text_alternative) {
@@ -332,6 +520,14 @@ Conversion convert_benchmark(const std::string& format, const std::string& input
   else if (format == "videoholmes") videoholmes(input, o, out);
   else if (format == "omnibench") omnibench(input, o, out);
   else fail("unknown benchmark format '", format, "' (known: avhbench, dailyomni, worldsense, videoholmes, omnibench)");
+  if (format != "avhbench" && !o.tasks.empty()) {  // avhbench filters as it reads (its *_only tasks)
+    std::vector<Item> kept;
+    for (auto& it : out.items) {
+      if (keep_task(it.task, o)) kept.push_back(std::move(it));
+      else count_left_out(out, it.task, o);
+    }
+    out.items = std::move(kept);
+  }
   std::set<std::string> ids;
   for (auto& it : out.items)
     if (!ids.insert(it.id).second) fail(input, ": two questions map to the same id \"", it.id, "\"");

@@ -62,6 +62,15 @@ Item item_from_json(const json& j, const std::string& where) {
   it.task = str_field(j, "task", where, false);
   it.category = str_field(j, "category", where, false);
   it.context = str_field(j, "context", where, false);
+  it.prompt = str_field(j, "prompt", where, false);
+  if (auto x = j.find("index"); x != j.end() && !x->is_null()) {
+    if (!x->is_number_integer()) fail(where, ": \"index\" must be an integer");
+    it.index = x->get<long long>();
+  }
+  if (auto x = j.find("use_audio_in_video"); x != j.end() && !x->is_null()) {
+    if (!x->is_boolean()) fail(where, ": \"use_audio_in_video\" must be true or false");
+    it.audio_in_video = x->get<bool>() ? 1 : 0;
+  }
   if (auto m = j.find("media"); m != j.end() && !m->is_null()) {
     if (m->is_object()) {
       for (auto& [k, v] : m->items()) {
@@ -140,6 +149,9 @@ json item_to_json(const Item& it) {
   if (!it.task.empty()) j["task"] = it.task;
   if (!it.category.empty()) j["category"] = it.category;
   if (!it.context.empty()) j["context"] = it.context;
+  if (!it.prompt.empty()) j["prompt"] = it.prompt;
+  if (it.index >= 0) j["index"] = it.index;
+  if (it.audio_in_video >= 0) j["use_audio_in_video"] = it.audio_in_video == 1;
   return j;
 }
 

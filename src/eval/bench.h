@@ -6,6 +6,10 @@
 //
 // - media: an object kind -> path ("video", "audio", "image", ...) or a list of paths (kind from
 //   the extension); paths are relative to --media-root (absolute paths are kept).
+// - prompt (optional): the exact user text a benchmark's own script sends after the media; the
+//   harness then sends it verbatim instead of building "Question: ... Options: ...".
+// - index (optional): the record's 0-based index in the question file it was converted from.
+// - use_audio_in_video (optional, false): a video-only question; the video's audio track is not used.
 // - options: the choices in order; they are shown as A., B., ... . Two options "yes"/"no" make a
 //   yes/no question.
 // - answer: an option letter ("B"), a 0-based index (1), or the option's text ("no").
@@ -29,6 +33,9 @@ struct Item {
   int answer = -1;  // index into options
   std::string task, category;
   std::string context;  // optional textual stand-in for the media (synthetic items, OmniBench text alternative)
+  std::string prompt;   // the benchmark's own user text, sent verbatim when non-empty
+  long long index = -1;  // index of the record in its source question file (-1: none)
+  int audio_in_video = -1;  // -1: as the run decides; 0: never use the video's own audio track
   bool yes_no() const;
 };
 

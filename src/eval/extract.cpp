@@ -1,8 +1,12 @@
+// Answer readers: the harness's own rules and the OutRo authors' AVHBench / Daily-Omni readers.
 #include "eval/extract.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <vector>
+
+#include "core/error.h"
 
 namespace outro::eval {
 
@@ -136,6 +140,125 @@ Extraction extract_answer(const std::string& response, const Item& item) {
         std::islower(static_cast<unsigned char>(s[p + 2])))
       continue;
     return {k, "letter_loose"};
+  }
+  return {-1, "unparsed"};
+}
+
+namespace {
+
+// A byte of a word in the sense of Python's \b on str: ASCII letters, digits, '_', and (as an
+// approximation of Unicode letters) every byte of a multi-byte UTF-8 character.
+bool py_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
+
+Extraction avhbench_reader(const std::string& response, const Item& item) {
+  const std::string s = lower(trim(response));
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0 && py_word_byte(static_cast<unsigned char>(s[i - 1]))) continue;
+    for (const char* w : {"yes", "no"}) {
+      const size_t n = std::strlen(w);
+      if (s.compare(i, n, w) == 0 && (i + n == s.size() || !py_word_byte(static_cast<unsigned char>(s[i + n])))) {
+        // yes/no items hold "yes" and "no" as options 0 and 1; another item has no such option
+        const bool yes = n == 3;
+        int idx = -1;
+        for (int k = 0; k < int(item.options.size()); ++k)
+          if (lower(trim(item.options[k])) == (yes ? "yes" : "no")) idx = k;
+        return {idx, idx >= 0 ? "avhbench_yes_no" : "unparsed"};
+      }
+    }
+  }
+  return {-1, "unparsed"};
+}
+
+Extraction dailyomni_reader(const std::string& response, const Item& item) {
+  std::string s = trim(response);
+  for (auto& c : s) c = char(std::toupper(static_cast<unsigned char>(c)));
+  for (char c = 'A'; c <= 'D'; ++c) {
+    const bool starts = !s.empty() && s[0] == c;
+    const bool paren = s.find(std::string("(") + c + ")") != std::string::npos;
+    const bool bracket = s.find(std::string("[") + c + "]") != std::string::npos;
+    if (starts || paren || bracket) return {c - 'A', starts ? "dailyomni_leading" : "dailyomni_bracketed"};
+  }
+  // "ANSWER:" then optional whitespace then a letter A-D
+  for (size_t p = s.find("ANSWER:"); p != std::string::npos; p = s.find("ANSWER:", p + 1)) {
+    size_t q = p + 7;
+    while (q < s.size() && std::isspace(static_cast<unsigned char>(s[q]))) ++q;
+    if (q < s.size() && s[q] >= 'A' && s[q] <= 'D') return {s[q] - 'A', "dailyomni_answer_colon"};
+  }
+  (void)item;
+  return {-1, "unparsed"};
+}
+
+}  // namespace
+
+int omnibench_choice(const std::string& text, const std::vector<std::string>& options) {
+  const int n = std::min<int>(4, int(options.size()));
+  const std::string r = " " + text + " ";
+  std::vector<int> cand;
+  bool bracketed = false, by_letter = true;
+  auto has = [&](const std::string& needle) { return r.find(needle) != std::string::npos; };
+  for (int i = 0; i < n; ++i)
+    if (has(std::string("(") + char('A' + i) + ")")) cand.push_back(i), bracketed = true;
+  if (cand.empty())
+    for (int i = 0; i < n; ++i)
+      if (has(std::string(1, char('A' + i)) + " ")) cand.push_back(i);
+  if (cand.empty())
+    for (int i = 0; i < n; ++i)
+      if (has(std::string(1, char('A' + i)) + ".")) cand.push_back(i);
+  const std::string lr = lower(r);
+  if (cand.empty()) {
+    size_t words = 0;
+    for (size_t i = 0; i < r.size(); ++i)
+      words += !std::isspace(static_cast<unsigned char>(r[i])) && (i == 0 || std::isspace(static_cast<unsigned char>(r[i - 1])));
+    if (words > 5)
+      for (int i = 0; i < n; ++i)
+        if (lr.find(lower(options[i])) != std::string::npos) cand.push_back(i), by_letter = false;
+  }
+  if (cand.empty()) return -1;
+  if (cand.size() == 1) return cand[0];
+  // several: the one whose mark starts last (the first of equals)
+  long best = -2;
+  int pick = cand[0];
+  for (int c : cand) {
+    const std::string mark = by_letter ? (bracketed ? std::string("(") + char('A' + c) + ")" : std::string(" ") + char('A' + c) + " ")
+                                       : lower(options[c]);
+    const size_t at = (by_letter ? r : lr).rfind(mark);
+    const long pos = at == std::string::npos ? -1 : long(at);
+    if (pos > best) best = pos, pick = c;
+  }
+  return pick;
+}
+
+AnswerRule parse_answer_rule(const std::string& name) {
+  if (name == "harness") return AnswerRule::Harness;
+  if (name == "authors") return AnswerRule::Authors;
+  if (name == "avhbench") return AnswerRule::AVHBench;
+  if (name == "dailyomni") return AnswerRule::DailyOmni;
+  if (name == "omnibench") return AnswerRule::OmniBench;
+  fail("--answer-rule: unknown rule '", name, "' (known: harness, authors, avhbench, dailyomni, omnibench)");
+}
+
+const char* answer_rule_name(AnswerRule r) {
+  switch (r) {
+    case AnswerRule::Harness: return "harness";
+    case AnswerRule::Authors: return "authors";
+    case AnswerRule::AVHBench: return "avhbench";
+    case AnswerRule::DailyOmni: return "dailyomni";
+    case AnswerRule::OmniBench: return "omnibench";
+  }
+  return "?";
+}
+
+Extraction read_answer(AnswerRule rule, const std::string& response, const Item& item) {
+  switch (rule) {
+    case AnswerRule::Harness: return extract_answer(response, item);
+    case AnswerRule::AVHBench: return avhbench_reader(response, item);
+    case AnswerRule::DailyOmni: return dailyomni_reader(response, item);
+    case AnswerRule::Authors:
+      return item.yes_no() ? avhbench_reader(response, item) : dailyomni_reader(response, item);
+    case AnswerRule::OmniBench: {
+      const int k = omnibench_choice(response, item.options);
+      return {k, k >= 0 ? "omnibench" : "unparsed"};
+    }
   }
   return {-1, "unparsed"};
 }

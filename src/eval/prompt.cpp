@@ -1,3 +1,4 @@
+// The user text of a benchmark item: its own prompt verbatim, or the harness's question form.
 #include "eval/prompt.h"
 
 namespace outro::eval {
@@ -5,6 +6,10 @@ namespace outro::eval {
 std::vector<PromptSegment> build_prompt(const Item& item) {
   std::vector<PromptSegment> segs;
   for (int i = 0; i < int(item.media.size()); ++i) segs.push_back({PromptSegment::Media, "", i});
+  if (!item.prompt.empty()) {  // the benchmark's own user text, verbatim (no "Question:" wrapper)
+    segs.push_back({PromptSegment::Text, item.prompt, -1});
+    return segs;
+  }
   std::string t;
   if (!item.context.empty()) t = item.context + " ";
   t += "Question: " + item.question;

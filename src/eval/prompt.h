@@ -1,9 +1,10 @@
-// The prompt of a benchmark item: media slots, then the question and its options.
+// The prompt of a benchmark item: media slots, then the user text (the item's own `prompt`
+// verbatim, or the question and its options).
 //
-// The engine cannot take video/audio input yet. The prompt is therefore built as segments:
-// kind Media marks where the media's embeddings will be spliced once the encoders exist; in
-// text-only mode (the only mode today) those segments contribute nothing, and the item's
-// optional `context` (a text stand-in for the media) is placed right after them.
+// The prompt is built as segments: kind Media marks where the media go (the run puts the
+// checkpoint's placeholders there, multimodal_chat_ids); rendered as text those segments
+// contribute nothing, and the item's optional `context` (a text stand-in for the media) is placed
+// right after them.
 #pragma once
 #include <string>
 #include <vector>
@@ -18,7 +19,8 @@ struct PromptSegment {
   int media_index = -1;  // Media: index into Item::media
 };
 
-// "<media slots><context> Question: <q> Options: A. x B. y C. z" or, for yes/no items,
+// An item with a `prompt` (a benchmark's own user text): "<media slots><prompt>", verbatim.
+// Otherwise "<media slots><context> Question: <q> Options: A. x B. y C. z" or, for yes/no items,
 // "<media slots><context> Question: <q> Answer yes or no." (the form the demo model was trained on).
 std::vector<PromptSegment> build_prompt(const Item& item);
 

@@ -31,6 +31,7 @@ json record_to_json(const Record& r, const Item& item) {
   j["method"] = r.method;
   if (!item.task.empty()) j["task"] = item.task;
   if (!item.category.empty()) j["category"] = item.category;
+  if (item.index >= 0) j["index"] = item.index;  // the record's index in the source question file
   j["prompt_tokens"] = r.prompt_tokens;
   j["new_tokens"] = r.new_tokens;
   j["seconds"] = r.seconds;
@@ -192,6 +193,7 @@ json summarize(const std::vector<Item>& items, const std::map<RecordKey, Record>
     js["std"] = m.std;
     js["per_seed"] = ps;
     js["unparsed_rate"] = double(unparsed) / double(n * cfg.seeds.size());
+    js["invalid"] = unparsed;  // responses no answer could be read from (counted wrong), over all seeds
     // per task / category: accuracy per seed, then mean and std across seeds
     for (const char* field : {"task", "category"}) {
       std::map<std::string, std::vector<size_t>> groups;
@@ -331,6 +333,15 @@ std::string format_table(const json& sm) {
       << pad(std::to_string(b) + " / " + std::to_string(cc), 12) << fmt("%.4g", c["p_mcnemar_max"].get<double>());
     if (c["p_mcnemar_max"].get<double>() < 0.05) o << " *";
     o << "\n";
+  }
+  {
+    // answers no rule could read: counted wrong, reported so a reader sees how many
+    std::string inv;
+    for (auto& sj : sm["strategies"]) {
+      const auto& a = sm["accuracy"][sj.get<std::string>()];
+      if (a.contains("invalid")) inv += (inv.empty() ? "" : ", ") + sj.get<std::string>() + " " + a["invalid"].dump();
+    }
+    if (!inv.empty()) o << "\ninvalid answers (counted wrong): " << inv << "\n";
   }
   for (const char* field : {"per_task", "per_category"}) {
     const std::string first = sm["strategies"][0];

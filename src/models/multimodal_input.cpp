@@ -14,12 +14,26 @@ double since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
+std::string default_multimodal_system(const MultimodalConfig& c) {
+  return c.omni ? "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
+                  "of perceiving auditory and visual inputs, as well as generating text and speech."
+                : "You are a helpful assistant.";
+}
+
+std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
+                                 const std::string& text, const std::string& system) {
+  const std::string sys = !system.empty() ? system : default_multimodal_system(c);
+  std::string s = "<|im_start|>system\n" + sys + "<|im_end|>\n<|im_start|>user\n";
+  auto slot = [&](int a, int b, int z) { s += tok.token_bytes(a) + tok.token_bytes(b) + tok.token_bytes(z); };
+  if (!r.video.empty()) slot(c.vision_start, c.video_token, c.vision_end);
+  if (!r.image.empty()) slot(c.vision_start, c.image_token, c.vision_end);
+  if (!r.audio.empty()) slot(c.audio_start, c.audio_token, c.audio_end);
+  return s + text + "<|im_end|>\n<|im_start|>assistant\n";
+}
+
 std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
                                          const std::string& text, const std::string& system) {
-  const std::string sys = !system.empty() ? system
-                          : c.omni ? "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
-                                     "of perceiving auditory and visual inputs, as well as generating text and speech."
-                                   : "You are a helpful assistant.";
+  const std::string sys = !system.empty() ? system : default_multimodal_system(c);
   std::vector<int32_t> ids;
   auto add_text = [&](const std::string& s) {
     for (int id : tok.encode(s, true)) ids.push_back(id);
@@ -49,6 +63,15 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
   std::vector<EncodedMedia> images, videos, audios;
   const int D = mm.config().vision.out_hidden > 0 ? mm.config().vision.out_hidden : mm.config().audio.out_dim;
   media::VisionParams vp = mm.vision_params();
+  if (r.qwen_utils_video_budget) {
+    const media::VisionParams d;
+    vp.fps = d.fps;
+    vp.min_frames = d.min_frames;
+    vp.max_frames = d.max_frames;
+    vp.video_min_pixels = d.video_min_pixels;
+    vp.video_max_pixels = d.video_max_pixels;
+    vp.video_total_pixels = d.video_total_pixels;
+  }
   using clock = std::chrono::steady_clock;
   auto encode_vision = [&](const media::PixelValues& px, Modality k, std::vector<EncodedMedia>* out) {
     auto t0 = clock::now();
@@ -69,6 +92,10 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
         fail(path, ": the video has no audio track (--use-audio-in-video needs one; give --audio FILE instead)");
       throw;
     }
+    if (r.audio_max_seconds <= 0 || r.audio_max_seconds > 30)
+      fail("audio cut: expected 0 < seconds <= 30 (one Whisper window), found ", r.audio_max_seconds);
+    const size_t keep = size_t(r.audio_max_seconds * 16000.0);
+    if (pcm.size() > keep) pcm.resize(keep);
     media::MelFeatures mel = media::whisper_log_mel(pcm.data(), pcm.size());
     p.timings.decode_audio += since(t0);
     auto t1 = clock::now();
@@ -85,7 +112,8 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
     auto t0 = clock::now();
     media::VideoInput v = media::process_video(r.video, vp);
     p.timings.decode_video += since(t0);
-    p.media.videos.push_back({v.pixels.grid_t, v.pixels.grid_h, v.pixels.grid_w, v.second_per_grid});
+    p.media.videos.push_back({v.pixels.grid_t, v.pixels.grid_h, v.pixels.grid_w,
+                              r.video_second_per_grid > 0 ? r.video_second_per_grid : v.second_per_grid});
     encode_vision(v.pixels, Modality::Video, &videos);
     if (r.use_audio_in_video) encode_audio(r.video, true);
   }

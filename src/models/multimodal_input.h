@@ -14,6 +14,13 @@ class Tokenizer;
 struct MediaRequest {
   std::string video, audio, image;  // empty: not given
   bool use_audio_in_video = false;
+  // > 0: the time step of a video position group, in seconds, instead of temporal_patch_size / the
+  // sampled fps (transformers' Qwen2.5-Omni processor takes its fps argument, default 2, so 1.0 s).
+  double video_second_per_grid = 0;
+  double audio_max_seconds = 30;
+  // true: qwen-omni-utils' video budget (2 fps, 4..768 frames, its pixel budget; media::VisionParams'
+  // defaults) whatever the checkpoint's processor files say; false: the checkpoint's settings.
+  bool qwen_utils_video_budget = false;  // audio beyond this is cut (Whisper's 30 s window is the most)
   bool any() const { return !video.empty() || !audio.empty() || !image.empty(); }
 };
 
@@ -33,6 +40,14 @@ struct PreparedPrompt {
 // or `system` when non-empty). Needs a tokenizer.
 std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
                                          const std::string& text, const std::string& system);
+
+// The same prompt as text, as it goes to the tokenizer: "<|im_start|>system\n{system}<|im_end|>\n
+// <|im_start|>user\n<|vision_bos|><|VIDEO|><|vision_eos|>...{text}<|im_end|>\n<|im_start|>assistant\n"
+// (the placeholders spelled as the tokenizer spells those ids).
+std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
+                                 const std::string& text, const std::string& system);
+// The system prompt multimodal_chat_ids uses when `system` is empty.
+std::string default_multimodal_system(const MultimodalConfig& c);
 
 // Decodes and encodes the media of r and assembles the prefill of prompt_ids (one placeholder
 // per item, e.g. from multimodal_chat_ids). Errors name the file.
