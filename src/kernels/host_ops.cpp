@@ -1,6 +1,7 @@
 #include "kernels/host_ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -210,34 +211,43 @@ void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* v
                 float gamma, float temp, bool rescale, float* counter) {
   if (vbar[size_t(kv_heads) * hd] == 0.f) return;
   const int group = heads / kv_heads;
-  long rotated = 0;
-  for (int i = 0; i < n; ++i) {
-    if (excl && i < excl_n && excl[i] != 0.f) continue;
-    for (int h = 0; h < heads; ++h) {
-      float* o = z + (size_t(i) * heads + h) * hd;
-      const float* v = vbar + size_t(h / group) * hd;
-      double oo = 0, vv = 0, ov = 0;
-      for (int c = 0; c < hd; ++c) {
-        oo += double(o[c]) * o[c];
-        vv += double(v[c]) * v[c];
-        ov += double(o[c]) * v[c];
-      }
-      const double no = std::sqrt(oo), nv = std::sqrt(vv);
-      const double cs = ov / (std::max(no, 1e-12) * std::max(nv, 1e-12));
-      const double g = std::tanh(std::max(cs, 0.0) / temp);
-      rotated += cs > 0;
-      const double coef = g * gamma * std::fabs(ov) / (vv + 1e-8);
-      double nn = 0;
-      for (int c = 0; c < hd; ++c) {
-        o[c] = float(o[c] + coef * v[c]);
-        nn += double(o[c]) * o[c];
-      }
-      if (rescale) {
-        const double s = no / (std::sqrt(nn) + 1e-8);
-        for (int c = 0; c < hd; ++c) o[c] = float(o[c] * s);
+  std::atomic<long> total{0};
+  auto body = [&](size_t i0, size_t i1) {
+    long rotated = 0;
+    for (int i = int(i0); i < int(i1); ++i) {
+      if (excl && i < excl_n && excl[i] != 0.f) continue;
+      for (int h = 0; h < heads; ++h) {
+        float* o = z + (size_t(i) * heads + h) * hd;
+        const float* v = vbar + size_t(h / group) * hd;
+        double oo = 0, vv = 0, ov = 0;
+        for (int c = 0; c < hd; ++c) {
+          oo += double(o[c]) * o[c];
+          vv += double(v[c]) * v[c];
+          ov += double(o[c]) * v[c];
+        }
+        const double no = std::sqrt(oo), nv = std::sqrt(vv);
+        const double cs = ov / (std::max(no, 1e-12) * std::max(nv, 1e-12));
+        const double g = std::tanh(std::max(cs, 0.0) / temp);
+        rotated += cs > 0;
+        const double coef = g * gamma * std::fabs(ov) / (vv + 1e-8);
+        double nn = 0;
+        for (int c = 0; c < hd; ++c) {
+          o[c] = float(o[c] + coef * v[c]);
+          nn += double(o[c]) * o[c];
+        }
+        if (rescale) {
+          const double s = no / (std::sqrt(nn) + 1e-8);
+          for (int c = 0; c < hd; ++c) o[c] = float(o[c] * s);
+        }
       }
     }
-  }
+    total += rotated;
+  };
+  if (size_t(n) * heads * hd < 65536)
+    body(0, size_t(n));
+  else
+    ThreadPool::global().parallel_for(size_t(n), body);
+  const long rotated = total;
   if (counter) *counter += float(rotated);
 }
 
