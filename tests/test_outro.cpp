@@ -133,8 +133,8 @@ TEST_P(OutroParity, CustomSettingFromAConfigFile) {
   const std::string toml = "strategy = \"outro\"\napply_interval = " + std::to_string(cp["apply_interval"].get<int>()) +
                            "\napply_once = false\nrescale = false\ngamma = 2.0\ntemp = 0.25\nstart_layer = 1\n"
                            "end_layer = " + std::to_string(cp["end_layer"].get<int>()) + "\n";
+  auto be = make_cpu_backend();  // before the OutRo object, which keeps buffers in it
   OutRo o(parse_outro_config(toml, "custom.toml", false, outro_preset("outro"), false));
-  auto be = make_cpu_backend();
   Logits r = run(*f.model, *be, f.ids, {f.steps[0]}, {&o});
   EXPECT_LT(rel_err(r.prompt, f.t("custom.prompt")), kTol);
   EXPECT_LT(rel_err(r.steps[0], f.t("custom.step0")), kTol);
@@ -389,8 +389,8 @@ TEST(OutroConfig, LayerRangesOutsideTheModelAreRejected) {
   // An override position past the prompt is named when the prompt runs.
   p = outro_preset("outro");
   p.override_sinks = {40};
-  OutRo o(p);
   auto be = make_cpu_backend();
+  OutRo o(p);
   EXPECT_NE(test::error_of([&] { run(*fixture("q8_mha").model, *be, fixture("q8_mha").ids, {}, {&o}); })
                 .find("override_sinks position 40 is outside the prompt"),
             std::string::npos);
