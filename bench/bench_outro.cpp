@@ -6,8 +6,8 @@
 //
 // Without --model it writes a random Qwen2 checkpoint: --shape 0.5b (Qwen2-0.5B's widths, 8 layers
 // by default) or 7b (Qwen2.5-Omni-7B's thinker decoder: hidden 3584, 28 layers, 28 heads, 4 KV).
-// A random model has no massive activation, so --plant-sink (on by default) adds 5000 to channel 7
-// of the first token's embedding output in every strategy, baseline included: that token is then a
+// A random model has no massive activation, so --plant-sink (on by default) sets channel 7
+// of the first token's embedding output to 50000 in every strategy, baseline included: that token is then a
 // Φ_LLM sink at every layer and OutRo really acts everywhere. It prints figures; it never passes or fails.
 //
 //   bench_outro [--model DIR] [--shape 0.5b|7b] [--prompt N] [--decode N] [--reps N] [--strategies outro,...]
@@ -95,7 +95,7 @@ class PlantSink : public Intervention {
   std::string name() const override { return "plant-sink"; }
   void resid_pre(ForwardCtx& c, int l, Buf h) override {
     if (l != 0 || c.past != 0) return;
-    const float v = 5000.f;
+    const float v = 50000.f;
     c.be->upload(h, 7, &v, 1);
   }
 };
@@ -197,6 +197,7 @@ int main(int argc, char** argv) {
         s.max_positions = 32768;
         s.rope_theta = 1e6f;
         s.std = 0.02f;
+        s.hashed = true;  // every thread fills the mapped file: 7B-shaped checkpoints are 15 GB
         if (dtype == "bf16") s.dtype = DType::BF16;
         else if (dtype == "f32") s.dtype = DType::F32;
         else fail("--dtype: expected f32 or bf16, found '", dtype, "'");
@@ -322,7 +323,7 @@ int main(int argc, char** argv) {
       for (auto& v : hh) v = rnd();
       for (auto& v : qv) v = rnd();
       for (auto& v : kv) v = rnd();
-      hh[7] = 5000.f;
+      hh[7] = 50000.f;
       auto up = [&](const std::vector<float>& v) {
         Buf b = be->alloc(v.size());
         be->upload(b, 0, v.data(), v.size());

@@ -74,18 +74,6 @@ __global__ void k_add_rmsnorm(float* y, float* x, const float* a, int d, const f
   for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
 }
 
-// Two sums over the block at once (blockDim.x a multiple of 32); every thread gets both.
-__device__ __forceinline__ void block_sum2(double& a, double& b, double* sh /* >= 64 */) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-  a = warp_sum_d(a);
-  b = warp_sum_d(b);
-  __syncthreads();
-  if (lane == 0) sh[w] = a, sh[32 + w] = b;
-  __syncthreads();
-  a = 0, b = 0;
-  for (int i = 0; i < nw; ++i) a += sh[i], b += sh[32 + i];
-}
-
 // y = g * (x * inv) over a row of d4 float4s (the output of the vectorised norm kernels).
 __device__ __forceinline__ void write_normed4(float4* yr, const float4* xr, const float4* g4, float inv, int d4) {
   for (int c = threadIdx.x; c < d4; c += blockDim.x) {
@@ -344,7 +332,7 @@ struct PhiState {
 };
 
 __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, unsigned* hist, PhiState* st,
-                                                          float* out, int pass, uint32_t k0, int n) {
+                                                          float* out, int pass, uint32_t k0, int n, int rpb) {
   pdl_begin();
   __shared__ unsigned sh[kPhiBins];
   __shared__ float red[kPhiThreads / 32];
@@ -354,37 +342,42 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
   for (int i = tid; i < kPhiBins; i += kPhiThreads) sh[i] = 0;
   __syncthreads();
   const uint32_t prefix = pass ? st->prefix : 0u, mask = pass ? st->mask : 0u, bmask = (1u << width) - 1u;
-  const float* r = h + size_t(blockIdx.x) * dim;
-  float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
-  // Every thread of a warp runs the same number of iterations, so the warp can aggregate equal bins.
-  for (int c0 = 0; c0 < dim; c0 += kPhiThreads) {
-    const int c = c0 + tid;
-    int bin = -1;
-    if (c < dim) {
-      const float v = r[c];
-      if (pass == 0) {
-        const float a = fabsf(v);
-        m = m < a ? a : m;
+  // rpb rows per block, so that the histogram's clearing and merging is paid once per rpb rows.
+  for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
+    const float* r = h + size_t(row) * dim;
+    float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
+    // Every thread of a warp runs the same number of iterations, so the warp can aggregate equal bins.
+    for (int c0 = 0; c0 < dim; c0 += kPhiThreads) {
+      const int c = c0 + tid;
+      int bin = -1;
+      if (c < dim) {
+        const float v = r[c];
+        if (pass == 0) {
+          const float a = fabsf(v);
+          m = m < a ? a : m;
+        }
+        const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
+        if ((b & mask) == prefix) bin = int((b >> shift) & bmask);
       }
-      const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
-      if ((b & mask) == prefix) bin = int((b >> shift) & bmask);
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      const int leader = __ffs(peers) - 1;
+      if (bin >= 0 && lane == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
     }
-    const unsigned peers = __match_any_sync(0xffffffffu, bin);
-    const int leader = __ffs(peers) - 1;
-    if (bin >= 0 && lane == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
-  }
-  if (pass == 0) {
-    for (int o = 16; o > 0; o >>= 1) {
-      const float b = __shfl_xor_sync(0xffffffffu, m, o);
-      m = m < b ? b : m;
+    if (pass == 0) {
+      for (int o = 16; o > 0; o >>= 1) {
+        const float b = __shfl_xor_sync(0xffffffffu, m, o);
+        m = m < b ? b : m;
+      }
+      if (lane == 0) red[tid >> 5] = m;
+      __syncthreads();
+      if (tid == 0) {
+        for (int w = 1; w < kPhiThreads / 32; ++w) m = m < red[w] ? red[w] : m;
+        out[row] = m;
+      }
+      __syncthreads();  // red is reused by the next row
     }
-    if (lane == 0) red[tid >> 5] = m;
   }
   __syncthreads();
-  if (pass == 0 && tid == 0) {
-    for (int w = 1; w < kPhiThreads / 32; ++w) m = m < red[w] ? red[w] : m;
-    out[blockIdx.x] = m;
-  }
   for (int i = tid; i < kPhiBins; i += kPhiThreads)
     if (sh[i]) atomicAdd(&hist[i], sh[i]);
   __threadfence();
@@ -484,9 +477,10 @@ float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scrat
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
   float* out = reinterpret_cast<float*>(st + 1);
+  const int rpb = std::max(1, n / 528), blocks = (n + rpb - 1) / rpb;  // about 4 blocks per SM
   for (int pass = 0; pass < 3; ++pass)
-    launch("k_phi_pass", k_phi_pass, dim3(unsigned(n)), dim3(kPhiThreads), 0, s, h, dim, hist, st, out, pass,
-           uint32_t((N - 1) / 2), n);
+    launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, hist, st, out, pass,
+           uint32_t((N - 1) / 2), n, rpb);
   OUTRO_LAUNCHED("phi_llm_stats");
   return out;
 }
@@ -532,23 +526,48 @@ __global__ void k_outro_sets(float* enh, float* done, float* cum, const float* r
   }
 }
 
-// One thread per column; every thread scans the flags (the count comes from the same scan).
-__global__ void k_masked_mean(float* out, const float* x, int n, int dim, const float* flags) {
+// Each block lists the flagged rows in order (ballots over the flags, kMaxListed at most in shared
+// memory), then each thread sums one column over the list in that order (past kMaxListed rows: over
+// every flag). One block per 128 columns.
+constexpr int kMaxListed = 2048;
+__global__ void __launch_bounds__(128) k_masked_mean(float* out, const float* x, int n, int dim, const float* flags) {
   pdl_begin();
-  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < dim; c += gridDim.x * blockDim.x) {
-    double acc = 0.0;
-    int cnt = 0;
-    for (int i = 0; i < n; ++i)
-      if (flags[i] != 0.f) {
-        acc += x[size_t(i) * dim + c];
-        ++cnt;
-      }
-    out[c] = cnt ? float(acc / cnt) : 0.f;
-    if (c == 0) out[dim] = float(cnt);
+  __shared__ int list[kMaxListed];
+  __shared__ int warp_n[4];
+  __shared__ int total;
+  const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  if (tid == 0) total = 0;
+  __syncthreads();
+  for (int i0 = 0; i0 < n; i0 += 128) {
+    const int i = i0 + tid;
+    const bool f = i < n && flags[i] != 0.f;
+    const unsigned b = __ballot_sync(0xffffffffu, f);
+    if (lane == 0) warp_n[w] = __popc(b);
+    __syncthreads();
+    int off = total;
+    for (int k = 0; k < w; ++k) off += warp_n[k];
+    off += __popc(b & ((1u << lane) - 1u));
+    if (f && off < kMaxListed) list[off] = i;
+    __syncthreads();
+    if (tid == 0) total += warp_n[0] + warp_n[1] + warp_n[2] + warp_n[3];
+    __syncthreads();
   }
+  const int cnt = total;
+  const int c = blockIdx.x * 128 + tid;
+  if (c >= dim) return;
+  double acc = 0.0;
+  if (cnt <= kMaxListed) {
+    for (int k = 0; k < cnt; ++k) acc += x[size_t(list[k]) * dim + c];
+  } else {
+    for (int i = 0; i < n; ++i)
+      if (flags[i] != 0.f) acc += x[size_t(i) * dim + c];
+  }
+  out[c] = cnt ? float(acc / cnt) : 0.f;
+  if (c == 0) out[dim] = float(cnt);
 }
 
-// One warp per (row, head): o = z[row, head], v = vbar[head / group].
+// One warp per (row, head): o = z[row, head], v = vbar[head / group]; hd <= 256, so each lane keeps
+// its 8 at most values of o and v in registers and z is read and written once.
 __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
                              int excl_n, float gamma, float temp, bool rescale, float* counter) {
   pdl_begin();
@@ -560,10 +579,14 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
   if (excl && i < excl_n && excl[i] != 0.f) return;
   float* o = z + task * hd;
   const float* v = vbar + size_t(h / (heads / kv_heads)) * hd;
+  float a[8], b[8];
   float oo = 0.f, vv = 0.f, ov = 0.f;
-  for (int c = lane; c < hd; c += 32) {
-    const float a = o[c], b = v[c];
-    oo += a * a, vv += b * b, ov += a * b;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int c = lane + 32 * j;
+    a[j] = c < hd ? o[c] : 0.f;
+    b[j] = c < hd ? v[c] : 0.f;
+    oo += a[j] * a[j], vv += b[j] * b[j], ov += a[j] * b[j];
   }
   for (int s = 16; s; s >>= 1) {
     oo += __shfl_xor_sync(0xffffffffu, oo, s);
@@ -575,15 +598,20 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
   const float g = tanhf(fmaxf(cs, 0.f) / temp);
   const float coef = g * gamma * fabsf(ov) / (vv + 1e-8f);
   float nn = 0.f;
-  for (int c = lane; c < hd; c += 32) {
-    const float w = o[c] + coef * v[c];
-    o[c] = w;
-    nn += w * w;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    a[j] += coef * b[j];
+    nn += a[j] * a[j];
   }
+  float sc = 1.f;
   if (rescale) {
     for (int s = 16; s; s >>= 1) nn += __shfl_xor_sync(0xffffffffu, nn, s);
-    const float sc = no / (sqrtf(nn) + 1e-8f);
-    for (int c = lane; c < hd; c += 32) o[c] *= sc;
+    sc = no / (sqrtf(nn) + 1e-8f);
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int c = lane + 32 * j;
+    if (c < hd) o[c] = rescale ? a[j] * sc : a[j];
   }
   if (counter && lane == 0 && cs > 0.f) atomicAdd(counter, 1.f);
 }
@@ -605,7 +633,7 @@ void outro_sets(cudaStream_t s, float* enh, float* done, float* cum, const float
 
 void masked_mean(cudaStream_t s, float* out, const float* x, int n, int dim, const float* flags) {
   if (dim <= 0) return;
-  launch("k_masked_mean", k_masked_mean, dim3(blocks_for(size_t(dim), 128)), dim3(128), 0, s, out, x, n, dim, flags);
+  launch("k_masked_mean", k_masked_mean, dim3(unsigned((dim + 127) / 128)), dim3(128), 0, s, out, x, n, dim, flags);
   OUTRO_LAUNCHED("masked_mean");
 }
 
