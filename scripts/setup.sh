@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the project needs (scripts/apt-packages.txt) and builds build/outro.
+# Installs the Debian packages the project needs (scripts/apt-packages.txt) and builds build/outro
+# and the Python module build/python/outro*.so (import it with PYTHONPATH=build/python).
 # Usage: scripts/setup.sh [extra cmake args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +19,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
-cmake --build build -j"$jobs" --target outro >&2
+cmake --build build -j"$jobs" --target outro outro_python >&2

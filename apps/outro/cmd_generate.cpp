@@ -7,6 +7,7 @@
 #include "common.h"
 #include "media_cli.h"
 #include "core/error.h"
+#include "frontend/frontend.h"
 #include "runtime/generate.h"
 
 namespace outro::cli {
@@ -33,12 +34,7 @@ int cmd_generate(int argc, char** argv) {
   o.sampling.top_k = a.integer("top-k", 0);
   o.sampling.top_p = float(a.number("top-p", 1.0));
   o.sampling.seed = uint64_t(a.integer("seed", 0));
-  o.stop_ids = c.eos_tokens;
-  if (l.tokenizer) {
-    for (const char* t : {"<|im_end|>", "<|endoftext|>"})
-      if (auto id = l.tokenizer->token_id(t); id && std::find(o.stop_ids.begin(), o.stop_ids.end(), *id) == o.stop_ids.end())
-        o.stop_ids.push_back(*id);
-  }
+  o.stop_ids = default_stop_ids(c, l.tokenizer.get());
   if (a.has("stop")) o.stop_strings.push_back(a.str("stop"));
   if (mm) {
     o.prefill_embeds = media.p.prefill.embeds.data();

@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "tokenizer/chat_template.h"
+#include "frontend/frontend.h"
 
 namespace outro::cli {
 
@@ -15,15 +15,7 @@ Loaded load(const Args& a, bool need_tokenizer) {
   l.dir = model_dir(a);
   if (a.has("threads")) setenv("OUTRO_THREADS", a.str("threads").c_str(), 1);
   l.model = Model::load(l.dir);
-  const std::string dev = a.str("device", "auto");
-  if (dev == "cuda" || dev == "auto") {
-    std::string why;
-    l.backend = make_cuda_backend(0, &why);
-    if (!l.backend && dev == "cuda") fail("--device cuda: ", why);
-  } else if (dev != "cpu") {
-    fail("--device: expected cpu, cuda or auto, found '", dev, "'");
-  }
-  if (!l.backend) l.backend = make_cpu_backend();
+  l.backend = make_backend(a.str("device", "auto"), "--device");
   namespace fs = std::filesystem;
   if (fs::exists(fs::path(l.dir) / "tokenizer.json")) {
     l.tokenizer = Tokenizer::load(l.dir);
@@ -38,18 +30,8 @@ std::vector<int32_t> prompt_tokens(const Args& a, const Loaded& l) {
   if (a.has("tokens")) return parse_token_list(a.str("tokens"));
   if (!a.has("prompt")) fail("one of --prompt TEXT or --tokens 1,2,3 is required");
   if (!l.tokenizer) fail(l.dir, ": no tokenizer.json in the model folder; --prompt needs one (use --tokens)");
-  std::string text = a.str("prompt");
-  const bool chat = !a.flag("raw") && l.tokenizer->token_id("<|im_start|>").has_value();
-  if (chat) {
-    std::vector<ChatMessage> msgs;
-    if (a.has("system")) msgs.push_back({"system", a.str("system")});
-    msgs.push_back({"user", text});
-    text = apply_chat_template(msgs, true);
-  }
-  // Outside the chat template the tokenizer's post-processor adds what the reference adds by
-  // default (LLaMA's <s>); the chat template already holds every special token it needs.
-  auto ids = l.tokenizer->encode(text, true, !chat);
-  return std::vector<int32_t>(ids.begin(), ids.end());
+  return text_prompt_ids(*l.tokenizer, a.str("prompt"),
+                         a.has("system") ? std::optional<std::string>(a.str("system")) : std::nullopt, a.flag("raw"));
 }
 
 }  // namespace outro::cli

@@ -1,0 +1,59 @@
+// What the CLI (apps/outro) and the Python module (python/) share, so both run one code path: the
+// backend by device name, the prompt's token ids, the hook points a forward records, one recorded
+// forward over a prompt, the stop ids of generation, the model's configuration as JSON.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "models/multimodal.h"
+#include "models/model.h"
+#include "runtime/hooks.h"
+#include "runtime/intervention.h"
+
+namespace outro {
+
+class Tokenizer;
+
+// "cpu", "cuda" or "auto" (CUDA when a GPU is there, else the CPU). `arg` names the argument in
+// messages ("--device", "device").
+std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& arg);
+
+// A text prompt's ids: through the chat template when the tokenizer
+// has <|im_start|> and not `raw` (a system turn when `system` is given, even empty); else the
+// text as is, with the post-processor's special tokens.
+std::vector<int32_t> text_prompt_ids(const Tokenizer& tok, const std::string& text,
+                                     const std::optional<std::string>& system, bool raw);
+
+// Checks hook point names against a model of `layers` layers; throws Error "ARG: unknown hook
+// point 'NAME'; accepted: ..." for the first unknown one.
+std::vector<std::string> check_hook_names(const std::vector<std::string>& names, int layers, const std::string& arg);
+// The accepted names in words, for messages: "embed, ln_final, blocks.{0..L-1}.hook_resid_pre, ...".
+std::string describe_hook_names(int layers);
+
+// One forward pass over a whole prompt (past = 0) with every logits row and the hook tensors asked
+// for, as `outro forward` writes them: logits [n, vocab]; each hook under its name, shape and
+// layout of hooks.h (rows concatenated over the call).
+struct RecordedForward {
+  std::vector<float> logits;  // [n * vocab]
+  std::vector<std::string> names;
+  std::vector<Recorder::Entry> hooks;  // parallel to names
+  std::vector<uint8_t> modality;       // [n] 0 text, 1 image, 2 video, 3 audio
+};
+// prefill: the multimodal prefill (its ids are the prompt) or null for ids alone. Throws Error for a
+// prompt longer than the model's context (`arg` names the argument) and ids outside the vocabulary.
+RecordedForward record_forward(const Model& m, Backend& be, const std::vector<int32_t>& ids,
+                               const MultimodalPrefill* prefill, const std::vector<std::string>& hooks,
+                               const std::vector<Intervention*>& ivs, const std::string& arg);
+
+// The ids that end generation: the config's EOS ids, and <|im_end|> / <|endoftext|> when the tokenizer has them.
+std::vector<int> default_stop_ids(const ModelConfig& c, const Tokenizer* tok);
+
+// What `outro info` prints.
+nlohmann::json config_json(const Model& m);
+
+}  // namespace outro
