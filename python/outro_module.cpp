@@ -38,13 +38,8 @@ struct PyCallbackFailed {};
 py::exception<Error>* g_error = nullptr;  // outro.Error
 
 // Per layer, the Φ_LLM sink positions OutRo found in the prompt (empty where none).
-// filled when OutRo::layer_sinks lands: return py::cast(o.layer_sinks()) instead of the empty lists.
-py::list py_layer_sinks(const OutRo& o, int layers) {
-  (void)o;
-  py::list out;
-  for (int l = 0; l < layers; ++l) out.append(py::list());
-  return out;
-}
+// Per layer, the positions Φ_LLM found in the prompt (read back from the backend once).
+py::object py_layer_sinks(const OutRo& o) { return py::cast(o.layer_sinks()); }
 
 [[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
 
@@ -259,7 +254,7 @@ class PyModel {
     py::dict h;
     for (size_t i = 0; i < f.names.size(); ++i) h[py::str(f.names[i])] = to_array(f.hooks[i].data.data(), f.hooks[i].shape);
     r.hooks = h;
-    r.sinks = ivs.outro ? py::object(py_layer_sinks(*ivs.outro, cfg().layers)) : py::none();
+    r.sinks = ivs.outro ? py_layer_sinks(*ivs.outro) : py::none();
     r.tokens = py::cast(std::vector<int>(p.ids.begin(), p.ids.end()));
     r.modality = py::cast(std::vector<int>(f.modality.begin(), f.modality.end()));
     r.explain = py::cast(ivs.explain());

@@ -40,12 +40,12 @@ def model(name):
     return _cache[name]
 
 
-# OutRo settings valid on 2-layer fixtures: sink-out at layer 0, sink given (the fixtures are random
-# weights, Φ_LLM finds nothing), alignment on layer 1.
-SMALL_OUTRO = {"l_out": 0, "sinks": [0], "lambda": 0.3}
+# OutRo settings that act on the 2-layer random fixtures, which have no massive activation (Φ_LLM
+# finds nothing there): both layers, token 0 given as the sink by the research override.
+SMALL_OUTRO = {"end_layer": 2, "override_sinks": [0], "gamma": 2.0}
 
 
-# The outro preset (l_out = 2) needs more layers than the 2-layer fixtures have: the demo model only.
+# The outro preset on the demo model, which has no sink either: OutRo must change nothing there.
 CASES = [(n, mode) for n in MODELS for mode in ("plain", "config")] + [("outro-demo", "strategy")]
 
 
@@ -76,12 +76,28 @@ def test_forward_equals_cli_bit_for_bit(name, mode, tmp_path):
     assert r.tokens == TOKENS
     if name == "outro-demo" and mode == "plain":  # ids as a numpy array are the same prompt
         assert same_bits(m.forward(np.array(TOKENS, dtype=np.int64)).logits, r.logits)
-    if mode != "plain":
-        # the edit is real: the logits moved away from the plain model's
+    if mode == "config":
+        # the edit is real: the logits moved away from the plain model's, and the sinks are the override's
         assert not np.array_equal(r.logits, m.forward(TOKENS).logits)
-        assert r.sinks is not None and len(r.sinks) == m.config["layers"]
+        assert r.sinks == [[0] if l < 2 else [] for l in range(m.config["layers"])]
+    elif mode == "strategy":
+        # no massive activation in the demo model: no sink at any layer, the plain model bit for bit
+        assert same_bits(r.logits, m.forward(TOKENS).logits)
+        assert r.sinks == [[]] * m.config["layers"]
+        assert any("no sink at any layer" in line for line in r.explain)
     else:
         assert r.sinks is None
+
+
+def test_sinks_per_layer_equal_the_reference_on_planted_sinks():
+    # tools/outro_fixtures.py's checkpoint: the reference's per-layer sink sets (transformers, method.md).
+    d = FIXTURES.parent / "outro_release" / "q14_gqa"
+    meta = json.loads((d / "ref.json").read_text())
+    m = outro.Model(str(d), device="cpu")
+    r = m.forward(meta["ids"], strategy="outro")
+    assert r.sinks == meta["presets"]["outro"]["sinks"]
+    base = m.forward(meta["ids"], strategy="baseline")
+    assert base.sinks is None and not np.array_equal(base.logits, r.logits)
 
 
 def test_hook_layout():
@@ -288,10 +304,12 @@ def test_unknown_strategy_and_bad_config():
         assert p in msg
     with pytest.raises(ValueError, match=r"config.*lamda"):
         m.forward(TOKENS, config={"lamda": 0.5})
-    with pytest.raises(ValueError, match="config"):
-        m.forward(TOKENS, config={"l_out": 99})
+    with pytest.raises(ValueError, match=r"config.*end_layer = 99"):
+        m.forward(TOKENS, config={"end_layer": 99})
+    with pytest.raises(ValueError, match=r"config.*apply_interval"):
+        m.forward(TOKENS, config={"apply_interval": 0})
     with pytest.raises(ValueError, match="config: expected a dict"):
-        m.forward(TOKENS, config="l_out = 1")
+        m.forward(TOKENS, config="gamma = 1")
 
 
 def test_bad_tokens_and_edits():

@@ -326,7 +326,7 @@ __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) 
 // scans the histogram with one warp, fixes the next bits, clears the histogram and its counter (so
 // both are zero again for the next call), and after the last pass writes the median. State:
 // {prefix, mask, k, count}.
-constexpr int kPhiBins = 2048, kPhiThreads = 256;
+constexpr int kPhiBins = 2048, kPhiThreads = 128, kPhiWarps = kPhiThreads / 32;
 struct PhiState {
   uint32_t prefix, mask, k, count;
 };
@@ -334,52 +334,59 @@ struct PhiState {
 __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, unsigned* hist, PhiState* st,
                                                           float* out, int pass, uint32_t k0, int n, int rpb) {
   pdl_begin();
-  __shared__ unsigned sh[kPhiBins];
-  __shared__ float red[kPhiThreads / 32];
+  // One histogram per warp (4 x 2048 counters, 32 KB): lanes add to their warp's copy with plain
+  // shared atomics; the copies are summed when the block merges into the global histogram.
+  __shared__ unsigned shw[kPhiWarps][kPhiBins];
+  __shared__ float red[kPhiWarps];
   __shared__ bool last;
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
   const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0, width = pass == 2 ? 10 : 11;
-  for (int i = tid; i < kPhiBins; i += kPhiThreads) sh[i] = 0;
+  for (int i = tid; i < kPhiWarps * kPhiBins; i += kPhiThreads) (&shw[0][0])[i] = 0;
   __syncthreads();
   const uint32_t prefix = pass ? st->prefix : 0u, mask = pass ? st->mask : 0u, bmask = (1u << width) - 1u;
+  unsigned* wh = shw[wid];
+  auto count = [&](float v, float& m) {
+    if (pass == 0) {
+      const float a = fabsf(v);
+      m = m < a ? a : m;  // as the host's std::max(m, |x|): a NaN never wins
+    }
+    const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
+    if ((b & mask) == prefix) atomicAdd(&wh[(b >> shift) & bmask], 1u);
+  };
+  const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
   // rpb rows per block, so that the histogram's clearing and merging is paid once per rpb rows.
   for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
     const float* r = h + size_t(row) * dim;
-    float m = 0.f;  // as the host's std::max(m, |x|): a NaN never wins
-    // Every thread of a warp runs the same number of iterations, so the warp can aggregate equal bins.
-    for (int c0 = 0; c0 < dim; c0 += kPhiThreads) {
-      const int c = c0 + tid;
-      int bin = -1;
-      if (c < dim) {
-        const float v = r[c];
-        if (pass == 0) {
-          const float a = fabsf(v);
-          m = m < a ? a : m;
-        }
-        const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
-        if ((b & mask) == prefix) bin = int((b >> shift) & bmask);
+    float m = 0.f;
+    if (vec) {
+      const float4* r4 = reinterpret_cast<const float4*>(r);
+      for (int c = tid; c < dim / 4; c += kPhiThreads) {
+        const float4 v = r4[c];
+        count(v.x, m), count(v.y, m), count(v.z, m), count(v.w, m);
       }
-      const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      const int leader = __ffs(peers) - 1;
-      if (bin >= 0 && lane == leader) atomicAdd(&sh[bin], unsigned(__popc(peers)));
+    } else {
+      for (int c = tid; c < dim; c += kPhiThreads) count(r[c], m);
     }
     if (pass == 0) {
       for (int o = 16; o > 0; o >>= 1) {
         const float b = __shfl_xor_sync(0xffffffffu, m, o);
         m = m < b ? b : m;
       }
-      if (lane == 0) red[tid >> 5] = m;
+      if (lane == 0) red[wid] = m;
       __syncthreads();
       if (tid == 0) {
-        for (int w = 1; w < kPhiThreads / 32; ++w) m = m < red[w] ? red[w] : m;
+        for (int w = 1; w < kPhiWarps; ++w) m = m < red[w] ? red[w] : m;
         out[row] = m;
       }
       __syncthreads();  // red is reused by the next row
     }
   }
   __syncthreads();
-  for (int i = tid; i < kPhiBins; i += kPhiThreads)
-    if (sh[i]) atomicAdd(&hist[i], sh[i]);
+  for (int i = tid; i < kPhiBins; i += kPhiThreads) {
+    unsigned c = 0;
+    for (int w = 0; w < kPhiWarps; ++w) c += shw[w][i];
+    if (c) atomicAdd(&hist[i], c);
+  }
   __threadfence();
   __syncthreads();
   if (tid == 0) last = atomicAdd(&st->count, 1u) == gridDim.x - 1;
@@ -477,7 +484,7 @@ float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scrat
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
   float* out = reinterpret_cast<float*>(st + 1);
-  const int rpb = std::max(1, n / 528), blocks = (n + rpb - 1) / rpb;  // about 4 blocks per SM
+  const int rpb = std::max(1, n / 1056), blocks = (n + rpb - 1) / rpb;  // about 8 blocks per SM
   for (int pass = 0; pass < 3; ++pass)
     launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, hist, st, out, pass,
            uint32_t((N - 1) / 2), n, rpb);
