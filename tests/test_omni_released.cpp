@@ -318,6 +318,25 @@ TEST(OmniReleased, BadFoldersNameTheFileAndField) {
   e = with_config([](json& c) { c["thinker_config"]["text_config"].erase("hidden_size"); });
   EXPECT_TRUE(has(e, "config.json: field thinker_config.text_config.hidden_size is missing"));
   EXPECT_TRUE(has(load_err(), "<no error>"));  // the folder is whole again
+  // The towers' fields, read when the multimodal model is built.
+  auto towers_err = [&](const std::function<void(json&)>& edit) {
+    json c = cfg;
+    edit(c);
+    write_text(cfg_path, c.dump());
+    std::string e = error_of([&] {
+      auto m = Model::load(dir);
+      auto be = make_cpu_backend();
+      MultimodalModel mm(*m, *be);
+    });
+    write_text(cfg_path, cfg.dump());
+    return e;
+  };
+  e = towers_err([](json& c) { c["thinker_config"]["vision_config"]["out_hidden_size"] = 99; });
+  EXPECT_TRUE(has(e, "config.json: field thinker_config.vision_config.out_hidden_size: expected the decoder's hidden_size 32, found 99"));
+  e = towers_err([](json& c) { c["thinker_config"]["audio_config"]["output_dim"] = 99; });
+  EXPECT_TRUE(has(e, "config.json: field thinker_config.audio_config.output_dim: expected the decoder's hidden_size 32, found 99"));
+  e = towers_err([](json& c) { c["thinker_config"]["audio_config"]["d_model"] = "wide"; });
+  EXPECT_TRUE(has(e, "config.json: field thinker_config.audio_config.d_model: expected an integer"));
 
   // model.safetensors.index.json and its shards
   fs::rename(dir + "/" + kShard[2], dir + "/moved.safetensors");

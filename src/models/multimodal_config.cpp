@@ -70,6 +70,7 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
   } else if (!(arch == "Qwen2_5_VLForConditionalGeneration" || mt == "qwen2_5_vl")) {
     return c;  // a text-only model
   }
+  c.section = sec;
   const json& r = *root;
   const json& tc = r.contains("text_config") && r["text_config"].is_object() ? r["text_config"] : r;
   if (r.contains("vision_config") && r["vision_config"].is_object()) {
