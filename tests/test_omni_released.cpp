@@ -16,6 +16,9 @@
 #include "models/multimodal.h"
 #include "runtime/session.h"
 #include "test_util.h"
+#ifdef OUTRO_HAVE_CUDA
+#include "kernels/cuda/cuda_api.h"
+#endif
 
 namespace outro {
 namespace {
@@ -241,6 +244,35 @@ TEST(OmniReleased, LoadsTheThinkerAloneAndMatchesTheThinkerFolderBitForBit) {
     EXPECT_TRUE(same_bits(av_logits(*m, *be), want_av));
     fs::remove_all(dir);
   }
+}
+
+// On the GPU, where weights are uploaded when Backend::weight is first called on them: the released
+// folder uploads exactly what the thinker folder does (the talker/token2wav bytes never reach the
+// device) and gives the same logits bit for bit.
+TEST(OmniReleased, CudaUploadsOnlyTheThinker) {
+  std::string why;
+  if (!make_cuda_backend(0, &why)) GTEST_SKIP() << "needs a CUDA GPU: " << why;
+  const std::string dir = test::tmp_dir("omni_released_cuda");
+  write_released(dir, false);
+  std::vector<float> logits[2], av[2];
+  size_t uploaded[2] = {0, 0};
+  for (int k = 0; k < 2; ++k) {
+    auto m = Model::load(k ? dir : fixture("omni/omni_mm"));
+    auto gpu = make_cuda_backend(0, &why);
+    ASSERT_TRUE(gpu) << why;
+    logits[k] = text_logits(*m, *gpu);
+    av[k] = av_logits(*m, *gpu);
+#ifdef OUTRO_HAVE_CUDA
+    uploaded[k] = cuda_api::weight_bytes(*gpu);
+#endif
+  }
+  EXPECT_TRUE(same_bits(logits[1], logits[0]));
+  EXPECT_TRUE(same_bits(av[1], av[0]));
+  EXPECT_EQ(uploaded[1], uploaded[0]);
+  EXPECT_GT(uploaded[1], 0u);
+  EXPECT_LE(uploaded[1], size_t(Model::load(dir)->store().kept_bytes()));  // float32 stays float32
+  std::printf("  GPU weights uploaded: %zu bytes (thinker folder %zu)\n", uploaded[1], uploaded[0]);
+  fs::remove_all(dir);
 }
 
 std::vector<float> cli_logits(const std::string& model, const std::string& out) {
