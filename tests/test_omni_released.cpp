@@ -345,6 +345,10 @@ TEST(OmniReleased, BadFoldersNameTheFileAndField) {
   EXPECT_TRUE(has(e, "thinker_config.text_config.rope_scaling.mrope_section: [2,3,4] sums to 9, expected head_dim / 2 = 8"));
   e = with_config([](json& c) { c["thinker_config"]["text_config"]["rope_parameters"] = {{"mrope_section", {3, 3, 2}}}; });
   EXPECT_TRUE(has(e, "thinker_config.text_config.rope_parameters.mrope_section [3,3,2] disagrees with"));
+  e = with_config([](json& c) { c["thinker_config"]["text_config"]["rope_scaling"].erase("mrope_section"); });
+  EXPECT_TRUE(has(e, "config.json: field thinker_config.text_config.rope_scaling.mrope_section is missing"));
+  e = with_config([](json& c) { c["thinker_config"]["text_config"]["rope_scaling"] = "mrope"; });
+  EXPECT_TRUE(has(e, "config.json: field thinker_config.text_config.rope_scaling: expected an object, found \"mrope\""));
   e = with_config([](json& c) { c["thinker_config"]["text_config"]["rope_theta"] = "big"; });
   EXPECT_TRUE(has(e, "config.json: field thinker_config.text_config.rope_theta: expected a number"));
   e = with_config([](json& c) { c["thinker_config"]["text_config"].erase("hidden_size"); });

@@ -221,6 +221,10 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
     if (!type.empty() && type != "default" && type != "mrope")
       fail(at, ": rope type '", type, "' is not supported (expected default or mrope)");
   }
+  // The released Omni thinker always rotates with TMRoPE: its three sections must be given.
+  if (c.omni_released && c.mrope_section.empty())
+    fail(r.where("rope_scaling"), ".mrope_section is missing (expected 3 integers summing to head_dim / 2 = ",
+         c.head_dim / 2, "; transformers 5 writes it as rope_parameters.mrope_section)");
   if (const json* b = r.lookup("bos_token_id"); b && b->is_number_integer()) c.bos_token = b->get<int>();
   if (const json* e = r.lookup("eos_token_id")) read_token_ids(*e, &c.eos_tokens, r.where("eos_token_id"));
   return c;
