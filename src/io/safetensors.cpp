@@ -190,7 +190,7 @@ std::unique_ptr<WeightStore> WeightStore::open(const std::string& path, const st
       for (const auto& [shard, names] : listed)
         if (!fs::exists(dir / shard))
           fail(ip, ": field weight_map[\"", names.front(), "\"] names shard ", shard, ", which is missing from ",
-               path, " (", names.size(), " tensor", names.size() == 1 ? "" : "s", " are listed in it)");
+               path, " (", names.size(), names.size() == 1 ? " tensor is" : " tensors are", " listed in it)");
     } else {
       fail(path, ": no model.safetensors or model.safetensors.index.json in this folder");
     }
