@@ -275,6 +275,26 @@ TEST(OmniReleased, CudaUploadsOnlyTheThinker) {
   fs::remove_all(dir);
 }
 
+// Fields the thinker keeps beside text_config (token ids) are read from thinker_config and named there.
+TEST(OmniReleased, ThinkerLevelFieldsAreReadAndNamed) {
+  const std::string text = R"("text_config":{"hidden_size":64,"intermediate_size":128,"num_hidden_layers":2,)"
+                           R"("num_attention_heads":4,"num_key_value_heads":2,"vocab_size":300,"rope_theta":1000000.0,)"
+                           R"("rope_scaling":{"mrope_section":[2,3,3],"rope_type":"default","type":"default"}})";
+  auto c = parse_config(R"({"architectures":["Qwen2_5OmniModel"],"model_type":"qwen2_5_omni","talker_config":{"hidden_size":8},)"
+                        R"("thinker_config":{"bos_token_id":7,"eos_token_id":9,)" + text + "}}", "config.json");
+  EXPECT_EQ(c.hidden, 64);
+  EXPECT_EQ(c.bos_token, 7);
+  EXPECT_EQ(c.eos_tokens, std::vector<int>{9});
+  EXPECT_FLOAT_EQ(c.rope_theta, 1e6f);
+  EXPECT_EQ(c.other_components, std::vector<std::string>{"talker"});
+  std::string e = error_of([&] {
+    parse_config(R"({"architectures":["Qwen2_5OmniModel"],"thinker_config":{"eos_token_id":"end",)" + text + "}}", "config.json");
+  });
+  EXPECT_NE(e.find("config.json: field thinker_config.eos_token_id: expected an integer or a list"), std::string::npos) << e;
+  e = error_of([&] { parse_config(R"({"model_type":"qwen2_5_omni","thinker_config":[1]})", "config.json"); });
+  EXPECT_NE(e.find("config.json: field thinker_config: expected an object, found [1]"), std::string::npos) << e;
+}
+
 std::vector<float> cli_logits(const std::string& model, const std::string& out) {
   auto r = test::run_cli("forward --model " + model + " --device cpu --tokens 1,5,9,17,200 --out " + out);
   EXPECT_EQ(r.code, 0) << r.out;
