@@ -57,7 +57,29 @@ int cmd_info(int argc, char** argv) {
   Args a(argc, argv, 2, {});
   a.check_known({"model"});
   auto m = Model::load(model_dir(a));
+  const ModelConfig& c = m->config();
   nlohmann::json j = config_json(*m);
+  const WeightStore& s = m->store();
+  j["model_type"] = c.model_type;
+  j["weights"] = {{"tensors", s.tensors().size()}, {"bytes", s.kept_bytes()}, {"files_read", s.shard_count()},
+                  {"files_mapped", s.mapped_files()}};
+  if (c.arch == Arch::Qwen2_5OmniThinker) {
+    // The thinker is everything kept: decoder, vision and audio towers.
+    j["layout"] = c.omni_released ? "released Qwen2.5-Omni (thinker_config, thinker.* tensors)" : "Qwen2.5-Omni thinker alone";
+    j["config_section"] = c.text_section;
+    j["thinker_weight_bytes"] = s.kept_bytes();
+    nlohmann::json lo = nlohmann::json::object();
+    for (const auto& l : s.left_out()) {
+      std::string part = l.prefix.substr(0, l.prefix.size() - 1);
+      bool configured = std::find(c.other_components.begin(), c.other_components.end(), part) != c.other_components.end();
+      lo[part] = {{"tensors", l.tensors}, {"bytes", l.bytes}, {"in_config", configured}};
+    }
+    j["left_out"] = lo;
+    for (const auto& l : s.left_out())
+      if (l.tensors)
+        std::fprintf(stderr, "left out %zu %s tensors (%llu bytes): outro runs the thinker only\n", l.tensors,
+                     l.prefix.substr(0, l.prefix.size() - 1).c_str(), (unsigned long long)l.bytes);
+  }
   std::cout << j.dump(2) << "\n";
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -15,6 +16,10 @@ Loaded load(const Args& a, bool need_tokenizer) {
   l.dir = model_dir(a);
   if (a.has("threads")) setenv("OUTRO_THREADS", a.str("threads").c_str(), 1);
   l.model = Model::load(l.dir);
+  for (const auto& lo : l.model->store().left_out())
+    if (lo.tensors)
+      std::fprintf(stderr, "%s: left out %zu %s tensors (%llu bytes); outro runs the thinker only\n", l.dir.c_str(),
+                   lo.tensors, lo.prefix.substr(0, lo.prefix.size() - 1).c_str(), (unsigned long long)lo.bytes);
   l.backend = make_backend(a.str("device", "auto"), "--device");
   namespace fs = std::filesystem;
   if (fs::exists(fs::path(l.dir) / "tokenizer.json")) {

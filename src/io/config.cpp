@@ -26,17 +26,25 @@ const char* arch_name(Arch a) {
 namespace {
 
 struct Reader {
-  const json& text;  // the decoder's section
-  const json& top;   // the whole file
+  const json& text;   // the decoder's section
+  const json& outer;  // the section holding it (the thinker's config), or the whole file
+  const json& top;    // the whole file
   const std::string& src;
-  const std::string& section;
+  const std::string& section;        // "thinker_config.text_config." or ""
+  const std::string& outer_section;  // "thinker_config." or ""
 
+  static bool has(const json& j, const char* key) { return j.contains(key) && !j[key].is_null(); }
   const json* lookup(const char* key) const {
-    if (text.contains(key) && !text[key].is_null()) return &text[key];
-    if (top.contains(key) && !top[key].is_null()) return &top[key];
+    for (const json* j : {&text, &outer, &top})
+      if (has(*j, key)) return &(*j)[key];
     return nullptr;
   }
-  std::string where(const char* key) const { return src + ": field " + section + key; }
+  // Names the field where it was found (or where it belongs when absent).
+  std::string where(const char* key) const {
+    if (!has(text, key) && has(outer, key)) return src + ": field " + outer_section + key;
+    if (!has(text, key) && !has(outer, key) && has(top, key)) return src + ": field " + key;
+    return src + ": field " + section + key;
+  }
   int req_int(const char* key, int lo) const {
     const json* v = lookup(key);
     if (!v) fail(where(key), " is missing (expected an integer >= ", lo, ")");
@@ -93,22 +101,44 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
   if (top.contains("model_type") && top["model_type"].is_string()) c.model_type = top["model_type"].get<std::string>();
 
   const json* text = &top;
-  std::string section;
+  const json* outer = &top;
+  std::string section, outer_section;
+  auto released_omni = [&] {
+    return c.architecture == "Qwen2_5OmniModel" || c.architecture == "Qwen2_5OmniForConditionalGeneration" ||
+           c.model_type == "qwen2_5_omni";
+  };
   if (c.architecture == "Qwen2ForCausalLM" || (c.architecture.empty() && c.model_type == "qwen2")) {
     c.arch = Arch::Qwen2;
   } else if (c.architecture == "LlamaForCausalLM" || (c.architecture.empty() && c.model_type == "llama")) {
     c.arch = Arch::Llama;
-  } else if (c.architecture == "Qwen2_5OmniThinkerForConditionalGeneration" ||
-             c.architecture == "Qwen2_5OmniForConditionalGeneration" ||
-             c.model_type == "qwen2_5_omni_thinker" || c.model_type == "qwen2_5_omni") {
+  } else if (c.architecture == "Qwen2_5OmniThinkerForConditionalGeneration" || released_omni() ||
+             c.model_type == "qwen2_5_omni_thinker") {
     c.arch = Arch::Qwen2_5OmniThinker;
-    if (top.contains("thinker_config") && top["thinker_config"].is_object()) {
-      text = &top["thinker_config"];
-      section = "thinker_config.";
-    }
-    if (text->contains("text_config") && (*text)["text_config"].is_object()) {
-      text = &(*text)["text_config"];
-      section += "text_config.";
+    // The released checkpoints (Qwen2_5OmniModel) nest the thinker's config in thinker_config and its
+    // decoder's fields in thinker_config.text_config; a thinker saved alone has text_config at the top.
+    if (top.contains("thinker_config") || released_omni()) {
+      if (!top.contains("thinker_config"))
+        fail(source, ": field thinker_config is missing (a ", c.architecture.empty() ? c.model_type : c.architecture,
+             " config.json keeps the thinker's config there)");
+      if (!top["thinker_config"].is_object())
+        fail(source, ": field thinker_config: expected an object, found ", top["thinker_config"].dump());
+      c.omni_released = true;
+      outer = &top["thinker_config"];
+      outer_section = "thinker_config.";
+      if (!outer->contains("text_config"))
+        fail(source, ": field thinker_config.text_config is missing (expected the thinker's decoder config: "
+                     "hidden_size, num_hidden_layers, rope_scaling or rope_parameters, ...)");
+      if (!(*outer)["text_config"].is_object())
+        fail(source, ": field thinker_config.text_config: expected an object, found ", (*outer)["text_config"].dump());
+      text = &(*outer)["text_config"];
+      section = "thinker_config.text_config.";
+      for (const char* part : {"talker", "token2wav"})
+        if (top.contains(std::string(part) + "_config")) c.other_components.push_back(part);
+    } else if (top.contains("text_config")) {
+      if (!top["text_config"].is_object())
+        fail(source, ": field text_config: expected an object, found ", top["text_config"].dump());
+      text = &top["text_config"];
+      section = "text_config.";
     }
   } else if (c.architecture == "Qwen2_5_VLForConditionalGeneration" || c.model_type == "qwen2_5_vl") {
     c.arch = Arch::Qwen2_5_VL;
@@ -119,10 +149,11 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
   } else {
     fail(source, ": field architectures: unsupported architecture '",
          c.architecture.empty() ? c.model_type : c.architecture,
-         "' (expected Qwen2ForCausalLM, LlamaForCausalLM, Qwen2_5OmniThinkerForConditionalGeneration or "
-         "Qwen2_5_VLForConditionalGeneration)");
+         "' (expected Qwen2ForCausalLM, LlamaForCausalLM, Qwen2_5OmniModel, "
+         "Qwen2_5OmniThinkerForConditionalGeneration or Qwen2_5_VLForConditionalGeneration)");
   }
-  Reader r{*text, top, source, section};
+  c.text_section = section;
+  Reader r{*text, *outer, top, source, section, outer_section};
   c.hidden = r.req_int("hidden_size", 1);
   c.intermediate = r.req_int("intermediate_size", 1);
   c.layers = r.req_int("num_hidden_layers", 1);
@@ -140,13 +171,10 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
   if (c.heads % c.kv_heads)
     fail(r.where("num_key_value_heads"), ": ", c.kv_heads, " does not divide num_attention_heads ", c.heads);
   c.rope_theta = float(r.opt_num("rope_theta", 10000.0, 0.0));
-  // transformers 5 keeps rope_theta inside rope_parameters
-  if (const json* rp = r.lookup("rope_parameters"); rp && rp->is_object() && rp->contains("rope_theta") &&
-                                                     (*rp)["rope_theta"].is_number())
-    c.rope_theta = (*rp)["rope_theta"].get<float>();
   c.rms_eps = float(r.opt_num("rms_norm_eps", 1e-6, 0.0));
-  c.tie_embeddings = top.contains("tie_word_embeddings") && top["tie_word_embeddings"].is_boolean()
-                         ? top["tie_word_embeddings"].get<bool>()
+  // The wrapper's own flag (the thinker's, or the file's) wins over text_config's.
+  c.tie_embeddings = outer->contains("tie_word_embeddings") && (*outer)["tie_word_embeddings"].is_boolean()
+                         ? (*outer)["tie_word_embeddings"].get<bool>()
                          : r.opt_bool("tie_word_embeddings", false);
   if (c.arch == Arch::Llama) {
     c.qkv_bias = c.o_bias = r.opt_bool("attention_bias", false);
@@ -157,22 +185,46 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
   std::string act = "silu";
   if (const json* a = r.lookup("hidden_act"); a && a->is_string()) act = a->get<std::string>();
   if (act != "silu" && act != "swish") fail(r.where("hidden_act"), ": expected silu, found ", act);
+  // Rotary settings: transformers 4.5x writes rope_theta beside rope_scaling {mrope_section, type};
+  // transformers 5 writes rope_parameters {rope_theta, mrope_section, rope_type}. Either or both.
+  std::string mrope_from;
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     const json* rs = r.lookup(key);
-    if (!rs || !rs->is_object()) continue;
-    if (rs->contains("mrope_section") && (*rs)["mrope_section"].is_array()) {
-      c.mrope_section.clear();
-      for (const auto& x : (*rs)["mrope_section"]) {
-        if (!x.is_number_integer()) fail(r.where(key), ".mrope_section: expected integers");
-        c.mrope_section.push_back(x.get<int>());
-      }
+    if (!rs) continue;
+    const std::string at = r.where(key);
+    if (!rs->is_object()) fail(at, ": expected an object, found ", rs->dump());
+    if (rs->contains("mrope_section") && !(*rs)["mrope_section"].is_null()) {
+      const json& ms = (*rs)["mrope_section"];
+      bool ok = ms.is_array() && ms.size() == 3;
+      if (ok)
+        for (const auto& x : ms) ok = ok && x.is_number_integer() && x.get<long long>() > 0 && x.get<long long>() < (1 << 20);
+      if (!ok) fail(at, ".mrope_section: expected 3 integers > 0 (temporal, height, width), found ", ms.dump());
+      std::vector<int> sec;
+      for (const auto& x : ms) sec.push_back(x.get<int>());
+      if (!c.mrope_section.empty() && sec != c.mrope_section)
+        fail(at, ".mrope_section ", ms.dump(), " disagrees with ", mrope_from);
+      int sum = sec[0] + sec[1] + sec[2];
+      if (sum != c.head_dim / 2)
+        fail(at, ".mrope_section: ", ms.dump(), " sums to ", sum, ", expected head_dim / 2 = ", c.head_dim / 2);
+      c.mrope_section = sec;
+      mrope_from = at + ".mrope_section";
+    }
+    if (rs->contains("rope_theta") && !(*rs)["rope_theta"].is_null()) {
+      const json& t = (*rs)["rope_theta"];
+      if (!t.is_number() || !(t.get<double>() > 0) || !std::isfinite(t.get<double>()))
+        fail(at, ".rope_theta: expected a number > 0, found ", t.dump());
+      c.rope_theta = t.get<float>();
     }
     std::string type;
     for (const char* tk : {"rope_type", "type"})
       if (rs->contains(tk) && (*rs)[tk].is_string()) type = (*rs)[tk].get<std::string>();
     if (!type.empty() && type != "default" && type != "mrope")
-      fail(r.where(key), ": rope type '", type, "' is not supported (expected default or mrope)");
+      fail(at, ": rope type '", type, "' is not supported (expected default or mrope)");
   }
+  // The released Omni thinker always rotates with TMRoPE: its three sections must be given.
+  if (c.omni_released && c.mrope_section.empty())
+    fail(r.where("rope_scaling"), ".mrope_section is missing (expected 3 integers summing to head_dim / 2 = ",
+         c.head_dim / 2, "; transformers 5 writes it as rope_parameters.mrope_section)");
   if (const json* b = r.lookup("bos_token_id"); b && b->is_number_integer()) c.bos_token = b->get<int>();
   if (const json* e = r.lookup("eos_token_id")) read_token_ids(*e, &c.eos_tokens, r.where("eos_token_id"));
   return c;

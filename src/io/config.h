@@ -31,6 +31,12 @@ struct ModelConfig {
   int bos_token = -1;
   std::vector<int> eos_tokens;
   std::string source;  // path of config.json, for messages
+  // Qwen2.5-Omni as released (Qwen2_5OmniModel): the thinker's config sits in thinker_config and the
+  // talker / token2wav configs beside it. text_section is where the decoder's fields were read,
+  // e.g. "thinker_config.text_config." ("" for a flat config).
+  bool omni_released = false;
+  std::string text_section;
+  std::vector<std::string> other_components;  // "talker", "token2wav": configured but not run by outro
 };
 
 // Parses config.json text; `source` names the file in errors.

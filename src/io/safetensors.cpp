@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -151,17 +152,23 @@ MappedFile::~MappedFile() {
   if (data_) munmap(data_, size_);
 }
 
-std::unique_ptr<WeightStore> WeightStore::open(const std::string& path) {
+std::unique_ptr<WeightStore> WeightStore::open(const std::string& path, const std::vector<std::string>& leave_out) {
   auto ws = std::make_unique<WeightStore>();
   ws->where_ = path;
+  for (const auto& p : leave_out) ws->left_out_.push_back({p, 0, 0});
   std::vector<std::string> files;
+  // Index checkpoints: which tensors the index places in each shard, to check against the shards.
+  std::string index_path;
+  std::map<std::string, std::vector<std::string>> listed;
   if (fs::is_directory(path)) {
     fs::path dir(path);
     if (fs::exists(dir / "model.safetensors")) {
       files.push_back((dir / "model.safetensors").string());
     } else if (fs::exists(dir / "model.safetensors.index.json")) {
       std::string ip = (dir / "model.safetensors.index.json").string();
+      index_path = ip;
       std::ifstream f(ip);
+      if (!f) fail(ip, ": cannot open: ", std::strerror(errno));
       json idx;
       try {
         idx = json::parse(f);
@@ -170,15 +177,20 @@ std::unique_ptr<WeightStore> WeightStore::open(const std::string& path) {
       }
       if (!idx.is_object() || !idx.contains("weight_map") || !idx["weight_map"].is_object())
         fail(ip, ": field weight_map missing or not an object");
-      std::set<std::string> seen;
       for (auto& [k, v] : idx["weight_map"].items()) {
-        if (!v.is_string()) fail(ip, ": weight_map[", k, "] is not a string");
+        if (!v.is_string()) fail(ip, ": field weight_map[\"", k, "\"]: expected a shard file name, found ", v.dump());
         std::string shard = v.get<std::string>();
-        if (shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
-          fail(ip, ": weight_map[", k, "] names ", shard, ", expected a file name in the same folder");
-        if (seen.insert(shard).second) files.push_back((dir / shard).string());
+        if (shard.empty() || shard.find('/') != std::string::npos || shard.find("..") != std::string::npos)
+          fail(ip, ": field weight_map[\"", k, "\"] names '", shard, "', expected a file name in the same folder");
+        auto& names = listed[shard];
+        if (names.empty()) files.push_back((dir / shard).string());
+        names.push_back(k);
       }
-      if (files.empty()) fail(ip, ": weight_map is empty");
+      if (files.empty()) fail(ip, ": field weight_map is empty");
+      for (const auto& [shard, names] : listed)
+        if (!fs::exists(dir / shard))
+          fail(ip, ": field weight_map[\"", names.front(), "\"] names shard ", shard, ", which is missing from ",
+               path, " (", names.size(), names.size() == 1 ? " tensor is" : " tensors are", " listed in it)");
     } else {
       fail(path, ": no model.safetensors or model.safetensors.index.json in this folder");
     }
@@ -187,18 +199,47 @@ std::unique_ptr<WeightStore> WeightStore::open(const std::string& path) {
   } else {
     fail(path, ": no such file or folder");
   }
+  auto left_out_of = [&](const std::string& name) -> LeftOut* {
+    for (auto& lo : ws->left_out_)
+      if (name.compare(0, lo.prefix.size(), lo.prefix) == 0) return &lo;
+    return nullptr;
+  };
+  std::map<std::string, std::string> left_names;  // left-out tensor -> its file, for duplicate checks
   for (const auto& f : files) {
     if (!fs::exists(f)) fail(f, ": shard is missing");
     auto mf = std::make_unique<MappedFile>(f);
     auto infos = parse_safetensors(mf->data(), mf->size(), f);
+    ++ws->shards_;
+    size_t kept = 0;
+    std::set<std::string> here;
     for (auto& t : infos) {
       std::string n = t.name;
+      here.insert(n);
       if (ws->tensors_.count(n)) fail(f, ": tensor ", n, " also appears in ", ws->tensors_[n].file);
+      if (LeftOut* lo = left_out_of(n)) {
+        if (!left_names.emplace(n, f).second) fail(f, ": tensor ", n, " also appears in ", left_names[n]);
+        ++lo->tensors;
+        lo->bytes += t.nbytes;
+        continue;
+      }
       ws->tensors_.emplace(n, std::move(t));
+      ++kept;
     }
-    ws->files_.push_back(std::move(mf));
+    if (!index_path.empty()) {
+      const std::string shard = fs::path(f).filename().string();
+      for (const auto& n : listed[shard])
+        if (!here.count(n))
+          fail(index_path, ": field weight_map[\"", n, "\"] names shard ", shard, ", but ", f, " has no tensor ", n);
+    }
+    if (kept) ws->files_.push_back(std::move(mf));  // else unmapped here: only its header was read
   }
   return ws;
+}
+
+uint64_t WeightStore::kept_bytes() const {
+  uint64_t b = 0;
+  for (const auto& [n, t] : tensors_) b += t.nbytes;
+  return b;
 }
 
 const TensorInfo* WeightStore::find(const std::string& name) const {
@@ -208,7 +249,12 @@ const TensorInfo* WeightStore::find(const std::string& name) const {
 
 const TensorInfo& WeightStore::get(const std::string& name) const {
   const TensorInfo* t = find(name);
-  if (!t) fail(where_, ": missing tensor ", name);
+  if (!t) {
+    for (const auto& lo : left_out_)
+      if (name.compare(0, lo.prefix.size(), lo.prefix) == 0)
+        fail(where_, ": tensor ", name, " is under ", lo.prefix, ", which outro leaves out (not loaded)");
+    fail(where_, ": missing tensor ", name);
+  }
   return *t;
 }
 

@@ -51,12 +51,22 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Tensors of a checkpoint that a WeightStore set aside by name prefix (e.g. "talker."): counted
+// from the safetensors headers, their data never read.
+struct LeftOut {
+  std::string prefix;
+  size_t tensors = 0;
+  uint64_t bytes = 0;
+};
+
 // All tensors of a checkpoint folder (one file or shards), by their checkpoint names.
 class WeightStore {
  public:
   // Opens DIR/model.safetensors, or DIR/model.safetensors.index.json and its shards,
-  // or a single .safetensors file path.
-  static std::unique_ptr<WeightStore> open(const std::string& path);
+  // or a single .safetensors file path. Tensors whose names start with one of `leave_out` are
+  // counted (left_out()) but not kept: find() does not see them, and a shard holding nothing else
+  // is unmapped again after its header is read.
+  static std::unique_ptr<WeightStore> open(const std::string& path, const std::vector<std::string>& leave_out = {});
 
   const TensorInfo* find(const std::string& name) const;
   // Throws "missing tensor NAME in DIR" when absent.
@@ -66,11 +76,18 @@ class WeightStore {
   bool has(const std::string& name) const { return find(name) != nullptr; }
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::string& where() const { return where_; }
+  // One entry per leave_out prefix, in the order given (zero counts when none matched).
+  const std::vector<LeftOut>& left_out() const { return left_out_; }
+  uint64_t kept_bytes() const;    // data bytes of the tensors kept
+  size_t mapped_files() const { return files_.size(); }  // files still mapped
+  size_t shard_count() const { return shards_; }         // files whose headers were read
 
  private:
   std::string where_;
   std::vector<std::unique_ptr<MappedFile>> files_;
   std::map<std::string, TensorInfo> tensors_;
+  std::vector<LeftOut> left_out_;
+  size_t shards_ = 0;
 };
 
 // A tensor to write: raw bytes in the given dtype.

@@ -19,7 +19,11 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
   auto m = std::unique_ptr<Model>(new Model());
   m->dir_ = dir;
   m->cfg_ = load_config(dir);
-  m->store_ = WeightStore::open(dir);
+  // A released Qwen2.5-Omni folder also holds the talker and token2wav (speech output), which outro
+  // does not run: their tensors are counted from the headers and never loaded.
+  std::vector<std::string> leave_out;
+  if (m->cfg_.arch == Arch::Qwen2_5OmniThinker) leave_out = {"talker.", "token2wav."};
+  m->store_ = WeightStore::open(dir, leave_out);
   const ModelConfig& c = m->cfg_;
   const WeightStore& s = *m->store_;
 
@@ -31,9 +35,13 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
       m->prefix_ = p;
       break;
     }
-  if (m->prefix_.empty())
+  if (m->prefix_.empty()) {
+    if (c.omni_released)
+      fail(s.where(), ": missing tensor thinker.model.embed_tokens.weight (config.json is a released Qwen2.5-Omni "
+                      "config with thinker_config, whose decoder is stored under thinker.model.)");
     fail(s.where(), ": missing tensor model.embed_tokens.weight (also looked for it under model.language_model., "
                     "thinker.model., language_model.model.)");
+  }
   const std::string& P = m->prefix_;
   const int64_t D = c.hidden, I = c.intermediate, hd = c.head_dim;
   const int64_t qdim = int64_t(c.heads) * hd, kvdim = int64_t(c.kv_heads) * hd;
@@ -50,7 +58,8 @@ std::unique_ptr<Model> Model::load(const std::string& dir) {
 
   m->embed = get(P + "embed_tokens.weight", {c.vocab, D});
   m->final_norm = get(P + "norm.weight", {D});
-  for (const char* head : {"lm_head.weight", "thinker.lm_head.weight", "language_model.lm_head.weight"})
+  const char* head_first = P.rfind("thinker.", 0) == 0 ? "thinker.lm_head.weight" : "lm_head.weight";
+  for (const char* head : {head_first, "lm_head.weight", "thinker.lm_head.weight", "language_model.lm_head.weight"})
     if (s.has(head)) {
       m->lm_head = get(head, {c.vocab, D});
       break;

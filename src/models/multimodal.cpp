@@ -304,13 +304,13 @@ MultimodalModel::MultimodalModel(const Model& m, Backend& be) : model_(m) {
   const int D = m.config().hidden;
   if (c_.has_vision) {
     if (c_.vision.out_hidden != D)
-      fail(c_.source, ": field vision_config.out_hidden_size: expected the decoder's hidden_size ", D, ", found ",
+      fail(c_.source, ": field ", c_.section, "vision_config.out_hidden_size: expected the decoder's hidden_size ", D, ", found ",
            c_.vision.out_hidden);
     vision_ = std::make_unique<VisionEncoder>(c_.vision, m.store(), be);
   }
   if (c_.has_audio) {
     if (c_.audio.out_dim != D)
-      fail(c_.source, ": field audio_config.output_dim: expected the decoder's hidden_size ", D, ", found ", c_.audio.out_dim);
+      fail(c_.source, ": field ", c_.section, "audio_config.output_dim: expected the decoder's hidden_size ", D, ", found ", c_.audio.out_dim);
     audio_ = std::make_unique<AudioEncoder>(c_.audio, m.store(), be);
   }
 }

@@ -52,13 +52,14 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
   } catch (const json::exception& e) {
     fail(source, ": not valid JSON (", e.what(), ")");
   }
+  if (!top.is_object()) fail(source, ": expected a JSON object");
   MultimodalConfig c;
   c.source = source;
   std::string arch = top.contains("architectures") && top["architectures"].is_array() && !top["architectures"].empty() &&
                              top["architectures"][0].is_string()
                          ? top["architectures"][0].get<std::string>()
                          : "";
-  std::string mt = top.value("model_type", "");
+  std::string mt = top.contains("model_type") && top["model_type"].is_string() ? top["model_type"].get<std::string>() : "";
   const json* root = &top;
   std::string sec;
   if (arch.rfind("Qwen2_5Omni", 0) == 0 || mt.rfind("qwen2_5_omni", 0) == 0) {
@@ -70,6 +71,7 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
   } else if (!(arch == "Qwen2_5_VLForConditionalGeneration" || mt == "qwen2_5_vl")) {
     return c;  // a text-only model
   }
+  c.section = sec;
   const json& r = *root;
   const json& tc = r.contains("text_config") && r["text_config"].is_object() ? r["text_config"] : r;
   if (r.contains("vision_config") && r["vision_config"].is_object()) {

@@ -31,6 +31,7 @@ struct MultimodalConfig {
   int position_id_per_seconds = 25;
   double seconds_per_chunk = 2.0;
   std::string source;
+  std::string section;  // where the towers' configs are: "thinker_config." in a released Omni config.json, else ""
 };
 
 // Parses config.json text (`source` names the file in errors). A text-only config gives
