@@ -650,7 +650,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2) k_attn_mma(float* z, const flo
   __shared__ int s_lo_min, s_lo_max, s_hi_min, s_hi_max;
   pdl_begin();
 
-  const int qt = gridDim.x - 1 - blockIdx.x;  // longest tiles first
+  // Longest tiles first. With sink-out rows the first tile may be the longest of all (a sink row
+  // there, typically token 0, sees every key), so it goes first and the rest follow longest first.
+  const int qt = !p.sinkout_mask ? gridDim.x - 1 - blockIdx.x : blockIdx.x == 0 ? 0 : gridDim.x - blockIdx.x;
   const int h = blockIdx.y, H = p.n_heads, KV = p.n_kv, kvh = h / (H / KV);
   const int r0 = qt * BQ, tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int total = p.past + p.n_new;
