@@ -45,7 +45,6 @@ const char* decode_gating_name(DecodeGating d) {
 
 void validate_outro(const OutroParams& p, const ModelConfig& c, const std::string& where) {
   const int L = c.layers;
-  const int e = p.end(L);
   if (p.start_layer < 0 || p.start_layer >= L)
     fail(where, ": start_layer = ", p.start_layer, " is outside the model's layers (expected 0 .. ", L - 1, "; ",
          c.source, " has ", L, " layers)");
@@ -55,7 +54,6 @@ void validate_outro(const OutroParams& p, const ModelConfig& c, const std::strin
   if (p.end_layer >= 0 && p.end_layer < p.start_layer)
     fail(where, ": end_layer = ", p.end_layer, " is before start_layer = ", p.start_layer,
          " (the range [start_layer, end_layer) must not run backwards)");
-  (void)e;
   if (p.apply_interval < 0) fail(where, ": apply_interval: expected an integer >= 1, found ", p.apply_interval);
   if (!(p.temp > 0.f) || !std::isfinite(p.temp)) fail(where, ": temp: expected a number > 0, found ", p.temp);
   if (!std::isfinite(p.gamma)) fail(where, ": gamma: expected a finite number, found ", p.gamma);
