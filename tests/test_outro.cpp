@@ -410,23 +410,6 @@ TEST(OutroOverride, GivenPositionsReplaceDetectionAndActOnAModelWithoutSinks) {
   EXPECT_NE(o.explain().find("research override"), std::string::npos) << o.explain();
 }
 
-TEST(OutroLifetime, DestroyedAfterItsBackendAndMovedToAnother) {
-  const Fixture& f = fixture("q8_mha");
-  auto o = std::make_unique<OutRo>(outro_preset("outro"));
-  {
-    auto be = make_cpu_backend();
-    run(*f.model, *be, f.ids, {}, {o.get()});
-    EXPECT_TRUE(o->any_sink());  // read while the backend lives
-  }
-  // The backend is gone: what was read stays readable, nothing of it is released twice.
-  EXPECT_TRUE(o->any_sink());
-  auto be2 = make_cpu_backend();
-  const auto r = run(*f.model, *be2, f.ids, {}, {o.get()}).prompt;
-  EXPECT_LT(rel_err(r, f.t("outro.prompt")), kTol);
-  be2.reset();
-  o.reset();  // after its backend: no use of freed memory (ASan)
-}
-
 // ----------------------------------------------------------------------------------------- CLI
 
 std::string ids_arg(const std::vector<int32_t>& ids) {

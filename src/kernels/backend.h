@@ -52,9 +52,6 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
-  // Expires when the backend is destroyed: objects that keep buffers in it (OutRo) check it before
-  // they release them, so destroying them after the backend is safe.
-  std::weak_ptr<const int> lifetime() const { return alive_; }
 
   virtual Buf alloc(size_t n) = 0;
   virtual void release(Buf& b) = 0;
@@ -139,9 +136,6 @@ class Backend {
   virtual int32_t argmax(const Buf& x, size_t off, int n);
 
   virtual void synchronize() {}
-
- private:
-  std::shared_ptr<const int> alive_ = std::make_shared<const int>(0);
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

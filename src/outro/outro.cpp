@@ -82,7 +82,7 @@ OutRo::OutRo(OutroParams p) : p_(std::move(p)) {
 OutRo::~OutRo() { release_buffers(); }
 
 void OutRo::release_buffers() {
-  if (be_ && !be_alive_.expired())
+  if (be_)
     for (Buf* b : {&rec_, &vbar_, &enh_, &done_, &cum_})
       if (b->ptr) be_->release(*b);
   rec_ = vbar_ = enh_ = done_ = cum_ = Buf{};
@@ -101,10 +101,9 @@ void OutRo::alloc(ForwardCtx& ctx) {
   const ModelConfig& c = *ctx.cfg;
   const size_t P = size_t(ctx.n), L = size_t(c.layers);
   const size_t vs = size_t(c.kv_heads) * size_t(c.head_dim) + 3;
-  if (be_ != ctx.be || be_alive_.expired()) {
+  if (be_ != ctx.be) {
     release_buffers();
     be_ = ctx.be;
-    be_alive_ = ctx.be->lifetime();
   }
   if (P > cap_p_ || L > cap_l_ || vs > cap_v_) {
     for (Buf* b : {&rec_, &vbar_, &enh_, &done_, &cum_})
@@ -142,7 +141,7 @@ void OutRo::begin(ForwardCtx& ctx) {
     prefilled_ = true;
     return;
   }
-  if (!prefilled_ || be_ != ctx.be || be_alive_.expired())
+  if (!prefilled_ || be_ != ctx.be)
     fail("outro: a decode step (position ", ctx.past, ") came before the prompt was run with OutRo attached on this "
          "backend; OutRo's state is made in the prefill (reset the session and run the prompt again)");
   ++decode_steps_;
@@ -194,7 +193,7 @@ void OutRo::z(ForwardCtx& ctx, int layer, Buf z) {
 }
 
 const std::vector<OutroLayer>& OutRo::layers() const {
-  if (read_ || !prefilled_ || !be_ || be_alive_.expired()) return host_layers_;
+  if (read_ || !prefilled_ || !be_) return host_layers_;
   const size_t P = size_t(prompt_len_), L = size_t(layers_);
   std::vector<float> recs(L * (P + 4)), vb(L * vstride_);
   be_->download(rec_, 0, recs.data(), recs.size());

@@ -16,7 +16,6 @@
 // A prompt in which no layer finds a sink is the plain model, bit for bit.
 #pragma once
 #include <algorithm>
-#include <memory>
 #include <string>
 #include <vector>
 
@@ -101,10 +100,9 @@ struct OutroLayer {
   long rotated_decode = 0;     // and in decode steps
 };
 
-// Keeps its per-prompt state in the memory of the backend it last ran on (released with it, or by
-// release_buffers(); destroying the object after the backend is safe: the buffers went with it, and
-// layers() keeps what it had read). One object serves many prompts one after the other; everything
-// is reset at every prefill.
+// Keeps its per-prompt state in the memory of the backend it last ran on: destroy it, or call
+// release_buffers(), before that backend goes away. One object serves many prompts one after the
+// other; everything is reset at every prefill.
 class OutRo : public Intervention {
  public:
   explicit OutRo(OutroParams p);
@@ -144,7 +142,6 @@ class OutRo : public Intervention {
   size_t vstride_ = 0;  // KV·hd + 3: mean, sink count, rotated in the prefill, rotated in decode steps
   // Backend memory: rec_ [L, P + 4] (phi_detect records), vbar_ [L, vstride_], enh_/done_/cum_ [P].
   Backend* be_ = nullptr;
-  std::weak_ptr<const int> be_alive_;  // expires with be_
   Buf rec_, vbar_, enh_, done_, cum_;
   size_t cap_p_ = 0, cap_l_ = 0, cap_v_ = 0;
   // The host copy of what the backend holds, read once when asked.
