@@ -59,8 +59,8 @@ std::vector<std::string> split(const std::string& s, char sep) {
 }
 
 // Forwards every hook to the OutRo object and adds up the time spent inside it (the intervention's
-// own work: sink selection, mean_rows, align_rows; the longer sink rows inside the attention kernel
-// are not in it).
+// own work: detection, the sets, the sink value, the gating; the longer sink rows inside the
+// attention kernel are not in it).
 class Timed : public Intervention {
  public:
   // sync: wait for the backend after each hook (CPU: free). On a GPU a wait per hook would stall the

@@ -171,16 +171,17 @@ float phi_stats(const float* h, int n, int dim, float* row_max) {
   return kth_abs(h, N, (N - 1) / 2);
 }
 
-void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul) {
-  std::vector<float> mx(size_t(std::max(n, 0)));
-  const float m = phi_stats(h, n, dim, mx.data());
+void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul, float* row_max) {
+  std::vector<float> own(row_max ? 0 : size_t(std::max(n, 0)));
+  float* mx = row_max ? row_max : own.data();
+  const float m = phi_stats(h, n, dim, mx);
   const float tau = std::max(abs_thr, med_mul * m);
   int count = 0;
   float top = 0.f;
   for (int i = 0; i < n; ++i) {
-    rec[i] = mx[size_t(i)] >= tau ? 1.f : 0.f;
+    rec[i] = mx[i] >= tau ? 1.f : 0.f;
     count += rec[i] != 0.f;
-    top = std::max(top, mx[size_t(i)]);
+    top = std::max(top, mx[i]);
   }
   rec[n] = tau, rec[n + 1] = m, rec[n + 2] = float(count), rec[n + 3] = top;
 }

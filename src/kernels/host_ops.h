@@ -23,7 +23,8 @@ void avgpool_rows(float* y, const float* x, int n, int dim, int k);
 // smallest |h| (the lower median), found exactly by counting, returned.
 float phi_stats(const float* h, int n, int dim, float* row_max);
 // OutRo's ops, with the contracts of Backend::phi_detect, outro_sets, masked_mean, gate_heads.
-void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul);
+// phi_detect also writes the row maxima to row_max[n] when it is not null.
+void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul, float* row_max = nullptr);
 void outro_sets(float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once);
 void masked_mean(float* out, const float* x, int n, int dim, const float* flags);
 void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl, int excl_n,

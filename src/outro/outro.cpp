@@ -66,11 +66,13 @@ void validate_outro(const OutroParams& p, const ModelConfig& c, const std::strin
 PhiLLM phi_llm(const float* h, int n, int dim, double tau_abs, double tau_rel) {
   PhiLLM r;
   if (size_t(n) * size_t(dim) == 0) return r;
+  // The backends' rule, from the same host code the CPU backend runs.
+  std::vector<float> rec(size_t(n) + 4);
   r.row_max.assign(size_t(n), 0.f);
-  r.median = host::phi_stats(h, n, dim, r.row_max.data());
-  r.tau = std::max(float(tau_abs), float(tau_rel) * r.median);
+  host::phi_detect(rec.data(), h, n, dim, float(tau_abs), float(tau_rel), r.row_max.data());
   for (int i = 0; i < n; ++i)
-    if (r.row_max[size_t(i)] >= r.tau) r.sinks.push_back(i);
+    if (rec[size_t(i)] != 0.f) r.sinks.push_back(i);
+  r.tau = rec[size_t(n)], r.median = rec[size_t(n) + 1];
   return r;
 }
 
