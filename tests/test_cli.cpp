@@ -5,6 +5,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "frontend/frontend.h"
 #include "io/safetensors.h"
 #include "models/random_model.h"
 #include "test_util.h"
@@ -114,6 +115,10 @@ TEST(Cli, BadInputGivesOneClearErrorLine) {
       {"unknown flag", "generate --model " + dir + "/ok --tokens 1 --frobnicate 3", {"unknown flag --frobnicate"}},
       {"bad number", "generate --model " + dir + "/ok --tokens 1 --max-new-tokens lots", {"--max-new-tokens", "lots"}},
       {"bad device", "generate --model " + dir + "/ok --tokens 1 --device tpu", {"--device", "tpu"}},
+      {"bad GPU index", "generate --model " + dir + "/ok --tokens 1 --device cuda:x", {"--device", "cuda:N", "cuda:x"}},
+      // No machine that runs the tests has 4097 GPUs: the message names the index asked for, and
+      // either the GPUs there are or why there is none.
+      {"missing GPU", "generate --model " + dir + "/ok --tokens 1 --device cuda:4096", {"--device cuda:4096: "}},
   };
   for (const auto& c : cases) {
     auto r = run_cli(c.args);
@@ -123,6 +128,30 @@ TEST(Cli, BadInputGivesOneClearErrorLine) {
     for (const auto& m : c.must_mention) EXPECT_NE(r.out.find(m), std::string::npos) << c.what << ": '" << m << "' not in: " << r.out;
   }
   fs::remove_all(dir);
+}
+
+// Under a launcher each process finds its local rank (and so its GPU) in the environment; a value
+// that is not a rank is ignored, and outside a launcher there is none.
+TEST(Cli, LauncherLocalRankFromEnvironment) {
+  const char* vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"};
+  std::vector<std::pair<std::string, std::string>> saved;
+  for (const char* v : vars)
+    if (const char* e = std::getenv(v)) saved.emplace_back(v, e);
+  for (const char* v : vars) unsetenv(v);
+  EXPECT_EQ(launcher_local_rank(), -1);
+  setenv("LOCAL_RANK", "2", 1);
+  EXPECT_EQ(launcher_local_rank(), 2);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "5", 1);  // mpirun's wins
+  EXPECT_EQ(launcher_local_rank(), 5);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x5", 1);
+  EXPECT_EQ(launcher_local_rank(), 2);
+  for (const char* v : vars) unsetenv(v);
+  for (const auto& [k, v] : saved) setenv(k.c_str(), v.c_str(), 1);
+  // Rank 3 takes GPU 3 % count (sharing when there are fewer), or the CPU where there is no GPU.
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "3", 1);
+  EXPECT_STREQ(make_backend("auto", "--device")->name(), cuda_device_count() > 0 ? "cuda" : "cpu");
+  unsetenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  for (const auto& [k, v] : saved) setenv(k.c_str(), v.c_str(), 1);
 }
 
 }  // namespace

@@ -522,6 +522,28 @@ TEST_F(Pair, PhiLlmStatsOnGpuEqualHost) {
       EXPECT_EQ(back, h);
     }
   }
+  // The GPU reads h once when a sample of its rows brackets the median, and falls back to a radix
+  // select over all of h when the sample misleads or too many values share the median's bin: both
+  // give the host's answer. Cases: a plain large prompt (the one-read path), every value equal (the
+  // bracket holds everything: the buffer overflows), the sampled rows (every S-th, S = n / 256)
+  // a thousand times larger than the rest (the bracket misses), and half the values zero.
+  for (int kind = 0; kind < 4; ++kind) {
+    const int n = 2048, dim = 896, S = n / 256;
+    auto h = randn(size_t(n) * dim, uint64_t(700 + kind), 0.5f);
+    for (size_t i = 0; i < h.size(); ++i) {
+      if (kind == 1) h[i] = 0.25f;
+      if (kind == 2 && (i / dim) % S == 0) h[i] *= 1000.f;
+      if (kind == 3 && i % 2) h[i] = 0.f;
+    }
+    h[5 * dim + 3] = 5000.f;
+    PhiLLM want = phi_llm(h.data(), n, dim, 100.0, 1000.0);
+    Buf b = put(*gpu, h);
+    std::vector<float> row_max;
+    float median = -1.f;
+    ASSERT_TRUE(cuda_api::phi_llm_stats(*gpu, b, n, dim, &row_max, &median));
+    EXPECT_EQ(median, want.median) << "case " << kind;
+    EXPECT_EQ(row_max, want.row_max) << "case " << kind;
+  }
   std::vector<float> rm;
   float med = 0.f;
   EXPECT_FALSE(cuda_api::phi_llm_stats(*cpu, Buf{}, 1, 1, &rm, &med));

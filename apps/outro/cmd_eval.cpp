@@ -40,7 +40,7 @@ const char* kEvalUsage =
     "                  [--strategies baseline,outro,outro-align-only,outro-sinkout-only] [--seeds N]\n"
     "                  [--temperature T --top-k K --top-p P] [--max-new-tokens N] [--system TEXT] [--raw]\n"
     "                  [--limit N] [--allow-missing-media] [--bootstrap N] [--outro-config FILE]\n"
-    "                  [--merge-timeout S] [--no-progress] [--device cpu|cuda|auto] [--threads N]\n"
+    "                  [--merge-timeout S] [--no-progress] [--device cpu|cuda[:N]|auto] [--threads N]\n"
     "                  [--text-only]   (Omni/VL checkpoints see the items' media unless --text-only)\n"
     "                  [--protocol harness|outro] [--answer-rule harness|authors|avhbench|dailyomni|omnibench]\n"
     "                  [--audio-in-video auto|on|off] [--video-second-per-grid S] [--audio-max-seconds S]\n"

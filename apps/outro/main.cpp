@@ -16,7 +16,7 @@ void usage() {
       "commands:\n"
       "  generate  --model DIR (--prompt TEXT | --tokens 1,2,3) [--max-new-tokens N] [--greedy]\n"
       "            [--temperature T --top-k K --top-p P --seed S] [--stop STR] [--raw] [--json]\n"
-      "            [--strategy NAME] [--outro-config FILE] [--explain] [--device cpu|cuda]\n"
+      "            [--strategy NAME] [--outro-config FILE] [--explain] [--device cpu|cuda[:N]|auto]\n"
       "            [--video FILE [--use-audio-in-video]] [--audio FILE] [--image FILE]   (Qwen2.5-Omni / -VL)\n"
       "  forward   --model DIR --tokens 1,2,3 --out FILE.safetensors [--hooks NAME[,NAME...]]\n"
       "            [--strategy NAME] [--outro-config FILE] [--video/--audio/--image FILE]\n"

@@ -2,6 +2,8 @@
 #include "frontend/frontend.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -11,14 +13,44 @@
 
 namespace outro {
 
+int launcher_local_rank() {
+  for (const char* v : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "LOCAL_RANK"})
+    if (const char* e = std::getenv(v)) {
+      char* end = nullptr;
+      const long r = std::strtol(e, &end, 10);
+      if (end != e && *end == '\0' && r >= 0 && r < 1 << 20) return int(r);
+    }
+  return -1;
+}
+
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& arg) {
   std::unique_ptr<Backend> be;
-  if (device == "cuda" || device == "auto") {
+  const bool indexed = device.rfind("cuda:", 0) == 0;
+  if (device == "cuda" || device == "auto" || indexed) {
+    int index = 0;
     std::string why;
-    be = make_cuda_backend(0, &why);
-    if (!be && device == "cuda") fail(arg, " cuda: ", why);
+    if (indexed) {
+      const std::string num = device.substr(5);
+      char* end = nullptr;
+      const long v = std::strtol(num.c_str(), &end, 10);
+      if (num.empty() || *end != '\0' || v < 0 || v > 1 << 20)
+        fail(arg, ": expected cuda:N with N a GPU index (0, 1, ...), found '", device, "'");
+      index = int(v);
+    } else if (const int r = launcher_local_rank(); r > 0) {
+      // Under mpirun (or srun, torchrun) each process of a host takes its own GPU; more processes
+      // than GPUs share them round-robin.
+      const int count = cuda_device_count();
+      if (count > 0) {
+        index = r % count;
+        if (r >= count)
+          std::fprintf(stderr, "outro: local rank %d shares cuda:%d (%d GPU%s on this host)\n", r, index, count,
+                       count == 1 ? "" : "s");
+      }
+    }
+    be = make_cuda_backend(index, &why);
+    if (!be && device != "auto") fail(arg, " ", device, ": ", why);
   } else if (device != "cpu") {
-    fail(arg, ": expected cpu, cuda or auto, found '", device, "'");
+    fail(arg, ": expected cpu, cuda, cuda:N or auto, found '", device, "'");
   }
   if (!be) be = make_cpu_backend();
   return be;

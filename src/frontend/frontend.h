@@ -19,9 +19,14 @@ namespace outro {
 
 class Tokenizer;
 
-// "cpu", "cuda" or "auto" (CUDA when a GPU is there, else the CPU). `arg` names the argument in
-// messages ("--device", "device").
+// "cpu", "cuda", "cuda:N" or "auto" (CUDA when a GPU is there, else the CPU). "cuda" and "auto" take
+// the launcher's local rank's GPU (launcher_local_rank() modulo the GPUs of the host), GPU 0 outside
+// a launcher. `arg` names the argument in messages ("--device", "device"); a GPU index that does not
+// exist is an error that lists the GPUs there are.
 std::unique_ptr<Backend> make_backend(const std::string& device, const std::string& arg);
+// The process's rank on its host under mpirun (OMPI_COMM_WORLD_LOCAL_RANK), MPICH, srun or torchrun;
+// -1 outside a launcher.
+int launcher_local_rank();
 
 // A text prompt's ids: through the chat template when the tokenizer
 // has <|im_start|> and not `raw` (a system turn when `system` is given, even empty); else the

@@ -141,5 +141,7 @@ class Backend {
 std::unique_ptr<Backend> make_cpu_backend();
 // nullptr when the CUDA backend is not compiled in or no GPU is present; `why` says which.
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why);
+// CUDA GPUs present (0 without the CUDA backend or a driver).
+int cuda_device_count();
 
 }  // namespace outro

@@ -149,7 +149,22 @@ void OutRo::begin(ForwardCtx& ctx) {
   ++decode_steps_;
 }
 
+// Detection, the sets and the sink value all run at the attention_policy hook, on rows kept from
+// the earlier hooks: the residual stream is unchanged until the attention output is added, and v is
+// final once projected. By then the layer's RMSNorm has taken the previous layer's residual add into
+// its kernel and RoPE has taken the KV-cache writes into its own, fusions of the CUDA backend that a
+// backend op at resid_pre or qkv would have split (each runs what waits before it starts).
 void OutRo::resid_pre(ForwardCtx& ctx, int layer, Buf h) {
+  (void)ctx, (void)layer;
+  resid_ = h;
+}
+
+void OutRo::qkv(ForwardCtx& ctx, int layer, Buf q, Buf k, Buf v) {
+  (void)ctx, (void)layer, (void)q, (void)k;
+  v_ = v;
+}
+
+void OutRo::attention_policy(ForwardCtx& ctx, int layer, AttnParams& p) {
   if (!prefill_ || !detect_layer(layer)) return;
   const int n = ctx.n;
   Buf r = rec(layer);
@@ -159,19 +174,11 @@ void OutRo::resid_pre(ForwardCtx& ctx, int layer, Buf h) {
     host[size_t(n) + 2] = float(p_.override_sinks.size());
     ctx.be->upload(r, 0, host.data(), host.size());
   } else {
-    ctx.be->phi_detect(r, h, n, ctx.cfg->hidden, float(p_.abs_thr), float(p_.med_mul));
+    ctx.be->phi_detect(r, resid_, n, ctx.cfg->hidden, float(p_.abs_thr), float(p_.med_mul));
   }
   ctx.be->outro_sets(enh_, done_, cum_, r, n, enhance_layer(layer), p_.apply_once);
-}
-
-void OutRo::qkv(ForwardCtx& ctx, int layer, Buf q, Buf k, Buf v) {
-  if (!prefill_ || !p_.gate || !detect_layer(layer)) return;
-  const int dim = ctx.cfg->kv_heads * ctx.cfg->head_dim;
-  ctx.be->masked_mean(vbar(layer), v, ctx.n, dim, rec(layer));
-}
-
-void OutRo::attention_policy(ForwardCtx& ctx, int layer, AttnParams& p) {
-  if (!prefill_ || !enhance_layer(layer)) return;
+  if (p_.gate) ctx.be->masked_mean(vbar(layer), v_, n, ctx.cfg->kv_heads * ctx.cfg->head_dim, r);
+  if (!enhance_layer(layer)) return;
   p.sinkout_mask = enh_.ptr;
   p.sinkout_end = prompt_len_;
 }

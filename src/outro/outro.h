@@ -143,6 +143,7 @@ class OutRo : public Intervention {
   // Backend memory: rec_ [L, P + 4] (phi_detect records), vbar_ [L, vstride_], enh_/done_/cum_ [P].
   Backend* be_ = nullptr;
   Buf rec_, vbar_, enh_, done_, cum_;
+  Buf resid_, v_;  // the layer's resid_pre rows and values, read at its attention_policy hook
   size_t cap_p_ = 0, cap_l_ = 0, cap_v_ = 0;
   // The host copy of what the backend holds, read once when asked.
   mutable bool read_ = false;

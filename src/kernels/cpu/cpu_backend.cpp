@@ -334,6 +334,7 @@ std::unique_ptr<Backend> make_cuda_backend(int, std::string* why) {
   if (why) *why = "this build has no CUDA backend (nvcc was not found at configure time)";
   return nullptr;
 }
+int cuda_device_count() { return 0; }
 #endif
 
 }  // namespace outro

@@ -165,11 +165,11 @@ void fill(cudaStream_t s, float* y, size_t n, float v);
 void copy(cudaStream_t s, float* y, const float* x, size_t n);
 void zero_cols(cudaStream_t s, float* x, int n, int row_len, int col0, int ncols);
 void zero_top_dim(cudaStream_t s, float* x, int row, int groups, int gdim);
-// Φ_LLM statistics of h[n, dim] (n * dim < 2^32): writes, in scratch (phi_llm_scratch_bytes(n)), n row
-// maxima of |h| followed by the ((n·dim - 1) / 2)-th smallest |h|, and returns where (n + 1 floats).
-// Three launches. The scratch must be zeroed once when allocated; every call leaves its histogram
-// and counter zero again.
-size_t phi_llm_scratch_bytes(int n);
+// Φ_LLM statistics of h[n, dim] (n * dim < 2^32): writes, in scratch (phi_llm_scratch_bytes(n, dim)),
+// n row maxima of |h| followed by the ((n·dim - 1) / 2)-th smallest |h|, and returns where (n + 1
+// floats). Five launches, one full read of h in the common case. The scratch must be zeroed once
+// when allocated; every call leaves its histogram and counters zero again.
+size_t phi_llm_scratch_bytes(int n, int dim);
 // Index of the largest of x[0, n) (the lowest index among equal maxima; NaN never wins) into *out
 // (device memory). One block.
 void argmax(cudaStream_t s, const float* x, int n, int32_t* out);

@@ -464,7 +464,7 @@ class CudaBackend final : public Backend {
     flush();
     if (size_t(n) * size_t(dim) >= (size_t(1) << 32))
       fail("phi_detect: ", n, " x ", dim, " values is more than the CUDA statistics take (< 2^32)");
-    cuda::phi_detect(s_, F(rec), F(h), n, dim, abs_thr, med_mul, phi_scratch(n));
+    cuda::phi_detect(s_, F(rec), F(h), n, dim, abs_thr, med_mul, phi_scratch(n, dim));
   }
   void outro_sets(Buf enh, Buf done, Buf cum, const Buf& rec, int n, bool enhance, bool once) override {
     flush();
@@ -599,8 +599,8 @@ class CudaBackend final : public Backend {
   }
   // Φ_LLM's row maxima and median on the GPU; only n + 1 floats come back.
   // The statistics' scratch, grown on request (the kernels leave their counters zero).
-  void* phi_scratch(int n) {
-    const size_t need = cuda::phi_llm_scratch_bytes(n);
+  void* phi_scratch(int n, int dim) {
+    const size_t need = cuda::phi_llm_scratch_bytes(n, dim);
     if (need > phi_bytes_) {
       if (phi_scratch_) {
         OUTRO_CK(cudaStreamSynchronize(s_));
@@ -615,7 +615,7 @@ class CudaBackend final : public Backend {
   }
   void phi_llm_stats(const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
     flush();
-    phi_scratch(n);
+    phi_scratch(n, dim);
     const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_);
     // The n + 1 floats come back through pinned memory (a direct copy, no staging by the driver).
     const size_t bytes = (size_t(n) + 1) * 4;
@@ -788,6 +788,15 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
   int count = 0;
   const cudaError_t e = cudaGetDeviceCount(&count);
@@ -799,8 +808,27 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* why) {
     return nullptr;
   }
   if (device < 0 || device >= count) {
-    if (why) *why = "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " found)";
+    if (why) {
+      *why = "cuda:" + std::to_string(device) + " was asked, and this machine has " + std::to_string(count) +
+             " CUDA GPU" + (count == 1 ? "" : "s") + ":";
+      for (int d = 0; d < count; ++d) {
+        cudaDeviceProp p{};
+        if (cudaGetDeviceProperties(&p, d) == cudaSuccess)
+          *why += " cuda:" + std::to_string(d) + " " + p.name + " (" + std::to_string(p.totalGlobalMem >> 30) + " GiB)" +
+                  (d + 1 < count ? "," : "");
+      }
+    }
     return nullptr;
+  }
+  {  // the kernels are built for sm_90 (bf16 tensor cores, programmatic launch): older GPUs cannot run them
+    cudaDeviceProp p{};
+    if (cudaGetDeviceProperties(&p, device) == cudaSuccess && p.major < 9) {
+      if (why)
+        *why = "cuda:" + std::to_string(device) + " is " + p.name + " (compute capability " + std::to_string(p.major) +
+               "." + std::to_string(p.minor) + "); this build's kernels need compute capability 9.0 or newer "
+               "(Hopper: bf16 tensor cores, programmatic dependent launch)";
+      return nullptr;
+    }
   }
   try {
     return std::make_unique<CudaBackend>(device);

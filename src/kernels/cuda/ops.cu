@@ -319,83 +319,33 @@ __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) 
 
 
 // ---- Φ_LLM statistics (OutRo's automatic sinks) ----
-// row_max[i] = max_c |h[i,c]| and the k-th smallest |h| over all n·dim values, exactly, by a radix
-// select on the bit patterns (a non-negative float's bits order like its value): three passes of
-// 11, 11 and 10 bits, each a histogram of the values that share the bits fixed so far. One kernel
-// per pass, a block per row (pass 0 also takes the row maxima); the last block of a pass to finish
-// scans the histogram with one warp, fixes the next bits, clears the histogram and its counter (so
-// both are zero again for the next call), and after the last pass writes the median. State:
-// {prefix, mask, k, count}.
-constexpr int kPhiBins = 2048, kPhiThreads = 128, kPhiWarps = kPhiThreads / 32;
+// row_max[i] = max_c |h[i,c]| and the k-th smallest |h| over all N = n·dim values, exactly: the key
+// (the bits of |h|: a non-negative float's bits order like its value) of rank k. A key has 31 bits,
+// chosen in three levels: a coarse bin (bits 30..20, the exponent and three mantissa bits), then
+// bits 19..9, then 8..0.
+// The common case reads h once. k_phi_sample histograms the coarse bins of every S-th row and
+// brackets the sample's median in at most kPhiBracket bins; k_phi_full takes the row maxima, counts
+// the keys below the bracket and in each of its bins, and copies the keys inside it to a buffer;
+// when the k-th key is inside, the two finer levels (k_phi_pass 1, 2) read only that buffer. When
+// the sample misled (the k-th key is outside the bracket) or the buffer overflowed, k_phi_pass runs
+// all three levels over h (a radix select). Either way the key found is the same. The last block of
+// each kernel to finish decides the next step in PhiState and leaves the histogram and the counters
+// zero for the next call (the scratch is zeroed once when allocated).
+constexpr int kPhiBins = 2048, kPhiThreads = 128, kPhiWarps = kPhiThreads / 32, kPhiBracket = 4;
+constexpr int kPhiStage = 4096;  // keys a block of k_phi_full gathers in shared memory before copying out
 struct PhiState {
-  uint32_t prefix, mask, k, count;
+  uint32_t prefix, mask, k, count;  // bits fixed so far, which bits they are, the rank left in them, blocks done
+  uint32_t mode;                    // 0: the finer levels over the buffer, 1: all levels over h
+  uint32_t lo, nb;                  // the bracket: coarse bins [lo, lo + nb); nb = 0: no bracket
+  uint32_t below, nbuf;             // keys below the bracket; keys inside it (copied while < cap)
+  uint32_t in[kPhiBracket];         // keys in each bracket bin
 };
+__device__ __forceinline__ uint32_t phi_key(float v) { return __float_as_uint(v) & 0x7fffffffu; }
 
-__global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, unsigned* hist, PhiState* st,
-                                                          float* out, int pass, uint32_t k0, int n, int rpb) {
-  pdl_begin();
-  // One histogram per warp (4 x 2048 counters, 32 KB): lanes add to their warp's copy with plain
-  // shared atomics; the copies are summed when the block merges into the global histogram.
-  __shared__ unsigned shw[kPhiWarps][kPhiBins];
-  __shared__ float red[kPhiWarps];
-  __shared__ bool last;
-  const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
-  const int shift = pass == 0 ? 21 : pass == 1 ? 10 : 0, width = pass == 2 ? 10 : 11;
-  for (int i = tid; i < kPhiWarps * kPhiBins; i += kPhiThreads) (&shw[0][0])[i] = 0;
-  __syncthreads();
-  const uint32_t prefix = pass ? st->prefix : 0u, mask = pass ? st->mask : 0u, bmask = (1u << width) - 1u;
-  unsigned* wh = shw[wid];
-  auto count = [&](float v, float& m) {
-    if (pass == 0) {
-      const float a = fabsf(v);
-      m = m < a ? a : m;  // as the host's std::max(m, |x|): a NaN never wins
-    }
-    const uint32_t b = __float_as_uint(v) & 0x7fffffffu;
-    if ((b & mask) == prefix) atomicAdd(&wh[(b >> shift) & bmask], 1u);
-  };
-  const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
-  // rpb rows per block, so that the histogram's clearing and merging is paid once per rpb rows.
-  for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
-    const float* r = h + size_t(row) * dim;
-    float m = 0.f;
-    if (vec) {
-      const float4* r4 = reinterpret_cast<const float4*>(r);
-      for (int c = tid; c < dim / 4; c += kPhiThreads) {
-        const float4 v = r4[c];
-        count(v.x, m), count(v.y, m), count(v.z, m), count(v.w, m);
-      }
-    } else {
-      for (int c = tid; c < dim; c += kPhiThreads) count(r[c], m);
-    }
-    if (pass == 0) {
-      for (int o = 16; o > 0; o >>= 1) {
-        const float b = __shfl_xor_sync(0xffffffffu, m, o);
-        m = m < b ? b : m;
-      }
-      if (lane == 0) red[wid] = m;
-      __syncthreads();
-      if (tid == 0) {
-        for (int w = 1; w < kPhiWarps; ++w) m = m < red[w] ? red[w] : m;
-        out[row] = m;
-      }
-      __syncthreads();  // red is reused by the next row
-    }
-  }
-  __syncthreads();
-  for (int i = tid; i < kPhiBins; i += kPhiThreads) {
-    unsigned c = 0;
-    for (int w = 0; w < kPhiWarps; ++w) c += shw[w][i];
-    if (c) atomicAdd(&hist[i], c);
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) last = atomicAdd(&st->count, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!last || tid >= 32) return;
-  __threadfence();
-  // One warp: the bin that holds the k-th value; fixes its bits and moves k into it.
-  const int nb = 1 << width, per = nb / 32;
-  const uint32_t k = pass ? __ldcg(&st->k) : k0;
+// One warp (lane 0..31) of the last block: the bin of hist[0, nb) (nb a multiple of 32) holding the
+// k-th counted key, and how many keys lie in the bins before it.
+__device__ int phi_find_bin(const unsigned* hist, int nb, uint32_t k, uint32_t* before, int lane) {
+  const int per = nb / 32;
   uint32_t mine = 0;
   for (int j = 0; j < per; ++j) mine += __ldcg(&hist[lane * per + j]);
   uint32_t incl = mine;
@@ -404,23 +354,264 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
     if (lane >= o) incl += v;
   }
   const uint32_t excl = incl - mine;
+  int bin = -1;
+  uint32_t acc = 0;
   if (excl <= k && k < incl) {
-    uint32_t acc = excl;
-    int bin = lane * per;
+    acc = excl;
+    bin = lane * per;
     for (int j = 0; j < per; ++j, ++bin) {
       const uint32_t c = __ldcg(&hist[bin]);
       if (acc + c > k) break;
       acc += c;
     }
+  }
+  // The one lane that found it tells the others.
+  const unsigned who = __ballot_sync(0xffffffffu, bin >= 0);
+  const int src = who ? __ffs(who) - 1 : 0;
+  bin = __shfl_sync(0xffffffffu, bin, src);
+  acc = __shfl_sync(0xffffffffu, acc, src);
+  *before = acc;
+  return who ? bin : nb - 1;
+}
+
+// Per-warp shared histograms (4 x 2048 counters, 32 KB) merged into the global one; then whether this
+// block is the last of the grid to finish.
+__device__ bool phi_merge(unsigned (*shw)[kPhiBins], int nb, unsigned* hist, PhiState* st) {
+  __shared__ bool last;
+  __syncthreads();
+  for (int i = threadIdx.x; i < nb; i += kPhiThreads) {
+    unsigned c = 0;
+    for (int w = 0; w < kPhiWarps; ++w) c += shw[w][i];
+    if (c) atomicAdd(&hist[i], c);
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&st->count, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+// The sample: coarse-bin histogram of rows 0, S, 2S, ... (rpb of them per block); the last block
+// brackets the ranks around the sample's median (a slack of m/64 + 16 of its m keys).
+__global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int dim, int n, int S, int rpb,
+                                                            unsigned* hist, PhiState* st) {
+  pdl_begin();
+  __shared__ unsigned shw[kPhiWarps][kPhiBins];
+  const int tid = threadIdx.x, lane = tid & 31;
+  for (int i = tid; i < kPhiWarps * kPhiBins; i += kPhiThreads) (&shw[0][0])[i] = 0;
+  __syncthreads();
+  unsigned* wh = shw[tid >> 5];
+  const int ms = (n + S - 1) / S;
+  for (int j = blockIdx.x * rpb; j < min(ms, (blockIdx.x + 1) * rpb); ++j) {
+    const float* r = h + size_t(j) * S * dim;
+    for (int c = tid; c < dim; c += kPhiThreads) atomicAdd(&wh[phi_key(r[c]) >> 20], 1u);
+  }
+  if (!phi_merge(shw, kPhiBins, hist, st) || tid >= 32) return;
+  const uint32_t m = uint32_t(ms) * uint32_t(dim), ks = (m - 1) / 2, slack = m / 64 + 16;
+  uint32_t before;
+  const int lo = phi_find_bin(hist, kPhiBins, ks > slack ? ks - slack : 0u, &before, lane);
+  const int hi = phi_find_bin(hist, kPhiBins, min(m - 1, ks + slack), &before, lane);
+  __syncwarp();
+  for (int i = lane; i < kPhiBins; i += 32) hist[i] = 0;
+  if (lane == 0) {
+    st->lo = uint32_t(lo);
+    st->nb = hi - lo + 1 <= kPhiBracket ? uint32_t(hi - lo + 1) : 0u;
+    st->count = 0;
+  }
+}
+
+// The full pass: row maxima, keys below and inside the bracket counted, the inside ones copied to
+// buf (at most cap) through a shared staging area. The last block picks the mode.
+__global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int dim, int n, int rpb, PhiState* st,
+                                                          float* out, uint32_t* buf, uint32_t cap, uint32_t k0) {
+  pdl_begin();
+  __shared__ uint32_t stage[kPhiStage];
+  __shared__ uint32_t nstage, base;
+  __shared__ float red[kPhiWarps];
+  __shared__ uint32_t cnt[kPhiWarps][kPhiBracket + 1];
+  __shared__ bool last;
+  const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
+  const uint32_t lo = st->lo, nb = st->nb;
+  if (tid == 0) nstage = 0;
+  uint32_t below = 0, in[kPhiBracket] = {0, 0, 0, 0};
+  __syncthreads();
+  auto flush = [&]() {  // block-wide: the staged keys to buf
+    __syncthreads();
+    if (tid == 0) base = nstage ? atomicAdd(&st->nbuf, nstage) : 0u;
+    __syncthreads();
+    for (uint32_t i = tid; i < nstage; i += kPhiThreads)
+      if (base + i < cap) buf[base + i] = stage[i];
+    __syncthreads();
+    if (tid == 0) nstage = 0;
+    __syncthreads();
+  };
+  // One key: counted, and staged when inside (a warp's inside keys take one shared atomic).
+  auto take = [&](float v, bool valid, float& mx) {
+    const float a = fabsf(v);
+    if (valid) mx = mx < a ? a : mx;  // as the host's std::max(m, |x|): a NaN never wins
+    const uint32_t b = phi_key(v), bin = b >> 20;
+    bool inside = false;
+    if (valid) {
+      if (bin < lo) ++below;
+      else if (bin - lo < nb) {
+        inside = true;
+#pragma unroll
+        for (int d = 0; d < kPhiBracket; ++d) in[d] += bin - lo == uint32_t(d);
+      }
+    }
+    const unsigned bal = __ballot_sync(0xffffffffu, inside);
+    if (!bal) return;
+    uint32_t at = 0;
+    if (lane == 0) at = atomicAdd(&nstage, uint32_t(__popc(bal)));
+    at = __shfl_sync(0xffffffffu, at, 0);
+    if (inside) stage[at + __popc(bal & ((1u << lane) - 1u))] = b;
+  };
+  const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
+  const int per_chunk = vec ? 4 * kPhiThreads : kPhiThreads;  // keys a chunk can stage, at most
+  for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
+    const float* r = h + size_t(row) * dim;
+    float mx = 0.f;
+    const int len = vec ? dim / 4 : dim;
+    for (int c0 = 0; c0 < len; c0 += kPhiThreads) {  // every lane of a warp runs every chunk
+      const int c = c0 + tid;
+      const bool valid = c < len;
+      if (vec) {
+        const float4 v = valid ? reinterpret_cast<const float4*>(r)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        take(v.x, valid, mx), take(v.y, valid, mx), take(v.z, valid, mx), take(v.w, valid, mx);
+      } else {
+        take(valid ? r[c] : 0.f, valid, mx);
+      }
+      __syncthreads();
+      const bool full = nstage > uint32_t(kPhiStage - per_chunk);
+      __syncthreads();  // every thread has read nstage before anyone stages more
+      if (full) flush();
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+      const float b = __shfl_xor_sync(0xffffffffu, mx, o);
+      mx = mx < b ? b : mx;
+    }
+    if (lane == 0) red[wid] = mx;
+    __syncthreads();
+    if (tid == 0) {
+      for (int w = 1; w < kPhiWarps; ++w) mx = mx < red[w] ? red[w] : mx;
+      out[row] = mx;
+    }
+    __syncthreads();
+  }
+  flush();
+  // The block's counts, summed over its warps, then into the state.
+  for (int o = 16; o > 0; o >>= 1) {
+    below += __shfl_xor_sync(0xffffffffu, below, o);
+#pragma unroll
+    for (int d = 0; d < kPhiBracket; ++d) in[d] += __shfl_xor_sync(0xffffffffu, in[d], o);
+  }
+  if (lane == 0) {
+    cnt[wid][0] = below;
+    for (int d = 0; d < kPhiBracket; ++d) cnt[wid][d + 1] = in[d];
+  }
+  __syncthreads();
+  if (tid <= kPhiBracket) {
+    uint32_t c = 0;
+    for (int w = 0; w < kPhiWarps; ++w) c += cnt[w][tid];
+    if (c) atomicAdd(tid == 0 ? &st->below : &st->in[tid - 1], c);
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&st->count, 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!last || tid != 0) return;
+  __threadfence();
+  uint32_t mode = 1, prefix = 0, mask = 0, k = k0;
+  const uint32_t bl = __ldcg(&st->below), nbuf = __ldcg(&st->nbuf);
+  if (nb && nbuf <= cap && k0 >= bl) {
+    uint32_t acc = bl;
+    for (uint32_t d = 0; d < nb; ++d) {
+      const uint32_t c = __ldcg(&st->in[d]);
+      if (k0 < acc + c) {
+        mode = 0, prefix = (lo + d) << 20, mask = 0x7ffu << 20, k = k0 - acc;
+        break;
+      }
+      acc += c;
+    }
+  }
+  st->mode = mode, st->prefix = prefix, st->mask = mask, st->k = k;
+  st->below = 0;
+  for (int d = 0; d < kPhiBracket; ++d) st->in[d] = 0;
+  if (mode) st->nbuf = 0;
+  st->count = 0;
+}
+
+// One level of the select: a histogram of the keys that carry the bits fixed so far, over the
+// buffer (mode 0, levels 1 and 2) or over h (mode 1, rpb rows per block); the last block fixes the
+// level's bits and, after level 2, writes the median.
+__global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, int n, int rpb,
+                                                          const uint32_t* buf, unsigned* hist, PhiState* st,
+                                                          float* out, int level) {
+  pdl_begin();
+  const uint32_t mode = st->mode;
+  if (mode == 0 && level == 0) return;  // the coarse bin is known already
+  __shared__ unsigned shw[kPhiWarps][kPhiBins];
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int shift = level == 0 ? 20 : level == 1 ? 9 : 0, width = level == 2 ? 9 : 11, nbins = 1 << width;
+  const uint32_t prefix = st->prefix, mask = st->mask, bmask = uint32_t(nbins) - 1u;
+  const uint32_t nbuf = mode == 0 ? st->nbuf : 0u;
+  // Over the buffer, only as many blocks as it needs take part; the rest only arrive.
+  const uint32_t per_block = 16u * kPhiThreads;
+  const bool idle = mode == 0 && uint64_t(blockIdx.x) * per_block >= nbuf;
+  if (!idle) {
+    for (int i = tid; i < kPhiWarps * nbins; i += kPhiThreads) shw[i / nbins][i % nbins] = 0;
+    __syncthreads();
+    unsigned* wh = shw[tid >> 5];
+    auto count = [&](uint32_t b) {
+      if ((b & mask) == prefix) atomicAdd(&wh[(b >> shift) & bmask], 1u);
+    };
+    if (mode == 0) {
+      const uint32_t nblk = min(gridDim.x, (nbuf + per_block - 1) / per_block);
+      for (uint32_t i = blockIdx.x * kPhiThreads + tid; i < nbuf; i += nblk * kPhiThreads) count(__ldcg(&buf[i]));
+    } else {
+      const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
+      for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
+        const float* r = h + size_t(row) * dim;
+        if (vec) {
+          const float4* r4 = reinterpret_cast<const float4*>(r);
+          for (int c = tid; c < dim / 4; c += kPhiThreads) {
+            const float4 v = r4[c];
+            count(phi_key(v.x)), count(phi_key(v.y)), count(phi_key(v.z)), count(phi_key(v.w));
+          }
+        } else {
+          for (int c = tid; c < dim; c += kPhiThreads) count(phi_key(r[c]));
+        }
+      }
+    }
+  }
+  bool last;
+  if (idle) {
+    __shared__ bool l2;
+    if (tid == 0) l2 = atomicAdd(&st->count, 1u) == gridDim.x - 1;
+    __syncthreads();
+    last = l2;
+    if (last) __threadfence();
+  } else {
+    last = phi_merge(shw, nbins, hist, st);
+  }
+  if (!last || tid >= 32) return;
+  const uint32_t k = __ldcg(&st->k);
+  uint32_t before;
+  const int bin = phi_find_bin(hist, nbins, k, &before, lane);
+  __syncwarp();
+  for (int i = lane; i < nbins; i += 32) hist[i] = 0;
+  if (lane == 0) {
     const uint32_t np = prefix | (uint32_t(bin) << shift);
     st->prefix = np;
     st->mask = mask | (bmask << shift);
-    st->k = k - acc;
-    if (pass == 2) out[n] = __uint_as_float(np);
+    st->k = k - before;
+    if (level == 2) {
+      out[n] = __uint_as_float(np);
+      st->nbuf = 0;
+    }
+    st->count = 0;
   }
-  __syncwarp();
-  for (int j = 0; j < per; ++j) hist[lane * per + j] = 0;
-  if (lane == 0) st->count = 0;
 }
 
 }  // namespace
@@ -477,17 +668,29 @@ void argmax(cudaStream_t s, const float* x, int n, int32_t* out) {
   OUTRO_LAUNCHED("argmax");
 }
 
-size_t phi_llm_scratch_bytes(int n) { return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4; }
+namespace {
+size_t phi_cap(int n, int dim) { return size_t(n) * size_t(dim) / 4 + 1024; }
+}  // namespace
+
+size_t phi_llm_scratch_bytes(int n, int dim) {
+  return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4 + phi_cap(n, dim) * 4;
+}
 
 float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch) {
   const size_t N = size_t(n) * size_t(dim);
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
   float* out = reinterpret_cast<float*>(st + 1);
+  uint32_t* buf = reinterpret_cast<uint32_t*>(out + n + 1);
   const int rpb = std::max(1, n / 1056), blocks = (n + rpb - 1) / rpb;  // about 8 blocks per SM
-  for (int pass = 0; pass < 3; ++pass)
-    launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, hist, st, out, pass,
-           uint32_t((N - 1) / 2), n, rpb);
+  const int S = std::max(1, n / 256), ms = (n + S - 1) / S, srpb = std::max(1, ms / 1056);
+  launch("k_phi_sample", k_phi_sample, dim3(unsigned((ms + srpb - 1) / srpb)), dim3(kPhiThreads), 0, s, h, dim, n, S,
+         srpb, hist, st);
+  launch("k_phi_full", k_phi_full, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb, st, out, buf,
+         uint32_t(phi_cap(n, dim)), uint32_t((N - 1) / 2));
+  for (int level = 0; level < 3; ++level)
+    launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb,
+           static_cast<const uint32_t*>(buf), hist, st, out, level);
   OUTRO_LAUNCHED("phi_llm_stats");
   return out;
 }
