@@ -31,6 +31,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_api.h"
 #include "models/model.h"
 #include "models/random_model.h"
 #include "outro/outro.h"
@@ -103,14 +104,17 @@ class PlantSink : public Intervention {
 // Median seconds of f over reps runs, the backend synchronised around each.
 template <typename F>
 double op_time(Backend& be, int reps, F f) {
+  // Median over 5 rounds of `reps` calls in a row, one synchronisation a round: on a GPU the calls
+  // queue up, so this is the op's device time (as in a forward, where the host runs ahead), not its
+  // launch latency plus a synchronisation.
   std::vector<double> t;
   f();
   be.synchronize();
-  for (int r = 0; r < reps; ++r) {
+  for (int round = 0; round < 5; ++round) {
     auto t0 = Clock::now();
-    f();
+    for (int r = 0; r < reps; ++r) f();
     be.synchronize();
-    t.push_back(since(t0));
+    t.push_back(since(t0) / reps);
   }
   return median(t);
 }
@@ -331,7 +335,7 @@ int main(int argc, char** argv) {
       };
       Buf h = up(hh), q = up(qv), k = up(kv), v = up(kv), z = up(qv), rec = be->alloc(size_t(N) + 4);
       Buf enh = be->alloc(size_t(N)), done = be->alloc(size_t(N)), cum = be->alloc(size_t(N));
-      Buf vbar = be->alloc(vd + 3), zo = be->alloc(size_t(N) * H * hd);
+      Buf vbar = be->alloc(vd + 3), zo = be->alloc(size_t(N) * H * hd), counter = be->alloc(1);
       be->fill(done, 0, size_t(N), 0.f);
       be->fill(cum, 0, size_t(N), 0.f);
       const int R = 10;
@@ -342,7 +346,7 @@ int main(int argc, char** argv) {
       const double t_val = op_time(*be, R, [&] { be->masked_mean(vbar, v, N, int(vd), rec); });
       const double t_gate = op_time(*be, R, [&] {
         be->copy(z, 0, q, 0, size_t(N) * H * hd);
-        be->gate_heads(z, N, H, KV, hd, vbar, &cum, N, 3.f, 0.1f, true, Buf{});
+        be->gate_heads(z, N, H, KV, hd, vbar, &cum, N, 3.f, 0.1f, true, counter);
       }) - op_time(*be, R, [&] { be->copy(z, 0, q, 0, size_t(N) * H * hd); });
       AttnParams ap;
       ap.n_heads = H, ap.n_kv = KV, ap.head_dim = hd, ap.scale = 1.f / std::sqrt(float(hd)), ap.n_new = N, ap.past = 0;
@@ -350,16 +354,23 @@ int main(int argc, char** argv) {
       ap.sinkout_mask = enh.ptr, ap.sinkout_end = N;
       const double t_enh = op_time(*be, R, [&] { be->attention(zo, q, k, v, ap); }) - t_att;
       const double per_layer = median(b.prefill) / c.layers;
-      std::printf("\nper-layer cost of OutRo's ops at %d tokens (median of %d; share of a baseline layer, %.2f ms):\n", N, R,
+      std::printf("\nper-layer cost of OutRo's ops at %d tokens (%d calls in a row, median of 5 rounds; share of a baseline layer, %.2f ms):\n", N, R,
                   1e3 * per_layer);
       std::printf("  detection (Φ_LLM + sets)   %8.3f ms  %6.2f%%  (every layer of the range)\n", 1e3 * t_det, 100 * t_det / per_layer);
       std::printf("  sink value (masked mean)   %8.3f ms  %6.2f%%  (every layer of the range)\n", 1e3 * t_val, 100 * t_val / per_layer);
       std::printf("  gated rotation             %8.3f ms  %6.2f%%  (layers with a sink)\n", 1e3 * t_gate, 100 * t_gate / per_layer);
       std::printf("  enhancement (1 sink row)   %8.3f ms  %6.2f%%  (every %d-th layer; attention alone %.3f ms)\n", 1e3 * t_enh,
                   100 * t_enh / per_layer, std::max(1, c.layers / 7), 1e3 * t_att);
+#ifdef OUTRO_HAVE_CUDA
+      std::vector<float> kms;
+      int mode = -1;
+      if (cuda_api::phi_llm_profile(*be, h, N, D, &kms, &mode))
+        std::printf("  detection's kernels: sample %.3f, full pass %.3f, levels %.3f / %.3f / %.3f ms (%s)\n", kms[0], kms[1],
+                    kms[2], kms[3], kms[4], mode == 0 ? "finer levels over the bracket's buffer" : "radix select over h");
+#endif
       j["per_layer_ms"] = {{"detection", 1e3 * t_det}, {"sink_value", 1e3 * t_val}, {"gating", 1e3 * t_gate},
                            {"enhancement", 1e3 * t_enh}, {"attention", 1e3 * t_att}, {"baseline_layer", 1e3 * per_layer}};
-      for (Buf* bb : {&h, &q, &k, &v, &z, &rec, &enh, &done, &cum, &vbar, &zo}) be->release(*bb);
+      for (Buf* bb : {&h, &q, &k, &v, &z, &rec, &enh, &done, &cum, &vbar, &zo, &counter}) be->release(*bb);
     }
     for (const auto& s : ss)
       if (s.iv) std::printf("\n%s\n", s.iv->explain().c_str());

@@ -173,7 +173,10 @@ size_t phi_llm_scratch_bytes(int n, int dim);
 // Index of the largest of x[0, n) (the lowest index among equal maxima; NaN never wins) into *out
 // (device memory). One block.
 void argmax(cudaStream_t s, const float* x, int n, int32_t* out);
-float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch);
+// ev: null, or 6 events recorded before the first and after each of the five launches (profiling).
+float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch, cudaEvent_t* ev);
+// After a synchronised call: 0 when the finer levels read the buffer, 1 when they read all of h.
+uint32_t phi_llm_last_mode(void* scratch);
 // OutRo's ops (Backend::phi_detect, outro_sets, masked_mean, gate_heads), all on the stream; phi_detect
 // uses the phi_llm_stats scratch.
 void phi_detect(cudaStream_t s, float* rec, const float* h, int n, int dim, float abs_thr, float med_mul,

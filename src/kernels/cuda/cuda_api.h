@@ -43,5 +43,8 @@ bool set_pinned_download(Backend& be, bool on);
 // values outro::phi_llm computes on the host; only these n + 1 floats are copied back. False (nothing
 // done) when `be` is not a CUDA backend or n·dim is 0 or >= 2^32.
 bool phi_llm_stats(Backend& be, const Buf& h, int n, int dim, std::vector<float>* row_max, float* median);
+// The same statistics with each of its five kernels timed (sample, full pass, levels 0-2, in ms) and
+// the path taken (mode 0: the finer levels over the bracket's buffer; 1: the radix select over h).
+bool phi_llm_profile(Backend& be, const Buf& h, int n, int dim, std::vector<float>* kernel_ms, int* mode);
 
 }  // namespace outro::cuda_api

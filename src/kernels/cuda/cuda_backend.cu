@@ -213,6 +213,7 @@ class CudaBackend final : public Backend {
     flush();
     OUTRO_CK(cudaStreamSynchronize(s_));
   }
+  cudaStream_t stream() const { return s_; }
 
   // ---- weights ----
   Weight weight(const TensorInfo& t) override {
@@ -616,7 +617,7 @@ class CudaBackend final : public Backend {
   void phi_llm_stats(const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {
     flush();
     phi_scratch(n, dim);
-    const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_);
+    const float* out = cuda::phi_llm_stats(s_, F(h), n, dim, phi_scratch_, nullptr);
     // The n + 1 floats come back through pinned memory (a direct copy, no staging by the driver).
     const size_t bytes = (size_t(n) + 1) * 4;
     if (bytes > phi_pin_bytes_) {
@@ -962,6 +963,22 @@ bool set_fusion(Backend& be, bool on) {
   auto* c = dynamic_cast<CudaBackend*>(&be);
   if (!c) return false;
   c->set_fusion(on);
+  return true;
+}
+bool phi_llm_profile(Backend& be, const Buf& h, int n, int dim, std::vector<float>* kernel_ms, int* mode) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  const size_t N = size_t(n > 0 ? n : 0) * size_t(dim > 0 ? dim : 0);
+  if (!c || N == 0 || N >= (size_t(1) << 32) || h.n < N) return false;
+  c->synchronize();
+  cudaEvent_t ev[6];
+  for (auto& e : ev) OUTRO_CK(cudaEventCreate(&e));
+  void* scratch = c->phi_scratch(n, dim);
+  cuda::phi_llm_stats(c->stream(), F(h), n, dim, scratch, ev);
+  OUTRO_CK(cudaEventSynchronize(ev[5]));
+  kernel_ms->assign(5, 0.f);
+  for (int i = 0; i < 5; ++i) OUTRO_CK(cudaEventElapsedTime(&(*kernel_ms)[size_t(i)], ev[i], ev[i + 1]));
+  *mode = int(cuda::phi_llm_last_mode(scratch));
+  for (auto& e : ev) cudaEventDestroy(e);
   return true;
 }
 bool phi_llm_stats(Backend& be, const Buf& h, int n, int dim, std::vector<float>* row_max, float* median) {

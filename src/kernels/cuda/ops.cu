@@ -332,7 +332,8 @@ __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) 
 // each kernel to finish decides the next step in PhiState and leaves the histogram and the counters
 // zero for the next call (the scratch is zeroed once when allocated).
 constexpr int kPhiBins = 2048, kPhiThreads = 128, kPhiWarps = kPhiThreads / 32, kPhiBracket = 4;
-constexpr int kPhiStage = 4096;  // keys a block of k_phi_full gathers in shared memory before copying out
+constexpr int kPhiStage = 6144;  // keys a block of k_phi_full gathers in shared memory before copying out
+constexpr int kPhiUnroll = 4;    // float4 loads a thread of k_phi_full has in flight per chunk
 struct PhiState {
   uint32_t prefix, mask, k, count;  // bits fixed so far, which bits they are, the rank left in them, blocks done
   uint32_t mode;                    // 0: the finer levels over the buffer, 1: all levels over h
@@ -468,19 +469,36 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int di
     if (inside) stage[at + __popc(bal & ((1u << lane) - 1u))] = b;
   };
   const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
-  const int per_chunk = vec ? 4 * kPhiThreads : kPhiThreads;  // keys a chunk can stage, at most
+  // A chunk: kPhiUnroll loads per thread issued together (a whole 3584-wide row is two chunks),
+  // then the keys staged, then one check of the staging area.
+  const int step = kPhiUnroll * kPhiThreads;               // float4s (or floats) per chunk
+  const int per_chunk = vec ? 4 * step : step;              // keys a chunk can stage, at most
   for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
     const float* r = h + size_t(row) * dim;
     float mx = 0.f;
     const int len = vec ? dim / 4 : dim;
-    for (int c0 = 0; c0 < len; c0 += kPhiThreads) {  // every lane of a warp runs every chunk
-      const int c = c0 + tid;
-      const bool valid = c < len;
+    for (int c0 = 0; c0 < len; c0 += step) {  // every lane of a warp runs every chunk
       if (vec) {
-        const float4 v = valid ? reinterpret_cast<const float4*>(r)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-        take(v.x, valid, mx), take(v.y, valid, mx), take(v.z, valid, mx), take(v.w, valid, mx);
+        float4 v[kPhiUnroll];
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u) {
+          const int c = c0 + u * kPhiThreads + tid;
+          v[u] = c < len ? reinterpret_cast<const float4*>(r)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u) {
+          const bool valid = c0 + u * kPhiThreads + tid < len;
+          take(v[u].x, valid, mx), take(v[u].y, valid, mx), take(v[u].z, valid, mx), take(v[u].w, valid, mx);
+        }
       } else {
-        take(valid ? r[c] : 0.f, valid, mx);
+        float v[kPhiUnroll];
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u) {
+          const int c = c0 + u * kPhiThreads + tid;
+          v[u] = c < len ? r[c] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u) take(v[u], c0 + u * kPhiThreads + tid < len, mx);
       }
       __syncthreads();
       const bool full = nstage > uint32_t(kPhiStage - per_chunk);
@@ -672,11 +690,17 @@ namespace {
 size_t phi_cap(int n, int dim) { return size_t(n) * size_t(dim) / 4 + 1024; }
 }  // namespace
 
+uint32_t phi_llm_last_mode(void* scratch) {
+  PhiState st{};
+  OUTRO_CK(cudaMemcpy(&st, static_cast<unsigned*>(scratch) + kPhiBins, sizeof st, cudaMemcpyDeviceToHost));
+  return st.mode;
+}
+
 size_t phi_llm_scratch_bytes(int n, int dim) {
   return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4 + phi_cap(n, dim) * 4;
 }
 
-float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch) {
+float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch, cudaEvent_t* ev) {
   const size_t N = size_t(n) * size_t(dim);
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
@@ -684,13 +708,21 @@ float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scrat
   uint32_t* buf = reinterpret_cast<uint32_t*>(out + n + 1);
   const int rpb = std::max(1, n / 1056), blocks = (n + rpb - 1) / rpb;  // about 8 blocks per SM
   const int S = std::max(1, n / 256), ms = (n + S - 1) / S, srpb = std::max(1, ms / 1056);
+  auto mark = [&](int i) {
+    if (ev) OUTRO_CK(cudaEventRecord(ev[i], s));
+  };
+  mark(0);
   launch("k_phi_sample", k_phi_sample, dim3(unsigned((ms + srpb - 1) / srpb)), dim3(kPhiThreads), 0, s, h, dim, n, S,
          srpb, hist, st);
+  mark(1);
   launch("k_phi_full", k_phi_full, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb, st, out, buf,
          uint32_t(phi_cap(n, dim)), uint32_t((N - 1) / 2));
-  for (int level = 0; level < 3; ++level)
+  mark(2);
+  for (int level = 0; level < 3; ++level) {
     launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb,
            static_cast<const uint32_t*>(buf), hist, st, out, level);
+    mark(3 + level);
+  }
   OUTRO_LAUNCHED("phi_llm_stats");
   return out;
 }
@@ -776,82 +808,74 @@ __global__ void __launch_bounds__(128) k_masked_mean(float* out, const float* x,
   if (c == 0) out[dim] = float(cnt);
 }
 
-// One warp per (row, head): o = z[row, head], v = vbar[head / group]; hd <= 256, so each lane keeps
-// its 8 at most values of o and v in registers and z is read and written once.
+// A warp per (row, head) task, warps striding over the tasks: o = z[row, head], v = vbar[head /
+// group]; hd <= 256, so each lane keeps its 8 at most values of o and v in registers and z is read
+// and written once. The rotated count is summed per warp and per block, then one atomic per block
+// (one per task would queue ~10^5 atomics on one address).
 __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
                              int excl_n, float gamma, float temp, bool rescale, float* counter) {
   pdl_begin();
   if (vbar[size_t(kv_heads) * hd] == 0.f) return;
+  __shared__ unsigned blk;
+  if (threadIdx.x == 0) blk = 0;
+  __syncthreads();
   const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
-  const size_t task = size_t(blockIdx.x) * warps + (threadIdx.x >> 5);
-  if (task >= size_t(n) * heads) return;
-  const int i = int(task / heads), h = int(task % heads);
-  if (excl && i < excl_n && excl[i] != 0.f) return;
-  float* o = z + task * hd;
-  const float* v = vbar + size_t(h / (heads / kv_heads)) * hd;
-  float a[8], b[8];
-  float oo = 0.f, vv = 0.f, ov = 0.f;
+  const size_t tasks = size_t(n) * heads, stride = size_t(gridDim.x) * warps;
+  unsigned rotated = 0;
+  for (size_t task = size_t(blockIdx.x) * warps + (threadIdx.x >> 5); task < tasks; task += stride) {
+    const int i = int(task / heads), h = int(task % heads);
+    if (excl && i < excl_n && excl[i] != 0.f) continue;
+    float* o = z + task * hd;
+    const float* v = vbar + size_t(h / (heads / kv_heads)) * hd;
+    float a[8], b[8];
+    float oo = 0.f, vv = 0.f, ov = 0.f;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int c = lane + 32 * j;
-    a[j] = c < hd ? o[c] : 0.f;
-    b[j] = c < hd ? v[c] : 0.f;
-    oo += a[j] * a[j], vv += b[j] * b[j], ov += a[j] * b[j];
-  }
-  for (int s = 16; s; s >>= 1) {
-    oo += __shfl_xor_sync(0xffffffffu, oo, s);
-    vv += __shfl_xor_sync(0xffffffffu, vv, s);
-    ov += __shfl_xor_sync(0xffffffffu, ov, s);
-  }
-  const float no = sqrtf(oo), nv = sqrtf(vv);
-  const float cs = ov / (fmaxf(no, 1e-12f) * fmaxf(nv, 1e-12f));
-  const float g = tanhf(fmaxf(cs, 0.f) / temp);
-  const float coef = g * gamma * fabsf(ov) / (vv + 1e-8f);
-  float nn = 0.f;
+    for (int j = 0; j < 8; ++j) {
+      const int c = lane + 32 * j;
+      a[j] = c < hd ? o[c] : 0.f;
+      b[j] = c < hd ? v[c] : 0.f;
+      oo += a[j] * a[j], vv += b[j] * b[j], ov += a[j] * b[j];
+    }
+    for (int s = 16; s; s >>= 1) {
+      oo += __shfl_xor_sync(0xffffffffu, oo, s);
+      vv += __shfl_xor_sync(0xffffffffu, vv, s);
+      ov += __shfl_xor_sync(0xffffffffu, ov, s);
+    }
+    const float no = sqrtf(oo), nv = sqrtf(vv);
+    const float cs = ov / (fmaxf(no, 1e-12f) * fmaxf(nv, 1e-12f));
+    const float g = tanhf(fmaxf(cs, 0.f) / temp);
+    const float coef = g * gamma * fabsf(ov) / (vv + 1e-8f);
+    float nn = 0.f;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    a[j] += coef * b[j];
-    nn += a[j] * a[j];
-  }
-  float sc = 1.f;
-  if (rescale) {
-    for (int s = 16; s; s >>= 1) nn += __shfl_xor_sync(0xffffffffu, nn, s);
-    sc = no / (sqrtf(nn) + 1e-8f);
-  }
+    for (int j = 0; j < 8; ++j) {
+      a[j] += coef * b[j];
+      nn += a[j] * a[j];
+    }
+    float sc = 1.f;
+    if (rescale) {
+      for (int s = 16; s; s >>= 1) nn += __shfl_xor_sync(0xffffffffu, nn, s);
+      sc = no / (sqrtf(nn) + 1e-8f);
+    }
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int c = lane + 32 * j;
-    if (c < hd) o[c] = rescale ? a[j] * sc : a[j];
+    for (int j = 0; j < 8; ++j) {
+      const int c = lane + 32 * j;
+      if (c < hd) o[c] = rescale ? a[j] * sc : a[j];
+    }
+    rotated += cs > 0.f;
   }
-  if (counter && lane == 0 && cs > 0.f) atomicAdd(counter, 1.f);
-}
-
-void phi_detect(cudaStream_t s, float* rec, const float* h, int n, int dim, float abs_thr, float med_mul,
-                void* scratch) {
-  if (n <= 0) return;
-  const float* stats = phi_llm_stats(s, h, n, dim, scratch);
-  launch("k_phi_rec", k_phi_rec, dim3(1), dim3(1024), 0, s, rec, stats, n, abs_thr, med_mul);
-  OUTRO_LAUNCHED("phi_detect");
-}
-
-void outro_sets(cudaStream_t s, float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once) {
-  if (n <= 0) return;
-  launch("k_outro_sets", k_outro_sets, dim3(blocks_for(size_t(n), 256)), dim3(256), 0, s, enh, done, cum, rec, n,
-         enhance, once);
-  OUTRO_LAUNCHED("outro_sets");
-}
-
-void masked_mean(cudaStream_t s, float* out, const float* x, int n, int dim, const float* flags) {
-  if (dim <= 0) return;
-  launch("k_masked_mean", k_masked_mean, dim3(unsigned((dim + 127) / 128)), dim3(128), 0, s, out, x, n, dim, flags);
-  OUTRO_LAUNCHED("masked_mean");
+  if (!counter) return;
+  if (lane == 0 && rotated) atomicAdd(&blk, rotated);
+  __syncthreads();
+  if (threadIdx.x == 0 && blk) atomicAdd(counter, float(blk));  // an integer below 2^24: exact
 }
 
 void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
                 int excl_n, float gamma, float temp, bool rescale, float* counter) {
   if (n <= 0 || heads <= 0) return;
   const size_t tasks = size_t(n) * heads;
-  launch("k_gate_heads", k_gate_heads, dim3(unsigned((tasks + 7) / 8)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
+  // Up to 16 blocks of 8 warps per SM (of 132 on an H200), each warp taking several tasks.
+  const size_t blocks = std::min<size_t>((tasks + 7) / 8, size_t(132) * 16);
+  launch("k_gate_heads", k_gate_heads, dim3(unsigned(blocks)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
          vbar, excl, excl_n, gamma, temp, rescale, counter);
   OUTRO_LAUNCHED("gate_heads");
 }
