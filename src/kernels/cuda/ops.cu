@@ -869,6 +869,27 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
   if (threadIdx.x == 0 && blk) atomicAdd(counter, float(blk));  // an integer below 2^24: exact
 }
 
+void phi_detect(cudaStream_t s, float* rec, const float* h, int n, int dim, float abs_thr, float med_mul,
+                void* scratch) {
+  if (n <= 0) return;
+  const float* stats = phi_llm_stats(s, h, n, dim, scratch, nullptr);
+  launch("k_phi_rec", k_phi_rec, dim3(1), dim3(1024), 0, s, rec, stats, n, abs_thr, med_mul);
+  OUTRO_LAUNCHED("phi_detect");
+}
+
+void outro_sets(cudaStream_t s, float* enh, float* done, float* cum, const float* rec, int n, bool enhance, bool once) {
+  if (n <= 0) return;
+  launch("k_outro_sets", k_outro_sets, dim3(blocks_for(size_t(n), 256)), dim3(256), 0, s, enh, done, cum, rec, n,
+         enhance, once);
+  OUTRO_LAUNCHED("outro_sets");
+}
+
+void masked_mean(cudaStream_t s, float* out, const float* x, int n, int dim, const float* flags) {
+  if (dim <= 0) return;
+  launch("k_masked_mean", k_masked_mean, dim3(unsigned((dim + 127) / 128)), dim3(128), 0, s, out, x, n, dim, flags);
+  OUTRO_LAUNCHED("masked_mean");
+}
+
 void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
                 int excl_n, float gamma, float temp, bool rescale, float* counter) {
   if (n <= 0 || heads <= 0) return;
