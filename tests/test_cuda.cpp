@@ -604,6 +604,22 @@ TEST_F(Pair, OutroOps) {
                      }),
                 0.0);
     }
+  // Head sizes off the float4 path (30: not a multiple of 4) and of 64 and 256 (half of the lanes
+  // idle; two runs of 4 per lane), with the sink count and rotated count checked too.
+  for (int hd2 : {30, 64, 256}) {
+    const int H2 = 4, KV2 = 2, n2 = 37, vd2 = KV2 * hd2;
+    auto z2 = randn(size_t(n2) * H2 * hd2, 90 + hd2);
+    std::vector<float> vb2 = randn(size_t(vd2) + 3, 91 + hd2), fl2(size_t(n2), 0.f);
+    vb2[size_t(vd2)] = 1.f;
+    fl2[3] = 1.f;
+    for (int out : {0, 3})
+      EXPECT_LT(both({z2, vb2, fl2, std::vector<float>{0.f}}, size_t(out),
+                     [&](Backend& be, std::vector<Buf>& b) {
+                       be.gate_heads(b[0], n2, H2, KV2, hd2, b[1], &b[2], n2, 3.f, 0.1f, true, b[3]);
+                     }),
+                out ? 0.0 : 2e-6)
+          << "hd " << hd2;
+  }
 #endif
 }
 

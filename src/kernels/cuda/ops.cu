@@ -343,6 +343,43 @@ struct PhiState {
 };
 __device__ __forceinline__ uint32_t phi_key(float v) { return __float_as_uint(v) & 0x7fffffffu; }
 
+// f(v) for every value of row r[0, dim), each thread kPhiUnroll loads in flight before it uses them
+// (a loop that loads, counts, loads again waits out the memory latency at every value).
+template <class F>
+__device__ __forceinline__ void phi_row(const float* r, int dim, bool vec, F&& f) {
+  const int tid = threadIdx.x;
+  if (vec) {
+    const float4* r4 = reinterpret_cast<const float4*>(r);
+    const int len = dim / 4;
+    for (int c0 = 0; c0 < len; c0 += kPhiUnroll * kPhiThreads) {
+      float4 v[kPhiUnroll];
+#pragma unroll
+      for (int u = 0; u < kPhiUnroll; ++u) {
+        const int c = c0 + u * kPhiThreads + tid;
+        if (c < len) v[u] = r4[c];
+      }
+#pragma unroll
+      for (int u = 0; u < kPhiUnroll; ++u)
+        if (c0 + u * kPhiThreads + tid < len) f(v[u].x), f(v[u].y), f(v[u].z), f(v[u].w);
+    }
+  } else {
+    for (int c0 = 0; c0 < dim; c0 += kPhiUnroll * kPhiThreads) {
+      float v[kPhiUnroll];
+#pragma unroll
+      for (int u = 0; u < kPhiUnroll; ++u) {
+        const int c = c0 + u * kPhiThreads + tid;
+        if (c < dim) v[u] = r[c];
+      }
+#pragma unroll
+      for (int u = 0; u < kPhiUnroll; ++u)
+        if (c0 + u * kPhiThreads + tid < dim) f(v[u]);
+    }
+  }
+}
+__device__ __forceinline__ bool phi_vec(const float* h, int dim) {
+  return (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
+}
+
 // One warp (lane 0..31) of the last block: the bin of hist[0, nb) (nb a multiple of 32) holding the
 // k-th counted key, and how many keys lie in the bins before it.
 __device__ int phi_find_bin(const unsigned* hist, int nb, uint32_t k, uint32_t* before, int lane) {
@@ -393,9 +430,9 @@ __device__ bool phi_merge(unsigned (*shw)[kPhiBins], int nb, unsigned* hist, Phi
   return last;
 }
 
-// The sample: coarse-bin histogram of rows 0, S, 2S, ... (rpb of them per block); the last block
+// The sample: coarse-bin histogram of rows 0, S, 2S, ... (blocks stride over them); the last block
 // brackets the ranks around the sample's median (a slack of m/64 + 16 of its m keys).
-__global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int dim, int n, int S, int rpb,
+__global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int dim, int n, int S,
                                                             unsigned* hist, PhiState* st) {
   pdl_begin();
   __shared__ unsigned shw[kPhiWarps][kPhiBins];
@@ -404,10 +441,9 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int 
   __syncthreads();
   unsigned* wh = shw[tid >> 5];
   const int ms = (n + S - 1) / S;
-  for (int j = blockIdx.x * rpb; j < min(ms, (blockIdx.x + 1) * rpb); ++j) {
-    const float* r = h + size_t(j) * S * dim;
-    for (int c = tid; c < dim; c += kPhiThreads) atomicAdd(&wh[phi_key(r[c]) >> 20], 1u);
-  }
+  const bool vec = phi_vec(h, dim) && (size_t(S) * dim & 3) == 0;
+  for (int j = blockIdx.x; j < ms; j += gridDim.x)
+    phi_row(h + size_t(j) * S * dim, dim, vec, [&](float v) { atomicAdd(&wh[phi_key(v) >> 20], 1u); });
   if (!phi_merge(shw, kPhiBins, hist, st) || tid >= 32) return;
   const uint32_t m = uint32_t(ms) * uint32_t(dim), ks = (m - 1) / 2, slack = m / 64 + 16;
   uint32_t before;
@@ -424,7 +460,7 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int 
 
 // The full pass: row maxima, keys below and inside the bracket counted, the inside ones copied to
 // buf (at most cap) through a shared staging area. The last block picks the mode.
-__global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int dim, int n, int rpb, PhiState* st,
+__global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int dim, int n, PhiState* st,
                                                           float* out, uint32_t* buf, uint32_t cap, uint32_t k0) {
   pdl_begin();
   __shared__ uint32_t stage[kPhiStage];
@@ -473,7 +509,7 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int di
   // then the keys staged, then one check of the staging area.
   const int step = kPhiUnroll * kPhiThreads;               // float4s (or floats) per chunk
   const int per_chunk = vec ? 4 * step : step;              // keys a chunk can stage, at most
-  for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
+  for (int row = blockIdx.x; row < n; row += gridDim.x) {
     const float* r = h + size_t(row) * dim;
     float mx = 0.f;
     const int len = vec ? dim / 4 : dim;
@@ -561,9 +597,9 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int di
 }
 
 // One level of the select: a histogram of the keys that carry the bits fixed so far, over the
-// buffer (mode 0, levels 1 and 2) or over h (mode 1, rpb rows per block); the last block fixes the
+// buffer (mode 0, levels 1 and 2) or over h (mode 1, blocks striding over the rows); the last block fixes the
 // level's bits and, after level 2, writes the median.
-__global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, int n, int rpb,
+__global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int dim, int n,
                                                           const uint32_t* buf, unsigned* hist, PhiState* st,
                                                           float* out, int level) {
   pdl_begin();
@@ -575,7 +611,7 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
   const uint32_t prefix = st->prefix, mask = st->mask, bmask = uint32_t(nbins) - 1u;
   const uint32_t nbuf = mode == 0 ? st->nbuf : 0u;
   // Over the buffer, only as many blocks as it needs take part; the rest only arrive.
-  const uint32_t per_block = 16u * kPhiThreads;
+  const uint32_t per_block = 64u * kPhiThreads;
   const bool idle = mode == 0 && uint64_t(blockIdx.x) * per_block >= nbuf;
   if (!idle) {
     for (int i = tid; i < kPhiWarps * nbins; i += kPhiThreads) shw[i / nbins][i % nbins] = 0;
@@ -584,23 +620,26 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
     auto count = [&](uint32_t b) {
       if ((b & mask) == prefix) atomicAdd(&wh[(b >> shift) & bmask], 1u);
     };
-    if (mode == 0) {
-      const uint32_t nblk = min(gridDim.x, (nbuf + per_block - 1) / per_block);
-      for (uint32_t i = blockIdx.x * kPhiThreads + tid; i < nbuf; i += nblk * kPhiThreads) count(__ldcg(&buf[i]));
-    } else {
-      const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
-      for (int row = blockIdx.x * rpb; row < min(n, (blockIdx.x + 1) * rpb); ++row) {
-        const float* r = h + size_t(row) * dim;
-        if (vec) {
-          const float4* r4 = reinterpret_cast<const float4*>(r);
-          for (int c = tid; c < dim / 4; c += kPhiThreads) {
-            const float4 v = r4[c];
-            count(phi_key(v.x)), count(phi_key(v.y)), count(phi_key(v.z)), count(phi_key(v.w));
-          }
-        } else {
-          for (int c = tid; c < dim; c += kPhiThreads) count(phi_key(r[c]));
+    if (mode == 0) {  // keys as uint4, kPhiUnroll of them in flight per thread (buf is 16-byte aligned)
+      const uint32_t nblk = min(gridDim.x, (nbuf + per_block - 1) / per_block), n4 = nbuf / 4;
+      const uint4* b4 = reinterpret_cast<const uint4*>(buf);
+      for (uint32_t i0 = blockIdx.x * kPhiThreads; i0 < n4; i0 += nblk * kPhiThreads * kPhiUnroll) {
+        uint4 v[kPhiUnroll];
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u) {
+          const uint32_t i = i0 + u * nblk * kPhiThreads + tid;
+          if (i < n4) v[u] = __ldcg(&b4[i]);
         }
+#pragma unroll
+        for (int u = 0; u < kPhiUnroll; ++u)
+          if (i0 + u * nblk * kPhiThreads + tid < n4) count(v[u].x), count(v[u].y), count(v[u].z), count(v[u].w);
       }
+      if (blockIdx.x == 0)
+        for (uint32_t i = n4 * 4 + tid; i < nbuf; i += kPhiThreads) count(__ldcg(&buf[i]));
+    } else {
+      const bool vec = phi_vec(h, dim);
+      for (int row = blockIdx.x; row < n; row += gridDim.x)
+        phi_row(h + size_t(row) * dim, dim, vec, [&](float v) { count(phi_key(v)); });
     }
   }
   bool last;
@@ -688,6 +727,23 @@ void argmax(cudaStream_t s, const float* x, int n, int32_t* out) {
 
 namespace {
 size_t phi_cap(int n, int dim) { return size_t(n) * size_t(dim) / 4 + 1024; }
+// Bytes before the key buffer: histogram, state, the n + 1 outputs, rounded up to 16 (uint4 reads).
+size_t phi_buf_offset(int n) {
+  return (size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4 + 15) & ~size_t(15);
+}
+// Streaming multiprocessors of the current device (asked once per process and device).
+int phi_sms() {
+  static int cached[64] = {0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev]) {
+    int v = 0;
+    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev);
+    cached[dev] = v > 0 ? v : 1;
+  }
+  return cached[dev];
+}
 }  // namespace
 
 uint32_t phi_llm_last_mode(void* scratch) {
@@ -696,30 +752,31 @@ uint32_t phi_llm_last_mode(void* scratch) {
   return st.mode;
 }
 
-size_t phi_llm_scratch_bytes(int n, int dim) {
-  return size_t(kPhiBins) * 4 + sizeof(PhiState) + (size_t(n) + 1) * 4 + phi_cap(n, dim) * 4;
-}
+size_t phi_llm_scratch_bytes(int n, int dim) { return phi_buf_offset(n) + phi_cap(n, dim) * 4; }
 
 float* phi_llm_stats(cudaStream_t s, const float* h, int n, int dim, void* scratch, cudaEvent_t* ev) {
   const size_t N = size_t(n) * size_t(dim);
   unsigned* hist = static_cast<unsigned*>(scratch);
   PhiState* st = reinterpret_cast<PhiState*>(hist + kPhiBins);
   float* out = reinterpret_cast<float*>(st + 1);
-  uint32_t* buf = reinterpret_cast<uint32_t*>(out + n + 1);
-  const int rpb = std::max(1, n / 1056), blocks = (n + rpb - 1) / rpb;  // about 8 blocks per SM
-  const int S = std::max(1, n / 256), ms = (n + S - 1) / S, srpb = std::max(1, ms / 1056);
+  uint32_t* buf = reinterpret_cast<uint32_t*>(static_cast<char*>(scratch) + phi_buf_offset(n));
+  // Blocks: 8 per SM over the rows (each block strides over them, so its fixed costs, the shared
+  // histogram's clearing and merging and its atomics on the state, are paid 8 times per SM, not per
+  // row); the sample of about 256 rows, every S-th, a block each.
+  const int sms = phi_sms(), blocks = std::min(n, 8 * sms);
+  const int S = std::max(1, n / 256), ms = (n + S - 1) / S;
   auto mark = [&](int i) {
     if (ev) OUTRO_CK(cudaEventRecord(ev[i], s));
   };
   mark(0);
-  launch("k_phi_sample", k_phi_sample, dim3(unsigned((ms + srpb - 1) / srpb)), dim3(kPhiThreads), 0, s, h, dim, n, S,
-         srpb, hist, st);
+  launch("k_phi_sample", k_phi_sample, dim3(unsigned(std::min(ms, 8 * sms))), dim3(kPhiThreads), 0, s, h, dim, n, S,
+         hist, st);
   mark(1);
-  launch("k_phi_full", k_phi_full, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb, st, out, buf,
+  launch("k_phi_full", k_phi_full, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, st, out, buf,
          uint32_t(phi_cap(n, dim)), uint32_t((N - 1) / 2));
   mark(2);
   for (int level = 0; level < 3; ++level) {
-    launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n, rpb,
+    launch("k_phi_pass", k_phi_pass, dim3(unsigned(blocks)), dim3(kPhiThreads), 0, s, h, dim, n,
            static_cast<const uint32_t*>(buf), hist, st, out, level);
     mark(3 + level);
   }
@@ -809,9 +866,11 @@ __global__ void __launch_bounds__(128) k_masked_mean(float* out, const float* x,
 }
 
 // A warp per (row, head) task, warps striding over the tasks: o = z[row, head], v = vbar[head /
-// group]; hd <= 256, so each lane keeps its 8 at most values of o and v in registers and z is read
-// and written once. The rotated count is summed per warp and per block, then one atomic per block
+// group]. Each lane keeps its values of o and v in registers (hd <= 256: 8 at most), so z is read
+// and written once; with VEC (hd a multiple of 4, z 16-byte aligned) a lane holds runs of 4 and moves
+// them as float4. The rotated count is summed per warp and per block, then one atomic per block
 // (one per task would queue ~10^5 atomics on one address).
+template <bool VEC>
 __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* vbar, const float* excl,
                              int excl_n, float gamma, float temp, bool rescale, float* counter) {
   pdl_begin();
@@ -821,6 +880,8 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
   __syncthreads();
   const int warps = blockDim.x >> 5, lane = threadIdx.x & 31;
   const size_t tasks = size_t(n) * heads, stride = size_t(gridDim.x) * warps;
+  // Lane's j-th value sits at column col(j): lane + 32 j, or 4 lane + 128 (j / 4) + j % 4 with VEC.
+  auto col = [&](int j) { return VEC ? 4 * lane + 128 * (j >> 2) + (j & 3) : lane + 32 * j; };
   unsigned rotated = 0;
   for (size_t task = size_t(blockIdx.x) * warps + (threadIdx.x >> 5); task < tasks; task += stride) {
     const int i = int(task / heads), h = int(task % heads);
@@ -828,14 +889,26 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
     float* o = z + task * hd;
     const float* v = vbar + size_t(h / (heads / kv_heads)) * hd;
     float a[8], b[8];
+    if (VEC) {
+#pragma unroll
+      for (int q = 0; q < 2; ++q) {
+        const int c = 4 * lane + 128 * q;
+        const float4 x = c < hd ? *reinterpret_cast<const float4*>(o + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        a[4 * q] = x.x, a[4 * q + 1] = x.y, a[4 * q + 2] = x.z, a[4 * q + 3] = x.w;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) b[4 * q + e] = c < hd ? v[c + e] : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int c = col(j);
+        a[j] = c < hd ? o[c] : 0.f;
+        b[j] = c < hd ? v[c] : 0.f;
+      }
+    }
     float oo = 0.f, vv = 0.f, ov = 0.f;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int c = lane + 32 * j;
-      a[j] = c < hd ? o[c] : 0.f;
-      b[j] = c < hd ? v[c] : 0.f;
-      oo += a[j] * a[j], vv += b[j] * b[j], ov += a[j] * b[j];
-    }
+    for (int j = 0; j < 8; ++j) oo += a[j] * a[j], vv += b[j] * b[j], ov += a[j] * b[j];
     for (int s = 16; s; s >>= 1) {
       oo += __shfl_xor_sync(0xffffffffu, oo, s);
       vv += __shfl_xor_sync(0xffffffffu, vv, s);
@@ -856,10 +929,21 @@ __global__ void k_gate_heads(float* z, int n, int heads, int kv_heads, int hd, c
       for (int s = 16; s; s >>= 1) nn += __shfl_xor_sync(0xffffffffu, nn, s);
       sc = no / (sqrtf(nn) + 1e-8f);
     }
+    if (VEC) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int c = lane + 32 * j;
-      if (c < hd) o[c] = rescale ? a[j] * sc : a[j];
+      for (int q = 0; q < 2; ++q) {
+        const int c = 4 * lane + 128 * q;
+        if (c < hd) {
+          const float k = rescale ? sc : 1.f;
+          *reinterpret_cast<float4*>(o + c) = make_float4(a[4 * q] * k, a[4 * q + 1] * k, a[4 * q + 2] * k, a[4 * q + 3] * k);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int c = col(j);
+        if (c < hd) o[c] = rescale ? a[j] * sc : a[j];
+      }
     }
     rotated += cs > 0.f;
   }
@@ -896,8 +980,12 @@ void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd
   const size_t tasks = size_t(n) * heads;
   // Up to 16 blocks of 8 warps per SM (of 132 on an H200), each warp taking several tasks.
   const size_t blocks = std::min<size_t>((tasks + 7) / 8, size_t(132) * 16);
-  launch("k_gate_heads", k_gate_heads, dim3(unsigned(blocks)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
-         vbar, excl, excl_n, gamma, temp, rescale, counter);
+  if ((hd & 3) == 0 && (reinterpret_cast<uintptr_t>(z) & 15) == 0)
+    launch("k_gate_heads", k_gate_heads<true>, dim3(unsigned(blocks)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
+           vbar, excl, excl_n, gamma, temp, rescale, counter);
+  else
+    launch("k_gate_heads", k_gate_heads<false>, dim3(unsigned(blocks)), dim3(256), 0, s, z, n, heads, kv_heads, hd,
+           vbar, excl, excl_n, gamma, temp, rescale, counter);
   OUTRO_LAUNCHED("gate_heads");
 }
 
