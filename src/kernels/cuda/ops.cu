@@ -380,12 +380,23 @@ __device__ __forceinline__ bool phi_vec(const float* h, int dim) {
   return (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
 }
 
-// One warp (lane 0..31) of the last block: the bin of hist[0, nb) (nb a multiple of 32) holding the
+// The last block: the global histogram's nb bins into shared memory (sh), every thread loading a few
+// at once, and the global one cleared for the next call. A warp scanning the global bins itself
+// waits out an L2 round trip per bin, tens of microseconds for 2048 of them.
+__device__ void phi_take_hist(unsigned* sh, unsigned* hist, int nb) {
+  for (int i = threadIdx.x; i < nb; i += kPhiThreads) {
+    sh[i] = __ldcg(&hist[i]);
+    hist[i] = 0;
+  }
+  __syncthreads();
+}
+
+// One warp (lane 0..31): the bin of the shared histogram sh[0, nb) (nb a multiple of 32) holding the
 // k-th counted key, and how many keys lie in the bins before it.
 __device__ int phi_find_bin(const unsigned* hist, int nb, uint32_t k, uint32_t* before, int lane) {
   const int per = nb / 32;
   uint32_t mine = 0;
-  for (int j = 0; j < per; ++j) mine += __ldcg(&hist[lane * per + j]);
+  for (int j = 0; j < per; ++j) mine += hist[lane * per + j];
   uint32_t incl = mine;
   for (int o = 1; o < 32; o <<= 1) {
     const uint32_t v = __shfl_up_sync(0xffffffffu, incl, o);
@@ -398,7 +409,7 @@ __device__ int phi_find_bin(const unsigned* hist, int nb, uint32_t k, uint32_t* 
     acc = excl;
     bin = lane * per;
     for (int j = 0; j < per; ++j, ++bin) {
-      const uint32_t c = __ldcg(&hist[bin]);
+      const uint32_t c = hist[bin];
       if (acc + c > k) break;
       acc += c;
     }
@@ -444,13 +455,13 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int 
   const bool vec = phi_vec(h, dim) && (size_t(S) * dim & 3) == 0;
   for (int j = blockIdx.x; j < ms; j += gridDim.x)
     phi_row(h + size_t(j) * S * dim, dim, vec, [&](float v) { atomicAdd(&wh[phi_key(v) >> 20], 1u); });
-  if (!phi_merge(shw, kPhiBins, hist, st) || tid >= 32) return;
+  if (!phi_merge(shw, kPhiBins, hist, st)) return;
+  phi_take_hist(shw[0], hist, kPhiBins);
+  if (tid >= 32) return;
   const uint32_t m = uint32_t(ms) * uint32_t(dim), ks = (m - 1) / 2, slack = m / 64 + 16;
   uint32_t before;
-  const int lo = phi_find_bin(hist, kPhiBins, ks > slack ? ks - slack : 0u, &before, lane);
-  const int hi = phi_find_bin(hist, kPhiBins, min(m - 1, ks + slack), &before, lane);
-  __syncwarp();
-  for (int i = lane; i < kPhiBins; i += 32) hist[i] = 0;
+  const int lo = phi_find_bin(shw[0], kPhiBins, ks > slack ? ks - slack : 0u, &before, lane);
+  const int hi = phi_find_bin(shw[0], kPhiBins, min(m - 1, ks + slack), &before, lane);
   if (lane == 0) {
     st->lo = uint32_t(lo);
     st->nb = hi - lo + 1 <= kPhiBracket ? uint32_t(hi - lo + 1) : 0u;
@@ -458,32 +469,31 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_sample(const float* h, int 
   }
 }
 
-// The full pass: row maxima, keys below and inside the bracket counted, the inside ones copied to
-// buf (at most cap) through a shared staging area. The last block picks the mode.
+// The full pass, a warp per row: the row's maximum, keys below and inside the bracket counted, the
+// inside ones staged in the warp's part of shared memory (a ballot gives each its slot: no atomics)
+// and copied to buf (at most cap) when that part fills and at the end. The last block picks the mode.
+constexpr int kPhiWarpStage = kPhiStage / kPhiWarps;  // keys a warp stages
 __global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int dim, int n, PhiState* st,
                                                           float* out, uint32_t* buf, uint32_t cap, uint32_t k0) {
   pdl_begin();
-  __shared__ uint32_t stage[kPhiStage];
-  __shared__ uint32_t nstage, base;
-  __shared__ float red[kPhiWarps];
+  __shared__ uint32_t stage[kPhiWarps][kPhiWarpStage];
+  __shared__ uint32_t wcount[kPhiWarps], base;
   __shared__ uint32_t cnt[kPhiWarps][kPhiBracket + 1];
   __shared__ bool last;
   const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
-  const uint32_t lo = st->lo, nb = st->nb;
-  if (tid == 0) nstage = 0;
-  uint32_t below = 0, in[kPhiBracket] = {0, 0, 0, 0};
-  __syncthreads();
-  auto flush = [&]() {  // block-wide: the staged keys to buf
-    __syncthreads();
-    if (tid == 0) base = nstage ? atomicAdd(&st->nbuf, nstage) : 0u;
-    __syncthreads();
-    for (uint32_t i = tid; i < nstage; i += kPhiThreads)
-      if (base + i < cap) buf[base + i] = stage[i];
-    __syncthreads();
-    if (tid == 0) nstage = 0;
-    __syncthreads();
+  const uint32_t lo = st->lo, nb = st->nb, below_lane = (1u << lane) - 1u;
+  uint32_t below = 0, in[kPhiBracket] = {0, 0, 0, 0}, wn = 0;  // wn: keys this warp has staged
+  uint32_t* ws = stage[wid];
+  auto wflush = [&]() {  // warp-wide: the warp's staged keys to buf
+    uint32_t at = 0;
+    if (lane == 0) at = atomicAdd(&st->nbuf, wn);
+    at = __shfl_sync(0xffffffffu, at, 0);
+    __syncwarp();
+    for (uint32_t i = lane; i < wn; i += 32)
+      if (at + i < cap) buf[at + i] = ws[i];
+    __syncwarp();
+    wn = 0;
   };
-  // One key: counted, and staged when inside (a warp's inside keys take one shared atomic).
   auto take = [&](float v, bool valid, float& mx) {
     const float a = fabsf(v);
     if (valid) mx = mx < a ? a : mx;  // as the host's std::max(m, |x|): a NaN never wins
@@ -498,62 +508,61 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_full(const float* h, int di
       }
     }
     const unsigned bal = __ballot_sync(0xffffffffu, inside);
-    if (!bal) return;
-    uint32_t at = 0;
-    if (lane == 0) at = atomicAdd(&nstage, uint32_t(__popc(bal)));
-    at = __shfl_sync(0xffffffffu, at, 0);
-    if (inside) stage[at + __popc(bal & ((1u << lane) - 1u))] = b;
+    if (inside) ws[wn + __popc(bal & below_lane)] = b;
+    wn += __popc(bal);
   };
-  const bool vec = (dim & 3) == 0 && (reinterpret_cast<uintptr_t>(h) & 15) == 0;
-  // A chunk: kPhiUnroll loads per thread issued together (a whole 3584-wide row is two chunks),
-  // then the keys staged, then one check of the staging area.
-  const int step = kPhiUnroll * kPhiThreads;               // float4s (or floats) per chunk
-  const int per_chunk = vec ? 4 * step : step;              // keys a chunk can stage, at most
-  for (int row = blockIdx.x; row < n; row += gridDim.x) {
+  const bool vec = phi_vec(h, dim);
+  const int len = vec ? dim / 4 : dim, step = 32 * kPhiUnroll;
+  const uint32_t per_step = uint32_t(vec ? 4 * step : step);  // keys one step can stage, at most
+  for (int row = blockIdx.x * kPhiWarps + wid; row < n; row += gridDim.x * kPhiWarps) {
     const float* r = h + size_t(row) * dim;
     float mx = 0.f;
-    const int len = vec ? dim / 4 : dim;
-    for (int c0 = 0; c0 < len; c0 += step) {  // every lane of a warp runs every chunk
+    for (int c0 = 0; c0 < len; c0 += step) {  // every lane runs every step: the ballots see the whole warp
       if (vec) {
         float4 v[kPhiUnroll];
 #pragma unroll
         for (int u = 0; u < kPhiUnroll; ++u) {
-          const int c = c0 + u * kPhiThreads + tid;
+          const int c = c0 + 32 * u + lane;
           v[u] = c < len ? reinterpret_cast<const float4*>(r)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
         }
 #pragma unroll
         for (int u = 0; u < kPhiUnroll; ++u) {
-          const bool valid = c0 + u * kPhiThreads + tid < len;
+          const bool valid = c0 + 32 * u + lane < len;
           take(v[u].x, valid, mx), take(v[u].y, valid, mx), take(v[u].z, valid, mx), take(v[u].w, valid, mx);
         }
       } else {
         float v[kPhiUnroll];
 #pragma unroll
         for (int u = 0; u < kPhiUnroll; ++u) {
-          const int c = c0 + u * kPhiThreads + tid;
+          const int c = c0 + 32 * u + lane;
           v[u] = c < len ? r[c] : 0.f;
         }
 #pragma unroll
-        for (int u = 0; u < kPhiUnroll; ++u) take(v[u], c0 + u * kPhiThreads + tid < len, mx);
+        for (int u = 0; u < kPhiUnroll; ++u) take(v[u], c0 + 32 * u + lane < len, mx);
       }
-      __syncthreads();
-      const bool full = nstage > uint32_t(kPhiStage - per_chunk);
-      __syncthreads();  // every thread has read nstage before anyone stages more
-      if (full) flush();
+      if (wn > uint32_t(kPhiWarpStage) - per_step) wflush();
     }
     for (int o = 16; o > 0; o >>= 1) {
       const float b = __shfl_xor_sync(0xffffffffu, mx, o);
       mx = mx < b ? b : mx;
     }
-    if (lane == 0) red[wid] = mx;
-    __syncthreads();
-    if (tid == 0) {
-      for (int w = 1; w < kPhiWarps; ++w) mx = mx < red[w] ? red[w] : mx;
-      out[row] = mx;
-    }
-    __syncthreads();
+    if (lane == 0) out[row] = mx;
   }
-  flush();
+  // What the warps still hold: one atomic for the block, each warp copying at its offset.
+  if (lane == 0) wcount[wid] = wn;
+  __syncthreads();
+  if (tid == 0) {
+    uint32_t t = 0;
+    for (int w = 0; w < kPhiWarps; ++w) t += wcount[w];
+    base = t ? atomicAdd(&st->nbuf, t) : 0u;
+  }
+  __syncthreads();
+  {
+    uint32_t at = base;
+    for (int w = 0; w < wid; ++w) at += wcount[w];
+    for (uint32_t i = lane; i < wn; i += 32)
+      if (at + i < cap) buf[at + i] = ws[i];
+  }
   // The block's counts, summed over its warps, then into the state.
   for (int o = 16; o > 0; o >>= 1) {
     below += __shfl_xor_sync(0xffffffffu, below, o);
@@ -652,12 +661,12 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
   } else {
     last = phi_merge(shw, nbins, hist, st);
   }
-  if (!last || tid >= 32) return;
+  if (!last) return;
+  phi_take_hist(shw[0], hist, nbins);
+  if (tid >= 32) return;
   const uint32_t k = __ldcg(&st->k);
   uint32_t before;
-  const int bin = phi_find_bin(hist, nbins, k, &before, lane);
-  __syncwarp();
-  for (int i = lane; i < nbins; i += 32) hist[i] = 0;
+  const int bin = phi_find_bin(shw[0], nbins, k, &before, lane);
   if (lane == 0) {
     const uint32_t np = prefix | (uint32_t(bin) << shift);
     st->prefix = np;
