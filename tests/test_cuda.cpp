@@ -604,6 +604,37 @@ TEST_F(Pair, OutroOps) {
                      }),
                 0.0);
     }
+  // The gated rotation done by the tensor-core attention kernel in its epilogue (AttnGate) equals
+  // the same attention followed by gate_heads on the GPU, rows and rotated count; sink rows and
+  // rows after excl_n's range are checked by the same comparison.
+  {
+    const int na = 300;
+    auto qa = randn(size_t(na) * H * hd, 84), ka = randn(size_t(na) * vdim, 85), va = randn(size_t(na) * vdim, 86);
+    std::vector<float> vb = randn(size_t(vdim) + 3, 87);
+    vb[size_t(vdim)] = 2.f;
+    Buf qb = put(*gpu, qa), kb = put(*gpu, ka), vbb = put(*gpu, va), vbar_b = put(*gpu, vb), fl = put(*gpu, flags);
+    Buf z1 = put(*gpu, std::vector<float>(size_t(na) * H * hd, 0.f)), z2 = put(*gpu, std::vector<float>(size_t(na) * H * hd, 0.f));
+    Buf c1 = put(*gpu, std::vector<float>{0.f}), c2 = put(*gpu, std::vector<float>{0.f});
+    AttnParams ap;
+    ap.n_heads = H, ap.n_kv = KV, ap.head_dim = hd, ap.scale = 0.09f, ap.n_new = na, ap.past = 0;
+    for (bool rescale : {true, false}) {
+      gpu->attention(z1, qb, kb, vbb, ap);
+      gpu->gate_heads(z1, na, H, KV, hd, vbar_b, &fl, 250, 3.f, 0.1f, rescale, c1);
+      AttnGate g;
+      g.vbar = &vbar_b, g.excl = &fl, g.excl_n = 250, g.gamma = 3.f, g.temp = 0.1f, g.rescale = rescale, g.counter = c2;
+      ap.gate = &g;
+      gpu->attention(z2, qb, kb, vbb, ap);
+      ap.gate = nullptr;
+      EXPECT_EQ(cuda_api::last_attention_kernel(*gpu), "mma");
+      const auto a = get(*gpu, z1), b = get(*gpu, z2);
+      double worst = 0;
+      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])) / (std::fabs(a[i]) + 1e-3));
+      EXPECT_LT(worst, 1e-5) << "rescale " << rescale;
+      EXPECT_EQ(get(*gpu, c1), get(*gpu, c2)) << "rescale " << rescale;
+      EXPECT_GT(get(*gpu, c2)[0], 0.f);
+    }
+    for (Buf* b : {&qb, &kb, &vbb, &vbar_b, &fl, &z1, &z2, &c1, &c2}) gpu->release(*b);
+  }
   // Head sizes off the float4 path (30: not a multiple of 4) and of 64 and 256 (half of the lanes
   // idle; two runs of 4 per lane), with the sink count and rotated count checked too.
   for (int hd2 : {30, 64, 256}) {

@@ -243,9 +243,15 @@ TEST(OutroGate, NormKeptTurnedTowardTheSinkValueAndExcludedRowsUnchanged) {
   auto be = make_cpu_backend();
   int rotated = 0, unchanged_neg = 0;
   for (int layer = 0; layer < 12; ++layer) {
-    OutRo o(outro_preset("outro-align-only"));
+    // The rotation happens inside the layer's attention call, so every z hook sees it: the rows
+    // before it come from a run that acts only on the layers before this one (end_layer = layer;
+    // those layers, their sinks and exclusions are the same as in the full run).
+    OutroParams upto = outro_preset("outro-align-only");
+    upto.end_layer = layer;
+    OutRo o0(upto), o(outro_preset("outro-align-only"));
     Tap before(layer), after(layer);
-    run(*f.model, *be, f.ids, {}, {&before, &o, &after});
+    run(*f.model, *be, f.ids, {}, {&o0, &before});
+    run(*f.model, *be, f.ids, {}, {&o, &after});
     const auto& L = o.layers();
     std::vector<int> cum;  // sinks of this or any earlier layer
     for (int l = 0; l <= layer; ++l)

@@ -31,6 +31,17 @@ struct Weight {
 // Mask policy: causal, except the sink-out rows flagged in sinkout_mask (backend memory, n_new floats,
 // nonzero: row r sees keys [0, sinkout_end)) — OutRo's sink enhancement — without an N x N mask.
 // The flags live on the device, so the host need not know which rows they are.
+// OutRo's gated rotation (Backend::gate_heads's contract) applied to the rows an attention call
+// writes, so that a backend can do it while the rows are still in registers.
+struct AttnGate {
+  const Buf* vbar = nullptr;   // [kv_heads·hd + 1]: the sink value, then the sink count
+  const Buf* excl = nullptr;   // rows i < excl_n with excl[i] != 0 are left alone (may be null)
+  int excl_n = 0;
+  float gamma = 0.f, temp = 1.f;
+  bool rescale = false;
+  Buf counter;                 // one float increased by the rotated (row, head) count, or empty
+};
+
 struct AttnParams {
   int n_heads = 0, n_kv = 0, head_dim = 0;
   float scale = 1.f;
@@ -38,6 +49,7 @@ struct AttnParams {
   int past = 0;
   const void* sinkout_mask = nullptr;  // backend memory [n_new] floats, or null: plain causal
   int sinkout_end = 0;
+  const AttnGate* gate = nullptr;  // causal calls: the output rows gated as gate_heads would (null: none)
   float* pattern_out = nullptr;  // host [n_heads, n_new, past + n_new] when an observer asks
   // Encoder attention (vision and audio towers). When causal is false (with past == 0), row i sees
   // every key of its own segment [segments[s], segments[s+1]); segments is a host array of

@@ -177,7 +177,19 @@ void OutRo::attention_policy(ForwardCtx& ctx, int layer, AttnParams& p) {
     ctx.be->phi_detect(r, resid_, n, ctx.cfg->hidden, float(p_.abs_thr), float(p_.med_mul));
   }
   ctx.be->outro_sets(enh_, done_, cum_, r, n, enhance_layer(layer), p_.apply_once);
-  if (p_.gate) ctx.be->masked_mean(vbar(layer), v_, n, ctx.cfg->kv_heads * ctx.cfg->head_dim, r);
+  const size_t dim = size_t(ctx.cfg->kv_heads) * size_t(ctx.cfg->head_dim);
+  if (p_.gate) {
+    ctx.be->masked_mean(vbar(layer), v_, n, int(dim), r);
+    // The gated rotation of this layer's outputs, done by the attention call that writes them
+    // (the z point, before o_proj): a backend can apply it while the rows are in registers.
+    gate_vbar_ = vbar(layer);
+    gate_.vbar = &gate_vbar_;
+    gate_.excl = &cum_;
+    gate_.excl_n = prompt_len_;
+    gate_.gamma = p_.gamma, gate_.temp = p_.temp, gate_.rescale = p_.rescale;
+    gate_.counter = view(vbar_, size_t(layer) * vstride_ + dim + 1, 1);
+    p.gate = &gate_;
+  }
   if (!enhance_layer(layer)) return;
   p.sinkout_mask = enh_.ptr;
   p.sinkout_end = prompt_len_;
@@ -188,11 +200,7 @@ void OutRo::z(ForwardCtx& ctx, int layer, Buf z) {
   const ModelConfig& c = *ctx.cfg;
   const size_t dim = size_t(c.kv_heads) * size_t(c.head_dim);
   Buf vb = vbar(layer);
-  if (prefill_) {
-    ctx.be->gate_heads(z, ctx.n, c.heads, c.kv_heads, c.head_dim, vb, &cum_, prompt_len_, p_.gamma, p_.temp,
-                       p_.rescale, view(vbar_, size_t(layer) * vstride_ + dim + 1, 1));
-    return;
-  }
+  if (prefill_) return;  // the prefill's rows were gated by the attention call (attention_policy)
   if (p_.decode == DecodeGating::Off) return;
   // The release compares the step's own row indices with the prompt's sink positions of the layer.
   const Buf r = rec(layer);

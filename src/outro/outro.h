@@ -144,6 +144,8 @@ class OutRo : public Intervention {
   Backend* be_ = nullptr;
   Buf rec_, vbar_, enh_, done_, cum_;
   Buf resid_, v_;  // the layer's resid_pre rows and values, read at its attention_policy hook
+  Buf gate_vbar_;    // the layer's sink value, for gate_
+  AttnGate gate_;    // the prefill's gated rotation, handed to the layer's attention call
   size_t cap_p_ = 0, cap_l_ = 0, cap_v_ = 0;
   // The host copy of what the backend holds, read once when asked.
   mutable bool read_ = false;

@@ -140,6 +140,14 @@ class CpuBackend final : public Backend {
   }
 
   void attention(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) override {
+    attention_causal(z, q, kc, vc, p);
+    if (p.causal && p.gate) {
+      const AttnGate& g = *p.gate;
+      gate_heads(z, p.n_new, p.n_heads, p.n_kv, p.head_dim, *g.vbar, g.excl, g.excl_n, g.gamma, g.temp, g.rescale,
+                 g.counter);
+    }
+  }
+  void attention_causal(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) {
     if (!p.causal) return attention_segments(z, q, kc, vc, p);
     const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
     const int total = p.past + p.n_new;

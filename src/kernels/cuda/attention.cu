@@ -638,6 +638,61 @@ struct MmaSmem {
   static constexpr size_t bytes = size_t(BQ + 4 * BK) * LD * 2;
 };
 
+// OutRo's gated rotation (Backend::gate_heads) of a warp's two output rows ra, rb in registers: a
+// quad of lanes (t4 = 0..3) holds a row, columns dt * 8 + 2 t4 + {0, 1} in o[dt][0..1] (row ra) and
+// o[dt][2..3] (row rb), so the row's dot products are a quad reduction. The rotated count goes to
+// the counter with one atomic per warp.
+template <int HD>
+__device__ __forceinline__ void gate_rows(float (*o)[4], const AttnDev& p, int kvh, int ra, int rb, int lane) {
+  if (p.gate_vbar[size_t(p.n_kv) * HD] == 0.f) return;  // no sink at this layer
+  const float* v = p.gate_vbar + size_t(kvh) * HD;
+  const int t4 = lane & 3;
+  float oa = 0.f, ob = 0.f, vv = 0.f, pa = 0.f, pb = 0.f;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const float2 w = *reinterpret_cast<const float2*>(v + dt * 8 + t4 * 2);
+    oa += o[dt][0] * o[dt][0] + o[dt][1] * o[dt][1];
+    ob += o[dt][2] * o[dt][2] + o[dt][3] * o[dt][3];
+    vv += w.x * w.x + w.y * w.y;
+    pa += o[dt][0] * w.x + o[dt][1] * w.y;
+    pb += o[dt][2] * w.x + o[dt][3] * w.y;
+  }
+#pragma unroll
+  for (int x = 1; x <= 2; x <<= 1) {
+    oa += __shfl_xor_sync(0xffffffffu, oa, x), ob += __shfl_xor_sync(0xffffffffu, ob, x);
+    vv += __shfl_xor_sync(0xffffffffu, vv, x);
+    pa += __shfl_xor_sync(0xffffffffu, pa, x), pb += __shfl_xor_sync(0xffffffffu, pb, x);
+  }
+  auto skip = [&](int r) {
+    return r >= p.n_new || (p.gate_excl && r < p.gate_excl_n && p.gate_excl[r] != 0.f);
+  };
+  const bool xa = skip(ra), xb = skip(rb);
+  const float nv = fmaxf(sqrtf(vv), 1e-12f), na = sqrtf(oa), nb = sqrtf(ob);
+  const float ca = pa / (fmaxf(na, 1e-12f) * nv), cb = pb / (fmaxf(nb, 1e-12f) * nv);
+  const float ka = xa ? 0.f : tanhf(fmaxf(ca, 0.f) / p.gate_temp) * p.gate_gamma * fabsf(pa) / (vv + 1e-8f);
+  const float kb = xb ? 0.f : tanhf(fmaxf(cb, 0.f) / p.gate_temp) * p.gate_gamma * fabsf(pb) / (vv + 1e-8f);
+  float qa = 0.f, qb = 0.f;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) {
+    const float2 w = *reinterpret_cast<const float2*>(v + dt * 8 + t4 * 2);
+    o[dt][0] += ka * w.x, o[dt][1] += ka * w.y, o[dt][2] += kb * w.x, o[dt][3] += kb * w.y;
+    qa += o[dt][0] * o[dt][0] + o[dt][1] * o[dt][1];
+    qb += o[dt][2] * o[dt][2] + o[dt][3] * o[dt][3];
+  }
+  if (p.gate_rescale) {
+#pragma unroll
+    for (int x = 1; x <= 2; x <<= 1) qa += __shfl_xor_sync(0xffffffffu, qa, x), qb += __shfl_xor_sync(0xffffffffu, qb, x);
+    const float sa = xa ? 1.f : na / (sqrtf(qa) + 1e-8f), sb = xb ? 1.f : nb / (sqrtf(qb) + 1e-8f);
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; ++dt) o[dt][0] *= sa, o[dt][1] *= sa, o[dt][2] *= sb, o[dt][3] *= sb;
+  }
+  if (p.gate_counter) {
+    unsigned c = t4 == 0 ? unsigned(!xa && ca > 0.f) + unsigned(!xb && cb > 0.f) : 0u;
+    for (int x = 16; x; x >>= 1) c += __shfl_xor_sync(0xffffffffu, c, x);
+    if (lane == 0 && c) atomicAdd(p.gate_counter, float(c));
+  }
+}
+
 // grid (ceil(n_new / BQ), H). kb, vb: bf16 [total, KV, HD].
 template <int HD>
 __global__ void __launch_bounds__(kMmaThreads, 2) k_attn_mma(float* z, const float* q, const __nv_bfloat16* kb,
@@ -803,12 +858,15 @@ __global__ void __launch_bounds__(kMmaThreads, 2) k_attn_mma(float* z, const flo
   const int ra = r0 + warp * 16 + g, rb = ra + 8;
   const float ia = l_a > 0.f ? 1.f / l_a : 0.f, ib = l_b > 0.f ? 1.f / l_b : 0.f;
 #pragma unroll
+  for (int dt = 0; dt < HD / 8; ++dt) o[dt][0] *= ia, o[dt][1] *= ia, o[dt][2] *= ib, o[dt][3] *= ib;
+  if (p.gate_vbar) gate_rows<HD>(o, p, h / (H / KV), ra, rb, lane);
+#pragma unroll
   for (int dt = 0; dt < HD / 8; ++dt) {
     const int d = dt * 8 + t4 * 2;
     if (ra < p.n_new)
-      *reinterpret_cast<float2*>(z + (size_t(ra) * H + h) * HD + d) = make_float2(o[dt][0] * ia, o[dt][1] * ia);
+      *reinterpret_cast<float2*>(z + (size_t(ra) * H + h) * HD + d) = make_float2(o[dt][0], o[dt][1]);
     if (rb < p.n_new)
-      *reinterpret_cast<float2*>(z + (size_t(rb) * H + h) * HD + d) = make_float2(o[dt][2] * ib, o[dt][3] * ib);
+      *reinterpret_cast<float2*>(z + (size_t(rb) * H + h) * HD + d) = make_float2(o[dt][2], o[dt][3]);
   }
 }
 

@@ -124,6 +124,14 @@ struct AttnDev {
   bool causal;
   const int* segments;  // device-readable, n_segments + 1 offsets
   int n_segments;
+  // OutRo's gated rotation of the output rows (AttnGate), done by the tensor-core kernel in its
+  // epilogue; gate_vbar null: none. The other kernels ignore it (the backend gates after them).
+  const float* gate_vbar;
+  const float* gate_excl;
+  int gate_excl_n;
+  float gate_gamma, gate_temp;
+  bool gate_rescale;
+  float* gate_counter;
 };
 // Scratch the attention launchers may use (grown by the backend on request).
 struct AttnScratch {

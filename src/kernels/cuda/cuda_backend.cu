@@ -387,6 +387,14 @@ class CudaBackend final : public Backend {
     if (p.causal) {
       d.sinkout_mask = static_cast<const float*>(p.sinkout_mask);
       d.sinkout_end = p.sinkout_end;
+      if (p.gate) {
+        const AttnGate& g = *p.gate;
+        d.gate_vbar = F(*g.vbar);
+        d.gate_excl = g.excl ? F(*g.excl) : nullptr;
+        d.gate_excl_n = g.excl_n;
+        d.gate_gamma = g.gamma, d.gate_temp = g.temp, d.gate_rescale = g.rescale;
+        d.gate_counter = g.counter.ptr ? F(g.counter) : nullptr;
+      }
     } else {
       if (p.past != 0) fail("attention: a non-causal (encoder) call needs past == 0, found ", p.past);
       if (p.segments && p.n_segments > 0) {
@@ -429,6 +437,9 @@ class CudaBackend final : public Backend {
     }
     last_attn_ = cuda::attention(s_, F(z), F(q), F(kc), F(vc), d, pat, {attn_scratch_, attn_bytes_, attn_ctr_},
                                  sm_major_, force_attn_);
+    if (d.gate_vbar && last_attn_ != std::string("mma"))  // only the tensor-core kernel gates its own rows
+      cuda::gate_heads(s_, F(z), p.n_new, p.n_heads, p.n_kv, p.head_dim, d.gate_vbar, d.gate_excl, d.gate_excl_n,
+                       d.gate_gamma, d.gate_temp, d.gate_rescale, d.gate_counter);
     if (pat) {
       OUTRO_CK(cudaMemcpyAsync(p.pattern_out, pat, pat_n * 4, cudaMemcpyDeviceToHost, s_));
       OUTRO_CK(cudaStreamSynchronize(s_));

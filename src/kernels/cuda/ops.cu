@@ -384,9 +384,17 @@ __device__ __forceinline__ bool phi_vec(const float* h, int dim) {
 // at once, and the global one cleared for the next call. A warp scanning the global bins itself
 // waits out an L2 round trip per bin, tens of microseconds for 2048 of them.
 __device__ void phi_take_hist(unsigned* sh, unsigned* hist, int nb) {
-  for (int i = threadIdx.x; i < nb; i += kPhiThreads) {
-    sh[i] = __ldcg(&hist[i]);
-    hist[i] = 0;
+  constexpr int per = kPhiBins / kPhiThreads;
+  unsigned v[per];
+#pragma unroll
+  for (int u = 0; u < per; ++u) {
+    const int i = threadIdx.x + u * kPhiThreads;
+    v[u] = i < nb ? __ldcg(&hist[i]) : 0u;
+  }
+#pragma unroll
+  for (int u = 0; u < per; ++u) {
+    const int i = threadIdx.x + u * kPhiThreads;
+    if (i < nb) sh[i] = v[u], hist[i] = 0;
   }
   __syncthreads();
 }
@@ -620,7 +628,7 @@ __global__ void __launch_bounds__(kPhiThreads) k_phi_pass(const float* h, int di
   const uint32_t prefix = st->prefix, mask = st->mask, bmask = uint32_t(nbins) - 1u;
   const uint32_t nbuf = mode == 0 ? st->nbuf : 0u;
   // Over the buffer, only as many blocks as it needs take part; the rest only arrive.
-  const uint32_t per_block = 64u * kPhiThreads;
+  const uint32_t per_block = 256u * kPhiThreads;  // keys a block takes from the buffer: few blocks, few merges
   const bool idle = mode == 0 && uint64_t(blockIdx.x) * per_block >= nbuf;
   if (!idle) {
     for (int i = tid; i < kPhiWarps * nbins; i += kPhiThreads) shw[i / nbins][i % nbins] = 0;
