@@ -610,9 +610,11 @@ TEST_F(Pair, OutroOps) {
   {
     const int na = 300;
     auto qa = randn(size_t(na) * H * hd, 84), ka = randn(size_t(na) * vdim, 85), va = randn(size_t(na) * vdim, 86);
-    std::vector<float> vb = randn(size_t(vdim) + 3, 87);
-    vb[size_t(vdim)] = 2.f;
-    Buf qb = put(*gpu, qa), kb = put(*gpu, ka), vbb = put(*gpu, va), vbar_b = put(*gpu, vb), fl = put(*gpu, flags);
+    // The sink value at an odd float offset, as OutRo's per-layer views of one buffer are.
+    std::vector<float> vb = randn(size_t(vdim) + 4, 87);
+    vb[size_t(vdim) + 1] = 2.f;
+    Buf qb = put(*gpu, qa), kb = put(*gpu, ka), vbb = put(*gpu, va), vall = put(*gpu, vb), fl = put(*gpu, flags);
+    Buf vbar_b{static_cast<float*>(vall.ptr) + 1, size_t(vdim) + 3};
     Buf z1 = put(*gpu, std::vector<float>(size_t(na) * H * hd, 0.f)), z2 = put(*gpu, std::vector<float>(size_t(na) * H * hd, 0.f));
     Buf c1 = put(*gpu, std::vector<float>{0.f}), c2 = put(*gpu, std::vector<float>{0.f});
     AttnParams ap;
@@ -629,11 +631,12 @@ TEST_F(Pair, OutroOps) {
       const auto a = get(*gpu, z1), b = get(*gpu, z2);
       double worst = 0;
       for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])) / (std::fabs(a[i]) + 1e-3));
-      EXPECT_LT(worst, 1e-5) << "rescale " << rescale;
+      // float32 sums in another order (~1e-6 in the cosine), through the gate's slope (gamma / temp
+      // times tanh' <= 30): a few 1e-5.
+      EXPECT_LT(worst, 2e-4) << "rescale " << rescale;
       EXPECT_EQ(get(*gpu, c1), get(*gpu, c2)) << "rescale " << rescale;
       EXPECT_GT(get(*gpu, c2)[0], 0.f);
     }
-    for (Buf* b : {&qb, &kb, &vbb, &vbar_b, &fl, &z1, &z2, &c1, &c2}) gpu->release(*b);
   }
   // Head sizes off the float4 path (30: not a multiple of 4) and of 64 and 256 (half of the lanes
   // idle; two runs of 4 per lane), with the sink count and rotated count checked too.

@@ -650,7 +650,7 @@ __device__ __forceinline__ void gate_rows(float (*o)[4], const AttnDev& p, int k
   float oa = 0.f, ob = 0.f, vv = 0.f, pa = 0.f, pb = 0.f;
 #pragma unroll
   for (int dt = 0; dt < HD / 8; ++dt) {
-    const float2 w = *reinterpret_cast<const float2*>(v + dt * 8 + t4 * 2);
+    const float2 w = make_float2(v[dt * 8 + t4 * 2], v[dt * 8 + t4 * 2 + 1]);  // vbar rows are not 8-byte aligned
     oa += o[dt][0] * o[dt][0] + o[dt][1] * o[dt][1];
     ob += o[dt][2] * o[dt][2] + o[dt][3] * o[dt][3];
     vv += w.x * w.x + w.y * w.y;
@@ -674,7 +674,7 @@ __device__ __forceinline__ void gate_rows(float (*o)[4], const AttnDev& p, int k
   float qa = 0.f, qb = 0.f;
 #pragma unroll
   for (int dt = 0; dt < HD / 8; ++dt) {
-    const float2 w = *reinterpret_cast<const float2*>(v + dt * 8 + t4 * 2);
+    const float2 w = make_float2(v[dt * 8 + t4 * 2], v[dt * 8 + t4 * 2 + 1]);
     o[dt][0] += ka * w.x, o[dt][1] += ka * w.y, o[dt][2] += kb * w.x, o[dt][3] += kb * w.y;
     qa += o[dt][0] * o[dt][0] + o[dt][1] * o[dt][1];
     qb += o[dt][2] * o[dt][2] + o[dt][3] * o[dt][3];
