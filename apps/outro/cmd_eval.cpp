@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -540,15 +541,34 @@ int cmd_eval_run(int argc, char** argv) {
     size_t prepared_item = size_t(-1);
     PreparedPrompt prepared;
     bool prepared_media = false;
+    // The next item's media are decoded on a CPU thread while this item's towers and prompts run
+    // (on a GPU the decoding would otherwise leave it idle): `ahead` holds that item's decode.
+    std::vector<size_t> item_order;  // distinct items in job order
+    for (auto& j : jobs)
+      if (item_order.empty() || item_order.back() != j.item) item_order.push_back(j.item);
+    size_t order_pos = 0, ahead_item = size_t(-1);
+    std::future<DecodedMedia> ahead;
+    auto start_ahead = [&](size_t pos) {
+      ahead_item = size_t(-1);
+      if (pos >= item_order.size()) return;
+      MediaRequest r = media_request(items[item_order[pos]]);
+      if (!r.any()) return;
+      ahead_item = item_order[pos];
+      ahead = std::async(std::launch::async, [&mm = *mmodel, r] { return decode_media(mm, r); });
+    };
     for (auto& j : jobs) {
       const eval::Item& it = items[j.item];
       if (media_input && prepared_item != j.item) {
         MediaRequest r = media_request(it);
         prepared_media = r.any();
+        while (order_pos < item_order.size() && item_order[order_pos] != j.item) ++order_pos;
+        DecodedMedia dm;
+        if (prepared_media) dm = ahead_item == j.item ? ahead.get() : decode_media(*mmodel, r);
+        start_ahead(order_pos + 1);
         if (prepared_media) {
           const std::string text = eval::render_text_only(eval::build_prompt(it));
-          prepared = prepare_multimodal(*mmodel, r,
-                                        multimodal_chat_ids(mmodel->config(), *l.tokenizer, r, text, proto.system));
+          prepared = encode_media(*mmodel, dm,
+                                  multimodal_chat_ids(mmodel->config(), *l.tokenizer, r, text, proto.system));
           const int need = int(prepared.prefill.ids.size()) + go.max_new_tokens + 1;
           if (int(prepared.prefill.ids.size()) > cfg.max_positions)
             fail(it.id, ": the prompt with its media is ", prepared.prefill.ids.size(),

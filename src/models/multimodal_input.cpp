@@ -50,7 +50,7 @@ bool video_audio_by_default(const MultimodalModel& mm, const MediaRequest& r) {
   return !r.video.empty() && r.audio.empty() && mm.has_audio() && media::probe_video(r.video).has_audio;
 }
 
-PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids) {
+DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
   const MultimodalConfig& c = mm.config();
   if (!r.audio.empty() && r.use_audio_in_video) fail("give either --audio FILE or --use-audio-in-video, not both");
   if (r.use_audio_in_video && r.video.empty()) fail("--use-audio-in-video needs --video FILE");
@@ -58,31 +58,20 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
     fail(c.source, ": this model has no audio tower (audio input needs a Qwen2.5-Omni thinker checkpoint)");
   if ((!r.video.empty() || !r.image.empty()) && !mm.has_vision())
     fail(c.source, ": this model has no vision tower (config.json has no vision_config)");
-  PreparedPrompt p;
-  p.media.use_audio_in_video = r.use_audio_in_video;
-  std::vector<EncodedMedia> images, videos, audios;
-  const int D = mm.config().vision.out_hidden > 0 ? mm.config().vision.out_hidden : mm.config().audio.out_dim;
+  DecodedMedia d;
+  d.request = r;
   media::VisionParams vp = mm.vision_params();
   if (r.qwen_utils_video_budget) {
-    const media::VisionParams d;
-    vp.fps = d.fps;
-    vp.min_frames = d.min_frames;
-    vp.max_frames = d.max_frames;
-    vp.video_min_pixels = d.video_min_pixels;
-    vp.video_max_pixels = d.video_max_pixels;
-    vp.video_total_pixels = d.video_total_pixels;
+    const media::VisionParams def;
+    vp.fps = def.fps;
+    vp.min_frames = def.min_frames;
+    vp.max_frames = def.max_frames;
+    vp.video_min_pixels = def.video_min_pixels;
+    vp.video_max_pixels = def.video_max_pixels;
+    vp.video_total_pixels = def.video_total_pixels;
   }
   using clock = std::chrono::steady_clock;
-  auto encode_vision = [&](const media::PixelValues& px, Modality k, std::vector<EncodedMedia>* out) {
-    auto t0 = clock::now();
-    EncodedMedia e;
-    e.kind = k;
-    e.embeds = mm.vision().encode(px.data.data(), px.grid_t, px.grid_h, px.grid_w);
-    e.tokens = int(e.embeds.size()) / D;
-    p.timings.vision += since(t0);
-    out->push_back(std::move(e));
-  };
-  auto encode_audio = [&](const std::string& path, bool from_video) {
+  auto audio_of = [&](const std::string& path, bool from_video) {
     auto t0 = clock::now();
     std::vector<float> pcm;
     try {
@@ -96,8 +85,55 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
       fail("audio cut: expected 0 < seconds <= 30 (one Whisper window), found ", r.audio_max_seconds);
     const size_t keep = size_t(r.audio_max_seconds * 16000.0);
     if (pcm.size() > keep) pcm.resize(keep);
-    media::MelFeatures mel = media::whisper_log_mel(pcm.data(), pcm.size());
-    p.timings.decode_audio += since(t0);
+    d.audio.push_back(media::whisper_log_mel(pcm.data(), pcm.size()));
+    d.timings.decode_audio += since(t0);
+  };
+  if (!r.video.empty()) {
+    auto t0 = clock::now();
+    media::VideoInput v = media::process_video(r.video, vp);
+    d.timings.decode_video += since(t0);
+    d.has_video = true;
+    d.video_second_per_grid = r.video_second_per_grid > 0 ? r.video_second_per_grid : v.second_per_grid;
+    d.video = std::move(v.pixels);
+    if (r.use_audio_in_video) audio_of(r.video, true);
+  }
+  if (!r.image.empty()) {
+    auto t0 = clock::now();
+    media::Image im = media::load_image(r.image);
+    d.image = media::process_image(im, vp, r.image);
+    d.timings.decode_image += since(t0);
+    d.has_image = true;
+  }
+  if (!r.audio.empty()) audio_of(r.audio, false);
+  return d;
+}
+
+PreparedPrompt encode_media(MultimodalModel& mm, const DecodedMedia& d, const std::vector<int32_t>& prompt_ids) {
+  PreparedPrompt p;
+  p.timings = d.timings;
+  p.media.use_audio_in_video = d.request.use_audio_in_video;
+  std::vector<EncodedMedia> images, videos, audios;
+  const int D = mm.config().vision.out_hidden > 0 ? mm.config().vision.out_hidden : mm.config().audio.out_dim;
+  using clock = std::chrono::steady_clock;
+  auto encode_vision = [&](const media::PixelValues& px, Modality k, std::vector<EncodedMedia>* out) {
+    auto t0 = clock::now();
+    EncodedMedia e;
+    e.kind = k;
+    e.embeds = mm.vision().encode(px.data.data(), px.grid_t, px.grid_h, px.grid_w);
+    e.tokens = int(e.embeds.size()) / D;
+    p.timings.vision += since(t0);
+    out->push_back(std::move(e));
+  };
+  // Items in placeholder order: video (with its audio), image, audio.
+  if (d.has_video) {
+    p.media.videos.push_back({d.video.grid_t, d.video.grid_h, d.video.grid_w, d.video_second_per_grid});
+    encode_vision(d.video, Modality::Video, &videos);
+  }
+  if (d.has_image) {
+    p.media.images.push_back({d.image.grid_t, d.image.grid_h, d.image.grid_w, 0});
+    encode_vision(d.image, Modality::Image, &images);
+  }
+  for (const media::MelFeatures& mel : d.audio) {
     auto t1 = clock::now();
     EncodedMedia e;
     e.kind = Modality::Audio;
@@ -106,28 +142,13 @@ PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, co
     p.timings.audio += since(t1);
     p.media.audio_frames.push_back(mel.n_frames);
     audios.push_back(std::move(e));
-  };
-  // Items in placeholder order: video (with its audio), image, audio.
-  if (!r.video.empty()) {
-    auto t0 = clock::now();
-    media::VideoInput v = media::process_video(r.video, vp);
-    p.timings.decode_video += since(t0);
-    p.media.videos.push_back({v.pixels.grid_t, v.pixels.grid_h, v.pixels.grid_w,
-                              r.video_second_per_grid > 0 ? r.video_second_per_grid : v.second_per_grid});
-    encode_vision(v.pixels, Modality::Video, &videos);
-    if (r.use_audio_in_video) encode_audio(r.video, true);
   }
-  if (!r.image.empty()) {
-    auto t0 = clock::now();
-    media::Image im = media::load_image(r.image);
-    media::PixelValues px = media::process_image(im, vp, r.image);
-    p.timings.decode_image += since(t0);
-    p.media.images.push_back({px.grid_t, px.grid_h, px.grid_w, 0});
-    encode_vision(px, Modality::Image, &images);
-  }
-  if (!r.audio.empty()) encode_audio(r.audio, false);
   p.prefill = mm.assemble(prompt_ids, p.media, images, videos, audios);
   return p;
+}
+
+PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids) {
+  return encode_media(mm, decode_media(mm, r), prompt_ids);
 }
 
 }  // namespace outro

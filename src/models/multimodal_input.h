@@ -49,8 +49,22 @@ std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok
 // The system prompt multimodal_chat_ids uses when `system` is empty.
 std::string default_multimodal_system(const MultimodalConfig& c);
 
-// Decodes and encodes the media of r and assembles the prefill of prompt_ids (one placeholder
-// per item, e.g. from multimodal_chat_ids). Errors name the file.
+// The media of a request decoded and preprocessed on the CPU, before the towers run: video frames
+// as pixel values, the image's, the audio's log-mel features. Making one touches no backend, so
+// the next item's can be made on another thread while the current one runs (eval does).
+struct DecodedMedia {
+  MediaRequest request;
+  bool has_video = false, has_image = false;
+  media::PixelValues video, image;
+  double video_second_per_grid = 0;
+  std::vector<media::MelFeatures> audio;  // the video's track first when use_audio_in_video, then --audio
+  MediaTimings timings;                   // the decode_* fields
+};
+DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r);
+// Runs the towers on the decoded media and assembles the prefill of prompt_ids (one placeholder
+// per item, e.g. from multimodal_chat_ids).
+PreparedPrompt encode_media(MultimodalModel& mm, const DecodedMedia& d, const std::vector<int32_t>& prompt_ids);
+// Both: decodes and encodes the media of r and assembles the prefill. Errors name the file.
 PreparedPrompt prepare_multimodal(MultimodalModel& mm, const MediaRequest& r, const std::vector<int32_t>& prompt_ids);
 // Whether a request's video should bring its own audio track when nothing says: it has one, no
 // separate audio file is given, and the model has an audio encoder (what `eval` and `analyze` do).
