@@ -94,9 +94,16 @@ const char* torch_dtype(DType dt) {
 
 }  // namespace
 
+OmniTokenIds omni_token_ids(int vocab) {
+  if (vocab > 151656) return {151646, 151655, 151656, 151647, 151648, 151652, 151653};
+  const int b = vocab - 7;
+  return {b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6};
+}
+
 void write_random_model(const std::string& dir, const RandomModelSpec& s) {
   std::filesystem::create_directories(dir);
-  const bool qwen = s.architecture == "Qwen2ForCausalLM";
+  const bool omni = s.architecture == "Qwen2_5OmniThinkerForConditionalGeneration";
+  const bool qwen = s.architecture == "Qwen2ForCausalLM" || omni;
   const int hd = s.hidden / s.heads;
   nlohmann::json cfg = {{"architectures", {s.architecture}},
                         {"model_type", qwen ? "qwen2" : "llama"},
@@ -113,6 +120,35 @@ void write_random_model(const std::string& dir, const RandomModelSpec& s) {
                         {"hidden_act", "silu"},
                         {"torch_dtype", torch_dtype(s.dtype)},
                         {"eos_token_id", s.vocab - 1}};
+  const int Dv = 1280, Iv = 3420, Da = 1280, Fa = 5120;
+  if (omni) {
+    const OmniTokenIds t = omni_token_ids(s.vocab);
+    nlohmann::json text = cfg;
+    text.erase("architectures");
+    text["model_type"] = "qwen2_5_omni_text";
+    text["rope_scaling"] = {{"type", "mrope"}, {"mrope_section", s.mrope_section}};
+    cfg = {{"architectures", {s.architecture}},
+           {"model_type", "qwen2_5_omni_thinker"},
+           {"torch_dtype", torch_dtype(s.dtype)},
+           {"audio_token_index", t.audio},
+           {"image_token_index", t.image},
+           {"video_token_index", t.video},
+           {"audio_start_token_id", t.audio_start},
+           {"audio_end_token_id", t.audio_end},
+           {"vision_start_token_id", t.vision_start},
+           {"vision_end_token_id", t.vision_end},
+           {"position_id_per_seconds", 25},
+           {"seconds_per_chunk", 2},
+           {"text_config", text},
+           {"vision_config", {{"depth", s.vision_depth}, {"hidden_size", Dv}, {"intermediate_size", Iv},
+                              {"num_heads", 16}, {"out_hidden_size", s.hidden}, {"patch_size", 14},
+                              {"spatial_merge_size", 2}, {"temporal_patch_size", 2}, {"window_size", 112},
+                              {"fullatt_block_indexes", {7, 15, 23, 31}}, {"in_channels", 3},
+                              {"hidden_act", "silu"}}},
+           {"audio_config", {{"d_model", Da}, {"encoder_layers", s.audio_layers}, {"encoder_attention_heads", 20},
+                             {"encoder_ffn_dim", Fa}, {"num_mel_bins", 128}, {"output_dim", s.hidden},
+                             {"max_source_positions", 1500}, {"n_window", 100}}}};
+  }
   std::ofstream(dir + "/config.json") << cfg.dump(2);
   std::vector<Planned> ts;
   size_t off = 0;
@@ -145,8 +181,70 @@ void write_random_model(const std::string& dir, const RandomModelSpec& s) {
   }
   add("model.norm.weight", {D}, 1, 0.1f);
   if (!s.tied) add("lm_head.weight", {s.vocab, D}, 0, s.std);
+  if (omni) {
+    const float sd = 0.02f;
+    add("visual.patch_embed.proj.weight", {Dv, 3, 2, 14, 14}, 0, sd);
+    for (int l = 0; l < s.vision_depth; ++l) {
+      const std::string p = "visual.blocks." + std::to_string(l) + ".";
+      add(p + "norm1.weight", {Dv}, 1, 0.02f);
+      add(p + "norm2.weight", {Dv}, 1, 0.02f);
+      for (const char* k : {"q", "k", "v", "proj"}) {
+        add(p + "attn." + k + ".weight", {Dv, Dv}, 0, sd);
+        add(p + "attn." + k + ".bias", {Dv}, 0, sd);
+      }
+      add(p + "mlp.gate_proj.weight", {Iv, Dv}, 0, sd);
+      add(p + "mlp.gate_proj.bias", {Iv}, 0, sd);
+      add(p + "mlp.up_proj.weight", {Iv, Dv}, 0, sd);
+      add(p + "mlp.up_proj.bias", {Iv}, 0, sd);
+      add(p + "mlp.down_proj.weight", {Dv, Iv}, 0, sd);
+      add(p + "mlp.down_proj.bias", {Dv}, 0, sd);
+    }
+    add("visual.merger.ln_q.weight", {Dv}, 1, 0.02f);
+    add("visual.merger.mlp.0.weight", {4 * Dv, 4 * Dv}, 0, sd);
+    add("visual.merger.mlp.0.bias", {4 * Dv}, 0, sd);
+    add("visual.merger.mlp.2.weight", {D, 4 * Dv}, 0, sd);
+    add("visual.merger.mlp.2.bias", {D}, 0, sd);
+    add("audio_tower.conv1.weight", {Da, 128, 3}, 0, sd);
+    add("audio_tower.conv1.bias", {Da}, 0, sd);
+    add("audio_tower.conv2.weight", {Da, Da, 3}, 0, sd);
+    add("audio_tower.conv2.bias", {Da}, 0, sd);
+    for (int l = 0; l < s.audio_layers; ++l) {
+      const std::string p = "audio_tower.layers." + std::to_string(l) + ".";
+      for (const char* n : {"self_attn_layer_norm", "final_layer_norm"}) {
+        add(p + n + ".weight", {Da}, 1, 0.02f);
+        add(p + n + ".bias", {Da}, 0, sd);
+      }
+      for (const char* k : {"q_proj", "k_proj", "v_proj", "out_proj"}) add(p + "self_attn." + k + ".weight", {Da, Da}, 0, sd);
+      for (const char* k : {"q_proj", "v_proj", "out_proj"}) add(p + "self_attn." + k + ".bias", {Da}, 0, sd);
+      add(p + "fc1.weight", {Fa, Da}, 0, sd);
+      add(p + "fc1.bias", {Fa}, 0, sd);
+      add(p + "fc2.weight", {Da, Fa}, 0, sd);
+      add(p + "fc2.bias", {Da}, 0, sd);
+    }
+    add("audio_tower.ln_post.weight", {Da}, 1, 0.02f);
+    add("audio_tower.ln_post.bias", {Da}, 0, sd);
+    add("audio_tower.proj.weight", {D, Da}, 0, sd);
+    add("audio_tower.proj.bias", {D}, 0, sd);
+  }
   const std::string path = dir + "/model.safetensors";
-  if (s.hashed) return write_hashed(path, ts, s.dtype, s.seed);
+  if (s.plant_token >= s.vocab || (s.plant_token >= 0 && D <= 7))
+    fail("random model: plant_token ", s.plant_token, " needs a vocabulary above it and hidden > 7");
+  if (s.hashed) {
+    write_hashed(path, ts, s.dtype, s.seed);
+    if (s.plant_token >= 0) {  // one value of the embedding table, in place
+      const size_t es = dtype_size(s.dtype);
+      std::ifstream in(path, std::ios::binary);
+      uint64_t hl = 0;
+      in.read(reinterpret_cast<char*>(&hl), 8);
+      uint8_t v[4];
+      store(s.dtype, v, 0, s.plant_value);
+      std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
+      f.seekp(std::streamoff(8 + hl + ts[0].off + (size_t(s.plant_token) * size_t(D) + 7) * es));
+      f.write(reinterpret_cast<const char*>(v), std::streamsize(es));
+      if (!f) fail("cannot write the planted value into ", path);
+    }
+    return;
+  }
   // Normal values from one generator, in the order of the tensors (the tests' models).
   std::mt19937_64 rng(s.seed);
   std::normal_distribution<float> nd(0.f, s.std);
@@ -158,6 +256,7 @@ void write_random_model(const std::string& dir, const RandomModelSpec& s) {
     o.dtype = s.dtype;
     o.bytes.resize(t.n * dtype_size(s.dtype));
     for (size_t i = 0; i < t.n; ++i) store(s.dtype, o.bytes.data(), i, t.mean + t.sd * nd(rng) / s.std);
+    if (&t == &ts[0] && s.plant_token >= 0) store(s.dtype, o.bytes.data(), size_t(s.plant_token) * size_t(D) + 7, s.plant_value);
     out.push_back(std::move(o));
   }
   write_safetensors(path, out);
