@@ -5,7 +5,9 @@
 // presets, config files and their errors; --explain through the CLI.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <random>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -291,6 +293,34 @@ TEST(OutroGate, NormKeptTurnedTowardTheSinkValueAndExcludedRowsUnchanged) {
 }
 
 // ------------------------------------------------------------------------- presets and configs
+
+// Φ_LLM's median, from the spec: the lower median of |h| over every value (nth_element over a copy),
+// on prompts large enough for the thread pool's path: random values with ties and signed zeros,
+// every value equal, half of them zero; and the row maxima as max |h| per row.
+TEST(OutroDetect, MedianAndRowMaximaOfLargePromptsAreExact) {
+  const int n = 240, dim = 896;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 0.7f);
+  for (int kind = 0; kind < 3; ++kind) {
+    std::vector<float> h(size_t(n) * dim);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = kind == 1 ? -0.375f : kind == 2 && i % 2 ? 0.f : nd(rng);
+    for (size_t i = 0; kind == 0 && i < h.size(); i += 7) h[i] = h[i / 3];  // ties
+    if (kind == 0) h[10] = -0.f, h[11] = 0.f;
+    h[size_t(17) * dim + 5] = -4000.f;
+    std::vector<float> a(h.size());
+    for (size_t i = 0; i < h.size(); ++i) a[i] = std::fabs(h[i]);
+    std::nth_element(a.begin(), a.begin() + long((a.size() - 1) / 2), a.end());
+    const float want = a[(a.size() - 1) / 2];
+    PhiLLM got = phi_llm(h.data(), n, dim, 100.0, 1000.0);
+    EXPECT_EQ(got.median, want) << "case " << kind;
+    for (int r = 0; r < n; ++r) {
+      float m = 0.f;
+      for (int c = 0; c < dim; ++c) m = std::max(m, std::fabs(h[size_t(r) * dim + c]));
+      ASSERT_EQ(got.row_max[size_t(r)], m) << "case " << kind << " row " << r;
+    }
+    EXPECT_EQ(got.sinks, std::vector<int>{17}) << "case " << kind;
+  }
+}
 
 TEST(OutroConfig, PresetsAreTheReleasesSettings) {
   auto o = outro_preset("outro");
