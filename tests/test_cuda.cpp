@@ -257,6 +257,7 @@ TEST_F(Pair, AttentionBothKernelsEveryPolicy) {
       {8, 2, 128, 200, 0, {0, 77}, 180, true},   // prefill with sink-out rows and the pattern
       {6, 6, 64, 333, 17, {20, 100}, 350, false},  // prefill after a past, MHA, hd 64
       {14, 2, 64, 70, 0, {}, 0, false},
+      {16, 16, 80, 190, 0, {}, 0, false},        // head size 80 (vision tower), MHA
       {4, 1, 128, 1, 1, {}, 0, true},
   };
   for (const auto& c : cases)
@@ -406,7 +407,7 @@ TEST_F(Pair, ArgmaxEqualsTheHostScan) {
 TEST_F(Pair, AttentionNonCausalSegments) {
 #ifdef OUTRO_HAVE_CUDA
   for (int force : {1, 2})
-    for (int hd : {16, 64}) {
+    for (int hd : {16, 64, 80}) {  // 80: the vision tower's heads
       const int H = 4, KV = 4, n = 150;
       std::vector<int> seg = {0, 40, 41, 150};
       auto q = randn(size_t(n) * H * hd, 41), kc = randn(size_t(n) * KV * hd, 42), vc = randn(size_t(n) * KV * hd, 43);

@@ -881,7 +881,9 @@ __global__ void k_f32_to_bf16_rows(__nv_bfloat16* y, const float* x, size_t n4) 
 }
 
 bool use_mma(const AttnDev& p, int sm_major, int force) {
-  const bool can = sm_major >= 8 && (p.head_dim == 64 || p.head_dim == 128) && p.n_heads % p.n_kv == 0;
+  // 80: the Qwen2.5-VL / Omni vision tower (1280 wide, 16 heads)
+  const bool can = sm_major >= 8 && (p.head_dim == 64 || p.head_dim == 80 || p.head_dim == 128) &&
+                   p.n_heads % p.n_kv == 0;
   if (force == 1 || force >= 3) return false;
   if (force == 2) return can;
   return can && p.n_new >= 32;
@@ -957,6 +959,8 @@ const char* attention(cudaStream_t s, float* z, const float* q, const float* kc,
     launch("kv to bf16", k_f32_to_bf16_rows, dim3(unsigned(blocks ? blocks : 1)), dim3(256), 0, s, vb, vc, n4);
     if (p.head_dim == 128)
       launch_mma<128>(s, z, q, kb, vb, p);
+    else if (p.head_dim == 80)
+      launch_mma<80>(s, z, q, kb, vb, p);
     else
       launch_mma<64>(s, z, q, kb, vb, p);
     used = "mma";
