@@ -8,7 +8,7 @@
 // generated token, items per second, and each stage's TFLOP/s against the GPU's measured bf16 rate.
 //   bench_item [--shape 3b|7b] [--clips 10,60] [--strategies baseline,outro] [--reps N]
 //              [--device cpu|cuda] [--keep DIR] [--json FILE] [--depth-vision N] [--layers-audio N]
-//              [--layers-text N]
+//              [--layers-text N] [--profile]   (--profile: each op timed alone, summed per kind)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,6 +29,7 @@
 #include "models/multimodal_input.h"
 #include "models/random_model.h"
 #include "outro/outro.h"
+#include "profile_backend.h"
 #include "runtime/session.h"
 
 using namespace outro;
@@ -73,6 +74,7 @@ int main(int argc, char** argv) {
   std::string shape = "7b", device = "cuda", keep, json_path;
   std::vector<std::string> clips = {"10", "60"}, strategies = {"baseline", "outro"};
   int reps = 3, Lv = 32, La = 32, Lt = -1;
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -89,10 +91,11 @@ int main(int argc, char** argv) {
     else if (a == "--depth-vision") Lv = std::atoi(val().c_str());
     else if (a == "--layers-audio") La = std::atoi(val().c_str());
     else if (a == "--layers-text") Lt = std::atoi(val().c_str());
+    else if (a == "--profile") profile = true;
     else {
       std::fprintf(stderr, "usage: bench_item [--shape 3b|7b] [--clips 10,60] [--strategies baseline,outro] [--reps N]\n"
                            "                  [--device cpu|cuda] [--keep DIR] [--json FILE] [--depth-vision N]\n"
-                           "                  [--layers-audio N] [--layers-text N]\n");
+                           "                  [--layers-audio N] [--layers-text N] [--profile]\n");
       return 2;
     }
   }
@@ -240,6 +243,18 @@ int main(int argc, char** argv) {
         std::printf("| whole item, towers + prefill (%s) | %.4f | %.1f | %.2f items/s |\n", st.c_str(), item,
                     rate(f.vision + f.audio + f.prefill, item), 1.0 / item);
         jc["strategies"].push_back({{"name", st}, {"prefill_s", median(tp)}, {"item_s", item}});
+      }
+      if (profile) {  // where the towers' and the prefill's time goes, op by op
+        ProfileBackend pb(*be);
+        MultimodalModel pm(*model, pb);
+        PreparedPrompt pp = encode_media(pm, d, ids);
+        pb.print(("towers, " + clip + " s clip").c_str());
+        pb.clear();
+        Session ps(*model, pb, n + 2);
+        std::vector<float> logits;
+        ps.forward_embeds(pp.prefill.ids.data(), n, pp.prefill.embeds.data(), pp.prefill.modality.data(),
+                          pp.prefill.positions.data(), &logits, false);
+        pb.print(("prefill, " + clip + " s clip, baseline").c_str());
       }
       out["clips"].push_back(jc);
     }
