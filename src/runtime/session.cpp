@@ -26,7 +26,19 @@ Session::~Session() {
     be_.release(l.k);
     be_.release(l.v);
   }
-  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &mlp_out_, &logits_buf_}) be_.release(*b);
+  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &mlp_out_, &logits_buf_, &deepstack_buf_}) be_.release(*b);
+}
+
+void Session::set_deepstack(std::vector<std::vector<float>> features, std::vector<int32_t> rows) {
+  const ModelConfig& c = model_.config();
+  if (int(features.size()) > c.layers)
+    fail("DeepStack: ", features.size(), " feature sets for a decoder of ", c.layers, " layers (", model_.dir(), ")");
+  for (size_t k = 0; k < features.size(); ++k)
+    if (features[k].size() != rows.size() * size_t(c.hidden))
+      fail("DeepStack: feature set ", k, " holds ", features[k].size(), " values, expected ", rows.size(), " rows of ",
+           c.hidden);
+  deepstack_ = std::move(features);
+  deepstack_rows_ = std::move(rows);
 }
 
 void Session::reset() {
@@ -245,9 +257,25 @@ void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t*
   }
   Step step{ctx, pos.data(), mpos ? spos.data() : nullptr, sections, {}};
   Scratch sc{n, xn_, q_, k_, v_, z_, attn_out_, mlp_out_};
+  std::vector<std::vector<float>> deepstack = std::move(deepstack_);
+  std::vector<int32_t> ds_rows = std::move(deepstack_rows_);
+  deepstack_.clear();
+  deepstack_rows_.clear();
+  for (int32_t r : ds_rows)
+    if (r < 0 || r >= n) fail("DeepStack: row ", r, " is outside the ", n, " rows of this call");
+  const std::vector<float> ones(ds_rows.size(), 1.f);
   for (int l = 0; l < c.layers; ++l) {
     Points pts(*this, step, l, n);
     decoder_->layer(l, n, x_, sc, pts);
+    if (size_t(l) < deepstack.size() && !ds_rows.empty()) {
+      const size_t vals = ds_rows.size() * size_t(D);
+      if (deepstack_buf_.n < vals) {
+        be_.release(deepstack_buf_);
+        deepstack_buf_ = be_.alloc(vals);
+      }
+      be_.upload(deepstack_buf_, 0, deepstack[size_t(l)].data(), vals);
+      be_.scatter_add_rows(x_, deepstack_buf_, D, ds_rows.data(), ones.data(), int(ds_rows.size()));
+    }
   }
   be_.rmsnorm(xn_, x_, n, final_norm_, c.rms_eps);
   if (observing && wants(kHookLnFinal)) emit(kHookLnFinal, -1, xn_, {n, D});

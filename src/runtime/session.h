@@ -54,6 +54,11 @@ class Session {
   // max(positions) + 1 (the reference's rope delta). modality/positions may be null.
   void forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
                       const int32_t* positions, std::vector<float>* logits, bool all_rows = false);
+  // DeepStack (Qwen3-VL / Qwen3-Omni): for the next forward_embeds call only, features[k] (host
+  // [rows, hidden], one row per index in rows, ascending positions of that call) is added to the
+  // residual stream after layer k, for k < features.size() <= layers. hook_resid_post of layer k is
+  // the layer's output before the addition (the reference's hidden state); layer k + 1 reads the sum.
+  void set_deepstack(std::vector<std::vector<float>> features, std::vector<int32_t> rows);
   // Modality of every token fed so far (0 text, 1 image, 2 video, 3 audio: models/multimodal.h).
   const std::vector<uint8_t>& modalities() const { return modality_; }
 
@@ -86,6 +91,9 @@ class Session {
   std::vector<Observer*> observers_;
   std::vector<Intervention*> interventions_;
   std::vector<float> host_;  // staging for observers
+  std::vector<std::vector<float>> deepstack_;  // pending DeepStack features, per layer
+  std::vector<int32_t> deepstack_rows_;
+  Buf deepstack_buf_;
 };
 
 }  // namespace outro
