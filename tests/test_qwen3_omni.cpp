@@ -438,3 +438,50 @@ TEST(Qwen3OmniOutro, NoSinkPromptIsThePlainModelBitForBit) {
 
 }  // namespace
 }  // namespace outro
+
+// ------------------------------------------------------------------------------ CLI
+
+namespace outro {
+namespace {
+
+TEST(Qwen3OmniCli, GenerateForwardHooksAndAnalyzeRunTheReleasedFolder) {
+  const std::string m = dir_of("released_e4k2");
+  auto g = test::run_cli("generate --model " + m + " --tokens 5,6,7,8 --max-new-tokens 4 --greedy");
+  ASSERT_EQ(g.code, 0) << g.out;
+  EXPECT_NE(g.out.find("left out 3 talker tensors"), std::string::npos) << g.out;
+  EXPECT_NE(g.out.find("left out 2 code2wav tensors"), std::string::npos) << g.out;
+  // Greedy decoding picks the reference's argmax after the prompt's last token.
+  {
+    const Fixture& f = fixture("released_e4k2");
+    auto be = make_cpu_backend();
+    Session s(*f.model, *be, 8);
+    const std::vector<int32_t> ids = {5, 6, 7, 8};
+    EXPECT_NE(g.out.find(std::to_string(s.forward_argmax(ids.data(), 4))), std::string::npos) << g.out;
+  }
+
+  const std::string out = test::tmp_dir("q3_cli") + "/f.safetensors";
+  auto fw = test::run_cli("forward --model " + m + " --tokens 5,6,7 --out " + out +
+                          " --hooks blocks.1.mlp.hook_router,blocks.1.mlp.hook_experts,blocks.1.hook_mlp_out");
+  ASSERT_EQ(fw.code, 0) << fw.out;
+  auto st = WeightStore::open(out);
+  EXPECT_EQ(st->get("blocks.1.mlp.hook_router").shape, (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(st->get("blocks.1.mlp.hook_experts").shape, (std::vector<int64_t>{3, 2}));
+  // Layer 0 is dense (mlp_only_layers [0]): it has no router, and the CLI says which layers do.
+  auto bad = test::run_cli("forward --model " + m + " --tokens 5,6 --out " + out + " --hooks blocks.0.mlp.hook_router");
+  EXPECT_NE(bad.code, 0);
+  EXPECT_NE(bad.out.find("blocks.{1,2}.mlp.hook_router"), std::string::npos) << bad.out;
+
+  auto hk = test::run_cli("hooks --model " + m);
+  EXPECT_NE(hk.out.find("blocks.2.mlp.hook_experts"), std::string::npos);
+  EXPECT_EQ(hk.out.find("blocks.0.mlp.hook_router"), std::string::npos);
+
+  const std::string an = test::tmp_dir("q3_analyze");
+  auto a = test::run_cli("analyze --model " + dir_of("outro_q3") + " --tokens 3,20,30,4,50,60,5,70,80 --out " + an +
+                         " --quiet --no-tsne");
+  ASSERT_EQ(a.code, 0) << a.out;
+  const json rep = json::parse(std::ifstream(an + "/report.json"));
+  EXPECT_TRUE(rep.contains("sink_scores"));
+}
+
+}  // namespace
+}  // namespace outro

@@ -29,7 +29,7 @@ int cmd_forward(int argc, char** argv) {
   std::vector<Intervention*> iv_ptrs;
   for (auto& iv : ivs) iv_ptrs.push_back(iv.get());
   std::vector<std::string> names;
-  if (a.has("hooks")) names = check_hook_names(split(a.str("hooks"), ','), c.layers, "--hooks");
+  if (a.has("hooks")) names = check_hook_names(split(a.str("hooks"), ','), c, "--hooks");
   RecordedForward f = record_forward(*l.model, *l.backend, ids, mm ? &media.p.prefill : nullptr, names, iv_ptrs, "--tokens");
   if (a.flag("explain"))
     for (auto& iv : ivs) std::fprintf(stderr, "%s\n", iv->explain().c_str());
@@ -88,7 +88,7 @@ int cmd_hooks(int argc, char** argv) {
   Args a(argc, argv, 2, {});
   a.check_known({"model"});
   auto c = load_config(model_dir(a));
-  for (const auto& n : all_hook_names(c.layers)) std::printf("%s\n", n.c_str());
+  for (const auto& n : all_hook_names(c)) std::printf("%s\n", n.c_str());
   return 0;
 }
 

@@ -35,6 +35,18 @@ std::vector<std::string> all_hook_names(int layers) {
   return out;
 }
 
+std::vector<std::string> all_hook_names(const ModelConfig& c) {
+  std::vector<std::string> out{kHookEmbed};
+  for (int l = 0; l < c.layers; ++l)
+    for (int h = 0; h < kEveryLayerHooks; ++h) {
+      out.push_back(hook_name(l, Hook(h)));
+      if (Hook(h) == Hook::ResidMid && c.moe_layer(l))
+        for (Hook m : {Hook::Router, Hook::Experts}) out.push_back(hook_name(l, m));
+    }
+  out.push_back(kHookLnFinal);
+  return out;
+}
+
 std::vector<std::string> moe_hook_names(const std::vector<int>& sparse_layers) {
   std::vector<std::string> out;
   for (int l : sparse_layers)

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "io/config.h"
+
 namespace outro {
 
 // Per-layer hook point names, relative to "blocks.{l}.".
@@ -38,6 +40,9 @@ inline constexpr const char* kHookLnFinal = "ln_final";
 std::vector<std::string> all_hook_names(int layers);
 // The MoE points (mlp.hook_router, mlp.hook_experts) of the given sparse layers.
 std::vector<std::string> moe_hook_names(const std::vector<int>& sparse_layers);
+// Every hook point of the model config c describes, in forward order: all_hook_names, with the MoE
+// points of its sparse layers after their hook_resid_mid.
+std::vector<std::string> all_hook_names(const ModelConfig& c);
 
 struct HookEvent {
   const std::string& name;
