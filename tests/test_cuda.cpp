@@ -636,6 +636,13 @@ TEST_F(Pair, EncoderOps) {
     EXPECT_LT(both({x, std::vector<float>(4 * size_t(d), NAN)}, 1,
                    [&](Backend& be, std::vector<Buf>& bb) { be.avgpool_rows(bb[1], bb[0], n, d, 2); }),
               1e-6);
+    // A mixture-of-experts layer's weighted add of expert rows (a repeated index adds twice, in order).
+    const std::vector<float> scale = {0.5f, -1.f, 2.f, 0.25f};
+    EXPECT_LT(both({x, randn(4 * size_t(d), 66)}, 0,
+                   [&](Backend& be, std::vector<Buf>& bb) {
+                     be.scatter_add_rows(bb[0], bb[1], d, idx.data(), scale.data(), 4);
+                   }),
+              1e-6);
   }
 }
 

@@ -14,6 +14,7 @@
 #include "io/config.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
+#include "kernels/host_ops.h"
 #include "models/model.h"
 #include "outro/outro.h"
 #include "runtime/hooks.h"
@@ -67,6 +68,30 @@ std::vector<std::string> every_hook(const ModelConfig& c) {
   auto names = all_hook_names(c.layers);
   for (auto& n : moe_hook_names(sparse_layers(c))) names.push_back(n);
   return names;
+}
+
+// ------------------------------------------------------------------------------ the op
+
+TEST(Qwen3OmniOps, ScatterAddRowsAddsWeightedRowsInOrder) {
+  auto be = make_cpu_backend();
+  const int dim = 3;
+  std::vector<float> y = {1, 2, 3, 4, 5, 6, 7, 8, 9}, x = {1, 1, 1, 2, 2, 2, 10, 20, 30};
+  const std::vector<int32_t> idx = {2, 0, 2};
+  const std::vector<float> scale = {0.5f, -1.f, 2.f};
+  Buf by = be->alloc(y.size()), bx = be->alloc(x.size());
+  be->upload(by, 0, y.data(), y.size());
+  be->upload(bx, 0, x.data(), x.size());
+  be->scatter_add_rows(by, bx, dim, idx.data(), scale.data(), 3);
+  std::vector<float> got(y.size());
+  be->download(by, 0, got.data(), got.size());
+  // row 0: 1..3 - 2; row 1 untouched; row 2: 7..9 + 0.5 + (20, 40, 60)
+  EXPECT_EQ(got, (std::vector<float>{-1, 0, 1, 4, 5, 6, 27.5f, 48.5f, 69.5f}));
+  // The portable default (download, host, upload) that other backends fall back to agrees.
+  std::vector<float> host = y;
+  host::scatter_add_rows(host.data(), x.data(), dim, idx.data(), scale.data(), 3);
+  EXPECT_EQ(host, got);
+  be->release(by);
+  be->release(bx);
 }
 
 // ------------------------------------------------------------------------------ config
