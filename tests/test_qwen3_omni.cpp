@@ -508,5 +508,19 @@ TEST(Qwen3OmniCli, GenerateForwardHooksAndAnalyzeRunTheReleasedFolder) {
   EXPECT_TRUE(rep.contains("sink_scores"));
 }
 
+// eval runs a Qwen3-Omni thinker through the same sessions (text prompts: its encoders are not
+// supported yet, so the items' media are not fed).
+TEST(Qwen3OmniCli, EvalRunsBaselineAndOutro) {
+  const std::string d = test::tmp_dir("q3_synth"), out = test::tmp_dir("q3_eval");
+  auto sy = test::run_cli("eval synth --out " + d + " --n 3 --seed 5");
+  ASSERT_EQ(sy.code, 0) << sy.out;
+  auto r = test::run_cli("eval --model " + dir_of("outro_q3") + " --bench " + d + "/bench.jsonl --media-root " + d +
+                         "/media --strategies baseline,outro --out " + out + " --threads 1 --no-progress");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const json s = json::parse(std::ifstream(out + "/summary.json"));
+  EXPECT_EQ(s["n_items"], 3);
+  EXPECT_TRUE(s["accuracy"].contains("outro"));
+}
+
 }  // namespace
 }  // namespace outro
