@@ -316,6 +316,42 @@ TEST(Qwen3OmniLayout, SavePretrainedFolderLoadsAndMatchesTheFusedLayout) {
   EXPECT_LT(rel_err(a, b), kTol);
 }
 
+// bf16 copies of the fused and per-expert fixtures (the released checkpoints are bf16): the expert
+// views into a fused 2-byte tensor land on the right rows, so the logits stay near float32's.
+TEST(Qwen3OmniLayout, Bf16CheckpointsOfBothLayouts) {
+  for (const std::string name : {"e4k2_mha", "e8k3_step2_gqa"}) {
+    const std::string d = test::tmp_dir("q3_bf16_" + name);
+    fs::copy_file(dir_of(name) + "/config.json", d + "/config.json");
+    auto store = WeightStore::open(dir_of(name));
+    std::vector<TensorOut> out;
+    for (const auto& [tn, t] : store->tensors()) {
+      auto v = read_f32(t);
+      TensorOut o;
+      o.name = tn;
+      o.dtype = DType::BF16;
+      o.shape = t.shape;
+      o.bytes.resize(v.size() * 2);
+      for (size_t i = 0; i < v.size(); ++i) {
+        const uint16_t h = f32_to_bf16(v[i]);
+        std::memcpy(o.bytes.data() + 2 * i, &h, 2);
+      }
+      out.push_back(std::move(o));
+    }
+    write_safetensors(d + "/model.safetensors", out);
+    auto m = Model::load(d);
+    EXPECT_EQ(m->layers[0].q->dtype, DType::BF16);
+    const Fixture& f = fixture(name);
+    const auto ids = f.meta["text_ids"].get<std::vector<int32_t>>();
+    auto be = make_cpu_backend();
+    Session s(*m, *be, int(ids.size()));
+    std::vector<float> logits;
+    s.forward(ids, &logits, true);
+    const double err = rel_err(logits, f.t("text.logits"));
+    EXPECT_LT(err, 3e-2) << name << " (bf16 weights vs the float32 reference)";
+    std::printf("[ qwen3_omni ] %s in bf16: logits max rel err %.3g vs float32\n", name.c_str(), err);
+  }
+}
+
 // ------------------------------------------------------------------------------ bad input
 
 // A copy of a fixture folder whose config.json (and optionally tensors) a test edits.
