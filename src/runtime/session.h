@@ -54,8 +54,8 @@ class Session {
   // max(positions) + 1 (the reference's rope delta). modality/positions may be null.
   void forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
                       const int32_t* positions, std::vector<float>* logits, bool all_rows = false);
-  // DeepStack (Qwen3-VL / Qwen3-Omni): for the next forward_embeds call only, features[k] (host
-  // [rows, hidden], one row per index in rows, ascending positions of that call) is added to the
+  // DeepStack (Qwen3-VL / Qwen3-Omni): for the next forward call only (normally forward_embeds),
+  // features[k] (host [rows, hidden], one row per index in rows, row indices of that call) is added to the
   // residual stream after layer k, for k < features.size() <= layers. hook_resid_post of layer k is
   // the layer's output before the addition (the reference's hidden state); layer k + 1 reads the sum.
   void set_deepstack(std::vector<std::vector<float>> features, std::vector<int32_t> rows);
