@@ -532,6 +532,11 @@ TEST(Qwen3OmniCli, GenerateForwardHooksAndAnalyzeRunTheReleasedFolder) {
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.out.find("blocks.{1,2}.mlp.hook_router"), std::string::npos) << bad.out;
 
+  auto info = test::run_cli("info --model " + m);
+  ASSERT_EQ(info.code, 0) << info.out;
+  EXPECT_NE(info.out.find("released Qwen3-Omni (thinker_config, thinker.* tensors)"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"experts_per_token\": 2"), std::string::npos) << info.out;
+
   auto hk = test::run_cli("hooks --model " + m);
   EXPECT_NE(hk.out.find("blocks.2.mlp.hook_experts"), std::string::npos);
   EXPECT_EQ(hk.out.find("blocks.0.mlp.hook_router"), std::string::npos);

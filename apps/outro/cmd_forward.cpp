@@ -63,9 +63,11 @@ int cmd_info(int argc, char** argv) {
   j["model_type"] = c.model_type;
   j["weights"] = {{"tensors", s.tensors().size()}, {"bytes", s.kept_bytes()}, {"files_read", s.shard_count()},
                   {"files_mapped", s.mapped_files()}};
-  if (c.arch == Arch::Qwen2_5OmniThinker) {
+  if (c.arch == Arch::Qwen2_5OmniThinker || c.arch == Arch::Qwen3OmniMoeThinker) {
     // The thinker is everything kept: decoder, vision and audio towers.
-    j["layout"] = c.omni_released ? "released Qwen2.5-Omni (thinker_config, thinker.* tensors)" : "Qwen2.5-Omni thinker alone";
+    const char* name = c.arch == Arch::Qwen3OmniMoeThinker ? "Qwen3-Omni" : "Qwen2.5-Omni";
+    j["layout"] = c.omni_released ? std::string("released ") + name + " (thinker_config, thinker.* tensors)"
+                                  : std::string(name) + " thinker alone";
     j["config_section"] = c.text_section;
     j["thinker_weight_bytes"] = s.kept_bytes();
     nlohmann::json lo = nlohmann::json::object();
