@@ -5,6 +5,7 @@
 // interventions, and offers them to the family through LayerRun.
 #pragma once
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,9 +39,10 @@ class LayerRun {
   // An observation point: no effect unless an observer asked for it (wants() says whether one did,
   // so a family can skip work done only for a hook).
   virtual bool wants(Hook h) const = 0;
-  virtual void emit(Hook h, const Buf& b, std::vector<int64_t> shape) = 0;
+  // (An initializer list: a point nobody observes costs no allocation.)
+  virtual void emit(Hook h, const Buf& b, std::initializer_list<int64_t> shape) = 0;
   // Host-side observation (e.g. the router's choices, computed on the host).
-  virtual void emit_host(Hook h, const float* data, std::vector<int64_t> shape) = 0;
+  virtual void emit_host(Hook h, const float* data, std::initializer_list<int64_t> shape) = 0;
 };
 
 // Activation buffers the session allocates for n rows and every family uses.

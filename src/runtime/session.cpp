@@ -153,13 +153,13 @@ class Session::Points final : public LayerRun {
   bool wants(Hook h) const override {
     return !s_.observers_.empty() && s_.wants(s_.names_[size_t(l_)][size_t(h)]);
   }
-  void emit(Hook h, const Buf& b, std::vector<int64_t> shape) override {
-    if (wants(h)) s_.emit(s_.names_[size_t(l_)][size_t(h)], l_, b, std::move(shape));
+  void emit(Hook h, const Buf& b, std::initializer_list<int64_t> shape) override {
+    if (wants(h)) s_.emit(s_.names_[size_t(l_)][size_t(h)], l_, b, std::vector<int64_t>(shape));
   }
-  void emit_host(Hook h, const float* data, std::vector<int64_t> shape) override {
+  void emit_host(Hook h, const float* data, std::initializer_list<int64_t> shape) override {
     if (!wants(h)) return;
     const std::string& name = s_.names_[size_t(l_)][size_t(h)];
-    HookEvent e{name, l_, data, std::move(shape), s_.pos_};
+    HookEvent e{name, l_, data, std::vector<int64_t>(shape), s_.pos_};
     for (Observer* o : s_.observers_)
       if (o->wants(name)) o->on(e);
   }
