@@ -1,5 +1,6 @@
 // The decoder-layer forward of an architecture family, written once per family (models/qwen2.cpp,
-// models/qwen3_moe.cpp), and the registry that maps a config to its family (models/registry.cpp).
+// models/qwen3_moe.cpp), the helpers they share (models/decoder.cpp) and the registry that maps a
+// config to its family (models/registry.cpp).
 // A family owns its layer weights on the backend and the order of its operations; the session
 // (runtime/session.cpp) owns the residual stream, the KV cache, the hook points and the
 // interventions, and offers them to the family through LayerRun.
