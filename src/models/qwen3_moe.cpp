@@ -197,26 +197,30 @@ class Qwen3MoeDecoder final : public Decoder {
       std::vector<float> f(choice_.begin(), choice_.end());
       run.emit_host(Hook::Experts, f.data(), {n, K});
     }
-    // Rows per expert, in row order; experts in index order (the reference's order of summation).
-    rows_of_.assign(size_t(E), {});
-    scale_of_.assign(size_t(E), {});
+    // Rows grouped by expert (a counting sort: rows ascending within each expert), experts in index
+    // order: the reference's order of summation.
+    start_.assign(size_t(E) + 1, 0);
+    for (int32_t e : choice_) ++start_[size_t(e) + 1];
+    for (int e = 0; e < E; ++e) start_[size_t(e) + 1] += start_[size_t(e)];
+    grouped_.resize(choice_.size());
+    scales_.resize(choice_.size());
+    fill_ = start_;
     for (int i = 0; i < n; ++i)
       for (int j = 0; j < K; ++j) {
-        const int e = choice_[size_t(i) * K + j];
-        rows_of_[size_t(e)].push_back(i);
-        scale_of_[size_t(e)].push_back(weight_[size_t(i) * K + j]);
+        const int32_t slot = fill_[size_t(choice_[size_t(i) * K + j])]++;
+        grouped_[size_t(slot)] = i;
+        scales_[size_t(slot)] = weight_[size_t(i) * K + j];
       }
     be_.fill(s.mlp_out, 0, size_t(n) * D, 0.f);
     for (int e = 0; e < E; ++e) {
-      const auto& rows = rows_of_[size_t(e)];
-      const int m = int(rows.size());
+      const int32_t a = start_[size_t(e)], m = start_[size_t(e) + 1] - a;
       if (!m) continue;
-      be_.gather_rows(xg_, s.xn, D, rows.data(), m);
+      be_.gather_rows(xg_, s.xn, D, grouped_.data() + a, m);
       be_.matmul(eg_, xg_, m, w.egate[size_t(e)], nullptr);
       be_.matmul(eu_, xg_, m, w.eup[size_t(e)], nullptr);
       be_.swiglu(eg_, eg_, eu_, size_t(m) * I);
       be_.matmul(eo_, eg_, m, w.edown[size_t(e)], nullptr);
-      be_.scatter_add_rows(s.mlp_out, eo_, D, rows.data(), scale_of_[size_t(e)].data(), m);
+      be_.scatter_add_rows(s.mlp_out, eo_, D, grouped_.data() + a, scales_.data() + a, m);
     }
   }
 
@@ -252,10 +256,8 @@ class Qwen3MoeDecoder final : public Decoder {
   std::vector<LayerW> layers_;
   int rows_ = 0;
   Buf gate_, up_, router_, xg_, eg_, eu_, eo_;
-  std::vector<float> logits_, weight_;
-  std::vector<int32_t> choice_;
-  std::vector<std::vector<int32_t>> rows_of_;
-  std::vector<std::vector<float>> scale_of_;
+  std::vector<float> logits_, weight_, scales_;
+  std::vector<int32_t> choice_, start_, fill_, grouped_;  // grouped_: rows by expert
 };
 
 std::unique_ptr<Decoder> make(const Model& m, Backend& be) { return std::make_unique<Qwen3MoeDecoder>(m, be); }
