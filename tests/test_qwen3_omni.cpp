@@ -532,6 +532,11 @@ TEST(Qwen3OmniCli, GenerateForwardHooksAndAnalyzeRunTheReleasedFolder) {
   EXPECT_NE(bad.code, 0);
   EXPECT_NE(bad.out.find("blocks.{1,2}.mlp.hook_router"), std::string::npos) << bad.out;
 
+  auto media = test::run_cli("generate --model " + m + " --tokens 5 --image x.png");
+  EXPECT_NE(media.code, 0);
+  EXPECT_NE(media.out.find("Qwen3-Omni's audio and vision encoders are not supported yet"), std::string::npos)
+      << media.out;
+
   auto info = test::run_cli("info --model " + m);
   ASSERT_EQ(info.code, 0) << info.out;
   EXPECT_NE(info.out.find("released Qwen3-Omni (thinker_config, thinker.* tensors)"), std::string::npos) << info.out;
