@@ -239,7 +239,7 @@ class PyModel {
     if (!hooks.is_none()) {
       if (py::isinstance<py::str>(hooks)) value_error("hooks: expected a list of hook point names, found a string");
       names = py::cast<std::vector<std::string>>(hooks);
-      as_value_error("hooks", [&] { return check_hook_names(names, cfg().layers, "hooks"); });
+      as_value_error("hooks", [&] { return check_hook_names(names, cfg(), "hooks"); });
     }
     Interventions ivs = interventions(strategy, config, edits, ablate_heads);
     Prompt p = make_prompt(tokens, prompt, video, audio, image, use_audio_in_video, system, raw);
@@ -407,7 +407,7 @@ class PyModel {
     return out;
   }
 
-  std::vector<std::string> hook_names() const { return all_hook_names(cfg().layers); }
+  std::vector<std::string> hook_names() const { return all_hook_names(cfg()); }
   std::string repr() const {
     return "outro.Model('" + dir_ + "', " + cfg().architecture + ", " + std::to_string(cfg().layers) + " layers, " +
            be_->name() + ")";

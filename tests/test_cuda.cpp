@@ -709,6 +709,13 @@ TEST_F(Pair, EncoderOps) {
     EXPECT_LT(both({x, std::vector<float>(4 * size_t(d), NAN)}, 1,
                    [&](Backend& be, std::vector<Buf>& bb) { be.avgpool_rows(bb[1], bb[0], n, d, 2); }),
               1e-6);
+    // A mixture-of-experts layer's weighted add of expert rows (a repeated index adds twice, in order).
+    const std::vector<float> scale = {0.5f, -1.f, 2.f, 0.25f};
+    EXPECT_LT(both({x, randn(4 * size_t(d), 66)}, 0,
+                   [&](Backend& be, std::vector<Buf>& bb) {
+                     be.scatter_add_rows(bb[0], bb[1], d, idx.data(), scale.data(), 4);
+                   }),
+              1e-6);
   }
 }
 
@@ -867,6 +874,57 @@ TEST(CudaForward, OutroReleaseFixtures) {
       EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * 4), 0) << name << " " << preset << " no-sink prompt";
       EXPECT_FALSE(o.any_sink());
     }
+  }
+}
+
+// Qwen3-Omni's MoE thinker on the GPU (models/qwen3_moe.cpp through the CUDA backend: expert views
+// into fused uploads, scatter_add_rows): text and cached decode against transformers' logits, the
+// router's choices equal to the reference's, OutRo's presets on the planted-sink fixture.
+TEST(CudaForward, Qwen3OmniMoeFixtures) {
+  NEED_GPU();
+  std::string why;
+  auto gpu = make_cuda_backend(0, &why);
+  ASSERT_TRUE(gpu) << why;
+  for (const char* name : {"e4k2_mha", "e8k3_step2_gqa", "e6k1_hd16_gqa", "e5k5_norm_off", "released_e4k2"}) {
+    const std::string dir = test::fixture(std::string("qwen3_omni/") + name);
+    auto m = Model::load(dir);
+    auto ref = WeightStore::open(dir + "/ref.safetensors");
+    std::ifstream meta_in(dir + "/ref.json");
+    const auto ids = nlohmann::json::parse(meta_in)["text_ids"].get<std::vector<int32_t>>();
+    std::vector<std::string> hooks;
+    for (int l = 0; l < m->config().layers; ++l)
+      if (m->config().moe_layer(l)) hooks.push_back(hook_name(l, Hook::Experts));
+    Recorder rec(hooks);
+    Session s(*m, *gpu, int(ids.size()));
+    s.add_observer(&rec);
+    std::vector<float> logits;
+    s.forward(ids.data(), 9, &logits, true);
+    std::vector<float> all = logits, step;
+    for (size_t i = 9; i < ids.size(); ++i) {
+      s.forward(&ids[i], 1, &step);
+      all.insert(all.end(), step.begin(), step.end());
+    }
+    const double e = rel(all, read_f32(ref->get("text.cached_logits")));
+    std::printf("  qwen3_omni %s: logits rel err %.2e\n", name, e);
+    EXPECT_LT(e, 1e-4) << name;
+    for (int l = 0; l < m->config().layers; ++l)
+      if (m->config().moe_layer(l))
+        EXPECT_EQ(rec.get(hook_name(l, Hook::Experts))->data, read_f32(ref->get("text.experts." + std::to_string(l))))
+            << name << " layer " << l;
+  }
+  const std::string dir = test::fixture("qwen3_omni/outro_q3");
+  auto m = Model::load(dir);
+  auto ref = WeightStore::open(dir + "/ref.safetensors");
+  std::ifstream meta_in(dir + "/ref.json");
+  const auto meta = nlohmann::json::parse(meta_in);
+  const auto ids = meta["ids"].get<std::vector<int32_t>>();
+  for (const std::string& preset : outro_preset_names()) {
+    OutRo o(outro_preset(preset));
+    Session s(*m, *gpu, 40);
+    s.add_intervention(&o);
+    std::vector<float> lg;
+    s.forward(ids, &lg, true);
+    EXPECT_LT(rel(lg, read_f32(ref->get(preset + ".prompt"))), 1e-4) << "outro_q3 " << preset;
   }
 }
 

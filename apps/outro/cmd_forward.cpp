@@ -29,7 +29,7 @@ int cmd_forward(int argc, char** argv) {
   std::vector<Intervention*> iv_ptrs;
   for (auto& iv : ivs) iv_ptrs.push_back(iv.get());
   std::vector<std::string> names;
-  if (a.has("hooks")) names = check_hook_names(split(a.str("hooks"), ','), c.layers, "--hooks");
+  if (a.has("hooks")) names = check_hook_names(split(a.str("hooks"), ','), c, "--hooks");
   RecordedForward f = record_forward(*l.model, *l.backend, ids, mm ? &media.p.prefill : nullptr, names, iv_ptrs, "--tokens");
   if (a.flag("explain"))
     for (auto& iv : ivs) std::fprintf(stderr, "%s\n", iv->explain().c_str());
@@ -63,9 +63,11 @@ int cmd_info(int argc, char** argv) {
   j["model_type"] = c.model_type;
   j["weights"] = {{"tensors", s.tensors().size()}, {"bytes", s.kept_bytes()}, {"files_read", s.shard_count()},
                   {"files_mapped", s.mapped_files()}};
-  if (c.arch == Arch::Qwen2_5OmniThinker) {
+  if (c.arch == Arch::Qwen2_5OmniThinker || c.arch == Arch::Qwen3OmniMoeThinker) {
     // The thinker is everything kept: decoder, vision and audio towers.
-    j["layout"] = c.omni_released ? "released Qwen2.5-Omni (thinker_config, thinker.* tensors)" : "Qwen2.5-Omni thinker alone";
+    const char* name = c.arch == Arch::Qwen3OmniMoeThinker ? "Qwen3-Omni" : "Qwen2.5-Omni";
+    j["layout"] = c.omni_released ? std::string("released ") + name + " (thinker_config, thinker.* tensors)"
+                                  : std::string(name) + " thinker alone";
     j["config_section"] = c.text_section;
     j["thinker_weight_bytes"] = s.kept_bytes();
     nlohmann::json lo = nlohmann::json::object();
@@ -88,7 +90,7 @@ int cmd_hooks(int argc, char** argv) {
   Args a(argc, argv, 2, {});
   a.check_known({"model"});
   auto c = load_config(model_dir(a));
-  for (const auto& n : all_hook_names(c.layers)) std::printf("%s\n", n.c_str());
+  for (const auto& n : all_hook_names(c)) std::printf("%s\n", n.c_str());
   return 0;
 }
 

@@ -74,9 +74,27 @@ std::vector<int32_t> text_prompt_ids(const Tokenizer& tok, const std::string& te
 
 std::string describe_hook_names(int layers) {
   std::string s = std::string(kHookEmbed) + ", " + kHookLnFinal;
-  for (int h = 0; h < int(Hook::kCount); ++h)
+  for (int h = 0; h < kEveryLayerHooks; ++h)
     s += ", blocks.{0.." + std::to_string(layers - 1) + "}." + hook_suffix(Hook(h));
   return s;
+}
+
+std::string describe_hook_names(const ModelConfig& c) {
+  std::string s = describe_hook_names(c.layers), sparse;
+  for (int l = 0; l < c.layers; ++l)
+    if (c.moe_layer(l)) sparse += (sparse.empty() ? "" : ",") + std::to_string(l);
+  if (!sparse.empty())
+    for (Hook h : {Hook::Router, Hook::Experts}) s += ", blocks.{" + sparse + "}." + hook_suffix(h);
+  return s;
+}
+
+std::vector<std::string> check_hook_names(const std::vector<std::string>& names, const ModelConfig& c,
+                                          const std::string& arg) {
+  const auto all = all_hook_names(c);
+  for (const auto& n : names)
+    if (std::find(all.begin(), all.end(), n) == all.end())
+      fail(arg, ": unknown hook point '", n, "'; accepted: ", describe_hook_names(c));
+  return names;
 }
 
 std::vector<std::string> check_hook_names(const std::vector<std::string>& names, int layers, const std::string& arg) {
@@ -125,12 +143,21 @@ std::vector<int> default_stop_ids(const ModelConfig& c, const Tokenizer* tok) {
 
 nlohmann::json config_json(const Model& m) {
   const ModelConfig& c = m.config();
-  return {{"architecture", c.architecture}, {"hidden_size", c.hidden}, {"intermediate_size", c.intermediate},
+  nlohmann::json j = {{"architecture", c.architecture}, {"hidden_size", c.hidden}, {"intermediate_size", c.intermediate},
           {"layers", c.layers}, {"heads", c.heads}, {"kv_heads", c.kv_heads}, {"head_dim", c.head_dim},
           {"vocab_size", c.vocab}, {"rope_theta", c.rope_theta}, {"rms_norm_eps", c.rms_eps},
           {"tie_word_embeddings", c.tie_embeddings}, {"weight_prefix", m.prefix()},
           {"max_position_embeddings", c.max_positions}, {"eos_token_ids", c.eos_tokens},
           {"weight_dtype", dtype_name(m.layers[0].q->dtype)}};
+  if (c.experts > 0) {
+    std::vector<int> sparse;
+    for (int l = 0; l < c.layers; ++l)
+      if (c.moe_layer(l)) sparse.push_back(l);
+    j["moe"] = {{"experts", c.experts}, {"experts_per_token", c.experts_per_tok},
+                {"moe_intermediate_size", c.moe_intermediate}, {"norm_topk_prob", c.norm_topk},
+                {"sparse_layers", sparse}};
+  }
+  return j;
 }
 
 }  // namespace outro

@@ -39,6 +39,10 @@ std::vector<int32_t> text_prompt_ids(const Tokenizer& tok, const std::string& te
 std::vector<std::string> check_hook_names(const std::vector<std::string>& names, int layers, const std::string& arg);
 // The accepted names in words, for messages: "embed, ln_final, blocks.{0..L-1}.hook_resid_pre, ...".
 std::string describe_hook_names(int layers);
+// The same for a model's config: with the mixture-of-experts points of its sparse layers.
+std::vector<std::string> check_hook_names(const std::vector<std::string>& names, const ModelConfig& c,
+                                          const std::string& arg);
+std::string describe_hook_names(const ModelConfig& c);
 
 // One forward pass over a whole prompt (past = 0) with every logits row and the hook tensors asked
 // for, as `outro forward` writes them: logits [n, vocab]; each hook under its name, shape and

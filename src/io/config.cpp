@@ -19,8 +19,15 @@ const char* arch_name(Arch a) {
     case Arch::Llama: return "LlamaForCausalLM";
     case Arch::Qwen2_5OmniThinker: return "Qwen2_5OmniThinkerForConditionalGeneration";
     case Arch::Qwen2_5_VL: return "Qwen2_5_VLForConditionalGeneration";
+    case Arch::Qwen3OmniMoeThinker: return "Qwen3OmniMoeThinkerForConditionalGeneration";
   }
   return "?";
+}
+
+bool ModelConfig::moe_layer(int l) const {
+  if (experts <= 0) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), l) != mlp_only_layers.end()) return false;
+  return (l + 1) % sparse_step == 0;
 }
 
 namespace {
@@ -83,6 +90,28 @@ void read_token_ids(const json& v, std::vector<int>* out, const std::string& wha
   }
 }
 
+// Qwen3-MoE's expert settings. Every value is checked here so that a config that contradicts itself
+// fails with the field's name; the tensors are checked against them when the weights are bound.
+void read_moe(const Reader& r, ModelConfig* c) {
+  c->experts = r.req_int("num_experts", 0);
+  c->sparse_step = r.opt_int("decoder_sparse_step", 1, 1);
+  c->norm_topk = r.opt_bool("norm_topk_prob", true);
+  if (const json* v = r.lookup("mlp_only_layers")) {
+    if (!v->is_array()) fail(r.where("mlp_only_layers"), ": expected a list of layer indices, found ", v->dump());
+    for (const auto& x : *v) {
+      if (!x.is_number_integer() || x.get<long long>() < 0 || x.get<long long>() >= c->layers)
+        fail(r.where("mlp_only_layers"), ": expected layer indices in [0, ", c->layers, "), found ", x.dump());
+      c->mlp_only_layers.push_back(x.get<int>());
+    }
+  }
+  if (c->experts == 0) return;  // every layer dense
+  c->experts_per_tok = r.req_int("num_experts_per_tok", 1);
+  c->moe_intermediate = r.req_int("moe_intermediate_size", 1);
+  if (c->experts_per_tok > c->experts)
+    fail(r.where("num_experts_per_tok"), ": ", c->experts_per_tok, " experts per token is more than num_experts ",
+         c->experts);
+}
+
 }  // namespace
 
 ModelConfig parse_config(const std::string& body, const std::string& source) {
@@ -107,16 +136,22 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
     return c.architecture == "Qwen2_5OmniModel" || c.architecture == "Qwen2_5OmniForConditionalGeneration" ||
            c.model_type == "qwen2_5_omni";
   };
+  auto released_omni3 = [&] {
+    return c.architecture == "Qwen3OmniMoeForConditionalGeneration" || c.model_type == "qwen3_omni_moe";
+  };
+  const bool omni3 = c.architecture == "Qwen3OmniMoeThinkerForConditionalGeneration" || released_omni3() ||
+                     c.model_type == "qwen3_omni_moe_thinker";
   if (c.architecture == "Qwen2ForCausalLM" || (c.architecture.empty() && c.model_type == "qwen2")) {
     c.arch = Arch::Qwen2;
   } else if (c.architecture == "LlamaForCausalLM" || (c.architecture.empty() && c.model_type == "llama")) {
     c.arch = Arch::Llama;
   } else if (c.architecture == "Qwen2_5OmniThinkerForConditionalGeneration" || released_omni() ||
-             c.model_type == "qwen2_5_omni_thinker") {
-    c.arch = Arch::Qwen2_5OmniThinker;
-    // The released checkpoints (Qwen2_5OmniModel) nest the thinker's config in thinker_config and its
-    // decoder's fields in thinker_config.text_config; a thinker saved alone has text_config at the top.
-    if (top.contains("thinker_config") || released_omni()) {
+             c.model_type == "qwen2_5_omni_thinker" || omni3) {
+    c.arch = omni3 ? Arch::Qwen3OmniMoeThinker : Arch::Qwen2_5OmniThinker;
+    // The released checkpoints (Qwen2_5OmniModel, Qwen3OmniMoeForConditionalGeneration) nest the
+    // thinker's config in thinker_config and its decoder's fields in thinker_config.text_config; a
+    // thinker saved alone has text_config at the top.
+    if (top.contains("thinker_config") || released_omni() || released_omni3()) {
       if (!top.contains("thinker_config"))
         fail(source, ": field thinker_config is missing (a ", c.architecture.empty() ? c.model_type : c.architecture,
              " config.json keeps the thinker's config there)");
@@ -132,7 +167,7 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
         fail(source, ": field thinker_config.text_config: expected an object, found ", (*outer)["text_config"].dump());
       text = &(*outer)["text_config"];
       section = "thinker_config.text_config.";
-      for (const char* part : {"talker", "token2wav"})
+      for (const char* part : {"talker", "token2wav", "code2wav"})
         if (top.contains(std::string(part) + "_config")) c.other_components.push_back(part);
     } else if (top.contains("text_config")) {
       if (!top["text_config"].is_object())
@@ -150,7 +185,8 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
     fail(source, ": field architectures: unsupported architecture '",
          c.architecture.empty() ? c.model_type : c.architecture,
          "' (expected Qwen2ForCausalLM, LlamaForCausalLM, Qwen2_5OmniModel, "
-         "Qwen2_5OmniThinkerForConditionalGeneration or Qwen2_5_VLForConditionalGeneration)");
+         "Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5_VLForConditionalGeneration, "
+         "Qwen3OmniMoeForConditionalGeneration or Qwen3OmniMoeThinkerForConditionalGeneration)");
   }
   c.text_section = section;
   Reader r{*text, *outer, top, source, section, outer_section};
@@ -179,6 +215,10 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
   if (c.arch == Arch::Llama) {
     c.qkv_bias = c.o_bias = r.opt_bool("attention_bias", false);
     c.mlp_bias = r.opt_bool("mlp_bias", false);
+  } else if (c.arch == Arch::Qwen3OmniMoeThinker) {
+    c.qkv_bias = c.o_bias = r.opt_bool("attention_bias", false);
+    c.qk_norm = true;
+    read_moe(r, &c);
   } else {
     c.qkv_bias = true;
   }
@@ -215,6 +255,8 @@ ModelConfig parse_config(const std::string& body, const std::string& source) {
         fail(at, ".rope_theta: expected a number > 0, found ", t.dump());
       c.rope_theta = t.get<float>();
     }
+    for (const char* ik : {"interleaved", "mrope_interleaved"})
+      if (rs->contains(ik) && (*rs)[ik].is_boolean() && (*rs)[ik].get<bool>()) c.mrope_interleaved = true;
     std::string type;
     for (const char* tk : {"rope_type", "type"})
       if (rs->contains(tk) && (*rs)[tk].is_string()) type = (*rs)[tk].get<std::string>();

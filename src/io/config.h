@@ -1,12 +1,13 @@
 // config.json of a Hugging Face checkpoint: the decoder's hyper-parameters, for every supported
-// architecture (Qwen2, LLaMA, and the Qwen2 decoder inside Qwen2.5-Omni thinker / Qwen2.5-VL).
+// architecture (Qwen2, LLaMA, the Qwen2 decoder inside Qwen2.5-Omni thinker / Qwen2.5-VL, and the
+// Qwen3-MoE decoder inside Qwen3-Omni's thinker).
 #pragma once
 #include <string>
 #include <vector>
 
 namespace outro {
 
-enum class Arch { Qwen2, Llama, Qwen2_5OmniThinker, Qwen2_5_VL };
+enum class Arch { Qwen2, Llama, Qwen2_5OmniThinker, Qwen2_5_VL, Qwen3OmniMoeThinker };
 const char* arch_name(Arch a);
 
 struct ModelConfig {
@@ -28,15 +29,29 @@ struct ModelConfig {
   bool o_bias = false;    // LLaMA attention_bias also gives o_proj a bias
   bool mlp_bias = false;
   std::vector<int> mrope_section;  // Qwen2.5-VL/Omni: rotary sections (t, h, w); empty otherwise
+  // Qwen3-VL / Qwen3-Omni interleave the sections (pair c: h when c % 3 == 1 and c < 3 h, w when
+  // c % 3 == 2 and c < 3 w, else t) instead of laying them end to end.
+  bool mrope_interleaved = false;
+  bool qk_norm = false;  // Qwen3: RMSNorm over head_dim on every q and k head, before the rotary
+  // Qwen3-MoE (Qwen3-Omni's thinker): layer l is a sparse mixture of experts when experts > 0,
+  // l is not in mlp_only_layers and (l + 1) % sparse_step == 0; the other layers are dense
+  // (intermediate). The router's softmax picks experts_per_tok experts, renormalised when norm_topk.
+  int experts = 0;
+  int experts_per_tok = 0;
+  int moe_intermediate = 0;
+  int sparse_step = 1;
+  std::vector<int> mlp_only_layers;
+  bool norm_topk = false;
+  bool moe_layer(int l) const;
   int bos_token = -1;
   std::vector<int> eos_tokens;
   std::string source;  // path of config.json, for messages
-  // Qwen2.5-Omni as released (Qwen2_5OmniModel): the thinker's config sits in thinker_config and the
-  // talker / token2wav configs beside it. text_section is where the decoder's fields were read,
+  // Qwen2.5-Omni / Qwen3-Omni as released (Qwen2_5OmniModel, Qwen3OmniMoeForConditionalGeneration): the
+  // thinker's config sits in thinker_config and the talker / token2wav (code2wav) configs beside it. text_section is where the decoder's fields were read,
   // e.g. "thinker_config.text_config." ("" for a flat config).
   bool omni_released = false;
   std::string text_section;
-  std::vector<std::string> other_components;  // "talker", "token2wav": configured but not run by outro
+  std::vector<std::string> other_components;  // "talker", "token2wav", "code2wav": configured, not run by outro
 };
 
 // Parses config.json text; `source` names the file in errors.

@@ -140,6 +140,10 @@ class Backend {
                         int n_segments);
   // y[i, :] = x[idx[i], :] for i < n; rows of dim floats; idx a host array.
   virtual void gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int n);
+  // y[idx[i], :] += scale[i] * x[i, :] for i < n, in that order (rows of dim floats; idx and scale
+  // host arrays; an index may repeat). A mixture-of-experts layer adds each expert's weighted output
+  // to the rows that chose it.
+  virtual void scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx, const float* scale, int n);
   // y[i, :] = mean of x[k i .. k i + k) for i < n / k (average pooling over rows; a tail is dropped).
   virtual void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k);
   // Index of the largest of x[off .. off + n): the first one scanning up, as the greedy sampler

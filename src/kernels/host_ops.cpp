@@ -109,6 +109,15 @@ void gather_rows(float* y, const float* x, int dim, const int32_t* idx, int n) {
   for (int i = 0; i < n; ++i) std::memcpy(y + size_t(i) * dim, x + size_t(idx[i]) * dim, size_t(dim) * 4);
 }
 
+void scatter_add_rows(float* y, const float* x, int dim, const int32_t* idx, const float* scale, int n) {
+  for (int i = 0; i < n; ++i) {
+    float* yr = y + size_t(idx[i]) * dim;
+    const float* xr = x + size_t(i) * dim;
+    const float s = scale[i];
+    for (int c = 0; c < dim; ++c) yr[c] += s * xr[c];
+  }
+}
+
 void avgpool_rows(float* y, const float* x, int n, int dim, int k) {
   const int m = n / k;
   for (int i = 0; i < m; ++i) {
@@ -348,6 +357,14 @@ void Backend::gather_rows(Buf y, const Buf& x, int dim, const int32_t* idx, int 
   std::vector<float> o(size_t(n) * dim);
   host::gather_rows(o.data(), h.data(), dim, idx, n);
   upload(y, 0, o.data(), o.size());
+}
+
+void Backend::scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx, const float* scale, int n) {
+  if (n <= 0) return;
+  auto hy = down(*this, y, y.n);
+  auto hx = down(*this, x, size_t(n) * dim);
+  host::scatter_add_rows(hy.data(), hx.data(), dim, idx, scale, n);
+  upload(y, 0, hy.data(), hy.size());
 }
 
 int32_t Backend::argmax(const Buf& x, size_t off, int n) {

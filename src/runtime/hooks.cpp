@@ -18,6 +18,8 @@ const char* hook_suffix(Hook h) {
     case Hook::ResidMid: return "hook_resid_mid";
     case Hook::MlpOut: return "hook_mlp_out";
     case Hook::ResidPost: return "hook_resid_post";
+    case Hook::Router: return "mlp.hook_router";
+    case Hook::Experts: return "mlp.hook_experts";
     case Hook::kCount: break;
   }
   return "?";
@@ -28,8 +30,27 @@ std::string hook_name(int layer, Hook h) { return "blocks." + std::to_string(lay
 std::vector<std::string> all_hook_names(int layers) {
   std::vector<std::string> out{kHookEmbed};
   for (int l = 0; l < layers; ++l)
-    for (int h = 0; h < int(Hook::kCount); ++h) out.push_back(hook_name(l, Hook(h)));
+    for (int h = 0; h < kEveryLayerHooks; ++h) out.push_back(hook_name(l, Hook(h)));
   out.push_back(kHookLnFinal);
+  return out;
+}
+
+std::vector<std::string> all_hook_names(const ModelConfig& c) {
+  std::vector<std::string> out{kHookEmbed};
+  for (int l = 0; l < c.layers; ++l)
+    for (int h = 0; h < kEveryLayerHooks; ++h) {
+      out.push_back(hook_name(l, Hook(h)));
+      if (Hook(h) == Hook::ResidMid && c.moe_layer(l))
+        for (Hook m : {Hook::Router, Hook::Experts}) out.push_back(hook_name(l, m));
+    }
+  out.push_back(kHookLnFinal);
+  return out;
+}
+
+std::vector<std::string> moe_hook_names(const std::vector<int>& sparse_layers) {
+  std::vector<std::string> out;
+  for (int l : sparse_layers)
+    for (Hook h : {Hook::Router, Hook::Experts}) out.push_back(hook_name(l, h));
   return out;
 }
 

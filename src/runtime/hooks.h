@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "io/config.h"
+
 namespace outro {
 
 // Per-layer hook point names, relative to "blocks.{l}.".
@@ -19,8 +21,13 @@ enum class Hook : int {
   ResidMid,   // hook_resid_mid      [n, D]
   MlpOut,     // hook_mlp_out        [n, D]
   ResidPost,  // hook_resid_post     [n, D]
+  // Mixture-of-experts layers only (Qwen3-Omni's thinker):
+  Router,     // mlp.hook_router     [n, E]   router logits (before the softmax)
+  Experts,    // mlp.hook_experts    [n, k]   the chosen experts' indices (as floats), largest weight first
   kCount
 };
+// The hook points of every layer (ResidPre .. ResidPost); the MoE points follow them.
+inline constexpr int kEveryLayerHooks = int(Hook::ResidPost) + 1;
 const char* hook_suffix(Hook h);
 // "blocks.3.attn.hook_pattern" for (3, Pattern)
 std::string hook_name(int layer, Hook h);
@@ -28,8 +35,14 @@ std::string hook_name(int layer, Hook h);
 inline constexpr const char* kHookEmbed = "embed";
 inline constexpr const char* kHookLnFinal = "ln_final";
 
-// Every hook point name of a model with `layers` layers, in forward order.
+// Every hook point name of a model with `layers` layers, in forward order (the points of every
+// layer; a mixture-of-experts model adds the MoE points of its sparse layers, see moe_hook_names).
 std::vector<std::string> all_hook_names(int layers);
+// The MoE points (mlp.hook_router, mlp.hook_experts) of the given sparse layers.
+std::vector<std::string> moe_hook_names(const std::vector<int>& sparse_layers);
+// Every hook point of the model config c describes, in forward order: all_hook_names, with the MoE
+// points of its sparse layers after their hook_resid_mid.
+std::vector<std::string> all_hook_names(const ModelConfig& c);
 
 struct HookEvent {
   const std::string& name;

@@ -13,41 +13,32 @@ Session::Session(const Model& model, Backend& be, int max_ctx) : model_(model), 
   embed_ = be.weight(*model.embed);
   final_norm_ = be.weight(*model.final_norm);
   lm_head_ = model.lm_head == model.embed ? embed_ : be.weight(*model.lm_head);
-  auto opt = [&](const TensorInfo* t) { return t ? be.weight(*t) : Weight{}; };
+  decoder_ = decoder_family(c).make(model, be);
   const size_t kv = size_t(max_ctx_) * size_t(c.kv_heads) * size_t(c.head_dim);
-  for (const auto& t : model.layers) {
-    LayerW w;
-    w.attn_norm = be.weight(*t.attn_norm);
-    w.q = be.weight(*t.q);
-    w.k = be.weight(*t.k);
-    w.v = be.weight(*t.v);
-    w.o = be.weight(*t.o);
-    w.qb = opt(t.q_bias);
-    w.kb = opt(t.k_bias);
-    w.vb = opt(t.v_bias);
-    w.ob = opt(t.o_bias);
-    w.mlp_norm = be.weight(*t.mlp_norm);
-    w.gate = be.weight(*t.gate);
-    w.up = be.weight(*t.up);
-    w.down = be.weight(*t.down);
-    w.gb = opt(t.gate_bias);
-    w.ub = opt(t.up_bias);
-    w.db = opt(t.down_bias);
-    w.kcache = be.alloc(kv);
-    w.vcache = be.alloc(kv);
-    layers_.push_back(w);
-  }
+  for (int l = 0; l < c.layers; ++l) cache_.push_back({be.alloc(kv), be.alloc(kv)});
   names_.resize(size_t(c.layers));
   for (int l = 0; l < c.layers; ++l)
     for (int h = 0; h < int(Hook::kCount); ++h) names_[size_t(l)].push_back(hook_name(l, Hook(h)));
 }
 
 Session::~Session() {
-  for (auto& l : layers_) {
-    be_.release(l.kcache);
-    be_.release(l.vcache);
+  for (auto& l : cache_) {
+    be_.release(l.k);
+    be_.release(l.v);
   }
-  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &gate_, &up_, &mlp_out_, &logits_buf_}) be_.release(*b);
+  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &mlp_out_, &logits_buf_, &deepstack_buf_}) be_.release(*b);
+}
+
+void Session::set_deepstack(std::vector<std::vector<float>> features, std::vector<int32_t> rows) {
+  const ModelConfig& c = model_.config();
+  if (int(features.size()) > c.layers)
+    fail("DeepStack: ", features.size(), " feature sets for a decoder of ", c.layers, " layers (", model_.dir(), ")");
+  for (size_t k = 0; k < features.size(); ++k)
+    if (features[k].size() != rows.size() * size_t(c.hidden))
+      fail("DeepStack: feature set ", k, " holds ", features[k].size(), " values, expected ", rows.size(), " rows of ",
+           c.hidden);
+  deepstack_ = std::move(features);
+  deepstack_rows_ = std::move(rows);
 }
 
 void Session::reset() {
@@ -70,7 +61,7 @@ void Session::rewind(int pos) {
 void Session::ensure_scratch(int n) {
   if (n <= scratch_n_) return;
   const ModelConfig& c = model_.config();
-  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &gate_, &up_, &mlp_out_, &logits_buf_}) be_.release(*b);
+  for (Buf* b : {&x_, &xn_, &q_, &k_, &v_, &z_, &attn_out_, &mlp_out_, &logits_buf_}) be_.release(*b);
   const size_t N = size_t(n), D = size_t(c.hidden), hd = size_t(c.head_dim);
   x_ = be_.alloc(N * D);
   xn_ = be_.alloc(N * D);
@@ -79,9 +70,8 @@ void Session::ensure_scratch(int n) {
   v_ = be_.alloc(N * size_t(c.kv_heads) * hd);
   z_ = be_.alloc(N * size_t(c.heads) * hd);
   attn_out_ = be_.alloc(N * D);
-  gate_ = be_.alloc(N * size_t(c.intermediate));
-  up_ = be_.alloc(N * size_t(c.intermediate));
   mlp_out_ = be_.alloc(N * D);
+  decoder_->reserve(n);
   logits_buf_ = be_.alloc(N * size_t(c.vocab));
   scratch_n_ = n;
 }
@@ -101,6 +91,85 @@ void Session::emit(const std::string& name, int layer, const Buf& b, std::vector
   for (Observer* o : observers_)
     if (o->wants(name)) o->on(e);
 }
+
+// One forward call's state that every layer's points read.
+struct Session::Step {
+  ForwardCtx& ctx;
+  const int32_t* pos;   // [n] 1-D positions
+  const int32_t* spos;  // [sections, n] multimodal positions, or null
+  const std::vector<int>& sections;
+  std::vector<float> pattern;  // host staging for hook_pattern
+};
+
+// The points of layer l that the family's forward calls: interventions first, then observers,
+// in the order the single forward of earlier versions applied them (so plain runs stay bit-identical).
+class Session::Points final : public LayerRun {
+ public:
+  Points(Session& s, Step& st, int l, int n) : s_(s), st_(st), l_(l), n_(n), c_(s.model_.config()) {}
+  int layer() const override { return l_; }
+
+  void resid_pre(Buf x) override {
+    for (auto* iv : s_.interventions_) iv->resid_pre(st_.ctx, l_, x);
+    emit(Hook::ResidPre, x, {n_, c_.hidden});
+  }
+  void rotate(Buf x, int heads) override {
+    if (st_.spos)
+      s_.be_.rope_sections(x, n_, heads, c_.head_dim, st_.spos, st_.sections.data(), int(st_.sections.size()),
+                           s_.model_.inv_freq.data());
+    else
+      s_.be_.rope(x, n_, heads, c_.head_dim, st_.pos, s_.model_.inv_freq.data());
+  }
+  void qkv(Buf q, Buf k, Buf v) override {
+    for (auto* iv : s_.interventions_) iv->qkv(st_.ctx, l_, q, k, v);
+    emit(Hook::Q, q, {n_, c_.heads, c_.head_dim});
+    emit(Hook::K, k, {n_, c_.kv_heads, c_.head_dim});
+    emit(Hook::V, v, {n_, c_.kv_heads, c_.head_dim});
+  }
+  void attend(Buf z, const Buf& q, const Buf& k, const Buf& v) override {
+    Cache& cache = s_.cache_[size_t(l_)];
+    const int H = c_.heads, KV = c_.kv_heads, hd = c_.head_dim, past = s_.pos_;
+    const size_t row = size_t(KV) * size_t(hd);
+    s_.be_.copy(cache.k, size_t(past) * row, k, 0, size_t(n_) * row);
+    s_.be_.copy(cache.v, size_t(past) * row, v, 0, size_t(n_) * row);
+    for (auto* iv : s_.interventions_) iv->cached_keys(st_.ctx, l_, cache.k);
+    AttnParams p;
+    p.n_heads = H;
+    p.n_kv = KV;
+    p.head_dim = hd;
+    p.scale = 1.f / std::sqrt(float(hd));
+    p.n_new = n_;
+    p.past = past;
+    for (auto* iv : s_.interventions_) iv->attention_policy(st_.ctx, l_, p);
+    const bool pat = wants(Hook::Pattern);
+    if (pat) {
+      st_.pattern.assign(size_t(H) * size_t(n_) * size_t(past + n_), 0.f);
+      p.pattern_out = st_.pattern.data();
+    }
+    s_.be_.attention(z, q, cache.k, cache.v, p);
+    if (pat) emit_host(Hook::Pattern, st_.pattern.data(), {H, n_, past + n_});
+    for (auto* iv : s_.interventions_) iv->z(st_.ctx, l_, z);
+    emit(Hook::Z, z, {n_, H, hd});
+  }
+  bool wants(Hook h) const override {
+    return !s_.observers_.empty() && s_.wants(s_.names_[size_t(l_)][size_t(h)]);
+  }
+  void emit(Hook h, const Buf& b, std::initializer_list<int64_t> shape) override {
+    if (wants(h)) s_.emit(s_.names_[size_t(l_)][size_t(h)], l_, b, std::vector<int64_t>(shape));
+  }
+  void emit_host(Hook h, const float* data, std::initializer_list<int64_t> shape) override {
+    if (!wants(h)) return;
+    const std::string& name = s_.names_[size_t(l_)][size_t(h)];
+    HookEvent e{name, l_, data, std::vector<int64_t>(shape), s_.pos_};
+    for (Observer* o : s_.observers_)
+      if (o->wants(name)) o->on(e);
+  }
+
+ private:
+  Session& s_;
+  Step& st_;
+  const int l_, n_;
+  const ModelConfig& c_;
+};
 
 void Session::forward(const int32_t* ids, int n, std::vector<float>* logits, bool all_rows) {
   run(ids, n, nullptr, nullptr, nullptr, logits, all_rows);
@@ -140,12 +209,10 @@ void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t*
          model_.dir(), ")");
   if (pos_ == 0) prompt_len_ = n;
   ensure_scratch(n);
-  const int D = c.hidden, H = c.heads, KV = c.kv_heads, hd = c.head_dim, I = c.intermediate;
+  const int D = c.hidden, hd = c.head_dim;
   const bool observing = !observers_.empty();
-  const bool intervening = !interventions_.empty();
   ForwardCtx ctx{&be_, &c, pos_, n, prompt_len_, ids};
-  if (intervening)
-    for (auto* iv : interventions_) iv->begin(ctx);
+  for (auto* iv : interventions_) iv->begin(ctx);
 
   std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int i = 0; i < n; ++i) pos[size_t(i)] = pos_ + i + rope_delta_;
@@ -164,79 +231,51 @@ void Session::run(const int32_t* ids, int n, const float* embeds, const uint8_t*
     }
   if (observing && wants(kHookEmbed)) emit(kHookEmbed, -1, x_, {n, D});
 
-  std::vector<float> pattern;
-  for (int l = 0; l < c.layers; ++l) {
-    LayerW& w = layers_[size_t(l)];
-    const auto& nm = names_[size_t(l)];
-    auto hook = [&](Hook h) -> const std::string* {
-      if (!observing) return nullptr;
-      const std::string& s = nm[size_t(h)];
-      return wants(s) ? &s : nullptr;
-    };
-    if (intervening)
-      for (auto* iv : interventions_) iv->resid_pre(ctx, l, x_);
-    if (auto* s = hook(Hook::ResidPre)) emit(*s, l, x_, {n, D});
-
-    be_.rmsnorm(xn_, x_, n, w.attn_norm, c.rms_eps);
-    be_.matmul(q_, xn_, n, w.q, w.qb ? &w.qb : nullptr);
-    be_.matmul(k_, xn_, n, w.k, w.kb ? &w.kb : nullptr);
-    be_.matmul(v_, xn_, n, w.v, w.vb ? &w.vb : nullptr);
-    if (mpos) {
-      be_.rope_sections(q_, n, H, hd, mpos, c.mrope_section.data(), 3, model_.inv_freq.data());
-      be_.rope_sections(k_, n, KV, hd, mpos, c.mrope_section.data(), 3, model_.inv_freq.data());
+  // Rotary positions of this call: 1-D, or the multimodal sections. Interleaved M-RoPE (Qwen3-Omni)
+  // is written as one section per run of pairs that share an axis, so rope_sections applies it.
+  std::vector<int> sections;
+  std::vector<int32_t> spos;
+  if (mpos) {
+    if (c.mrope_interleaved) {
+      const int half = hd / 2;
+      auto axis = [&](int p) {
+        if (p % 3 == 1 && p < 3 * c.mrope_section[1]) return 1;
+        if (p % 3 == 2 && p < 3 * c.mrope_section[2]) return 2;
+        return 0;
+      };
+      for (int p = 0; p < half;) {
+        int q = p;
+        while (q < half && axis(q) == axis(p)) ++q;
+        sections.push_back(q - p);
+        spos.insert(spos.end(), mpos + size_t(axis(p)) * n, mpos + size_t(axis(p) + 1) * n);
+        p = q;
+      }
     } else {
-      be_.rope(q_, n, H, hd, pos.data(), model_.inv_freq.data());
-      be_.rope(k_, n, KV, hd, pos.data(), model_.inv_freq.data());
+      sections = c.mrope_section;
+      spos.assign(mpos, mpos + size_t(3) * n);
     }
-    if (intervening)
-      for (auto* iv : interventions_) iv->qkv(ctx, l, q_, k_, v_);
-    if (auto* s = hook(Hook::Q)) emit(*s, l, q_, {n, H, hd});
-    if (auto* s = hook(Hook::K)) emit(*s, l, k_, {n, KV, hd});
-    if (auto* s = hook(Hook::V)) emit(*s, l, v_, {n, KV, hd});
-
-    const size_t row = size_t(KV) * size_t(hd);
-    be_.copy(w.kcache, size_t(pos_) * row, k_, 0, size_t(n) * row);
-    be_.copy(w.vcache, size_t(pos_) * row, v_, 0, size_t(n) * row);
-    if (intervening)
-      for (auto* iv : interventions_) iv->cached_keys(ctx, l, w.kcache);
-
-    AttnParams p;
-    p.n_heads = H;
-    p.n_kv = KV;
-    p.head_dim = hd;
-    p.scale = 1.f / std::sqrt(float(hd));
-    p.n_new = n;
-    p.past = pos_;
-    if (intervening)
-      for (auto* iv : interventions_) iv->attention_policy(ctx, l, p);
-    const std::string* pat = hook(Hook::Pattern);
-    if (pat) {
-      pattern.assign(size_t(H) * size_t(n) * size_t(pos_ + n), 0.f);
-      p.pattern_out = pattern.data();
+  }
+  Step step{ctx, pos.data(), mpos ? spos.data() : nullptr, sections, {}};
+  Scratch sc{n, xn_, q_, k_, v_, z_, attn_out_, mlp_out_};
+  std::vector<std::vector<float>> deepstack = std::move(deepstack_);
+  std::vector<int32_t> ds_rows = std::move(deepstack_rows_);
+  deepstack_.clear();
+  deepstack_rows_.clear();
+  for (int32_t r : ds_rows)
+    if (r < 0 || r >= n) fail("DeepStack: row ", r, " is outside the ", n, " rows of this call");
+  const std::vector<float> ones(ds_rows.size(), 1.f);
+  for (int l = 0; l < c.layers; ++l) {
+    Points pts(*this, step, l, n);
+    decoder_->layer(l, n, x_, sc, pts);
+    if (size_t(l) < deepstack.size() && !ds_rows.empty()) {
+      const size_t vals = ds_rows.size() * size_t(D);
+      if (deepstack_buf_.n < vals) {
+        be_.release(deepstack_buf_);
+        deepstack_buf_ = be_.alloc(vals);
+      }
+      be_.upload(deepstack_buf_, 0, deepstack[size_t(l)].data(), vals);
+      be_.scatter_add_rows(x_, deepstack_buf_, D, ds_rows.data(), ones.data(), int(ds_rows.size()));
     }
-    be_.attention(z_, q_, w.kcache, w.vcache, p);
-    if (pat) {
-      HookEvent e{*pat, l, pattern.data(), {H, n, pos_ + n}, pos_};
-      for (Observer* o : observers_)
-        if (o->wants(*pat)) o->on(e);
-    }
-    if (intervening)
-      for (auto* iv : interventions_) iv->z(ctx, l, z_);
-    if (auto* s = hook(Hook::Z)) emit(*s, l, z_, {n, H, hd});
-
-    be_.matmul(attn_out_, z_, n, w.o, w.ob ? &w.ob : nullptr);
-    if (auto* s = hook(Hook::AttnOut)) emit(*s, l, attn_out_, {n, D});
-    be_.add(x_, attn_out_, size_t(n) * D);
-    if (auto* s = hook(Hook::ResidMid)) emit(*s, l, x_, {n, D});
-
-    be_.rmsnorm(xn_, x_, n, w.mlp_norm, c.rms_eps);
-    be_.matmul(gate_, xn_, n, w.gate, w.gb ? &w.gb : nullptr);
-    be_.matmul(up_, xn_, n, w.up, w.ub ? &w.ub : nullptr);
-    be_.swiglu(gate_, gate_, up_, size_t(n) * I);
-    be_.matmul(mlp_out_, gate_, n, w.down, w.db ? &w.db : nullptr);
-    if (auto* s = hook(Hook::MlpOut)) emit(*s, l, mlp_out_, {n, D});
-    be_.add(x_, mlp_out_, size_t(n) * D);
-    if (auto* s = hook(Hook::ResidPost)) emit(*s, l, x_, {n, D});
   }
   be_.rmsnorm(xn_, x_, n, final_norm_, c.rms_eps);
   if (observing && wants(kHookLnFinal)) emit(kHookLnFinal, -1, xn_, {n, D});

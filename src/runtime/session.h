@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "models/decoder.h"
 #include "models/model.h"
 #include "runtime/hooks.h"
 #include "runtime/intervention.h"
@@ -53,13 +54,20 @@ class Session {
   // max(positions) + 1 (the reference's rope delta). modality/positions may be null.
   void forward_embeds(const int32_t* ids, int n, const float* embeds, const uint8_t* modality,
                       const int32_t* positions, std::vector<float>* logits, bool all_rows = false);
+  // DeepStack (Qwen3-VL / Qwen3-Omni): for the next forward call only (normally forward_embeds),
+  // features[k] (host [rows, hidden], one row per index in rows, row indices of that call) is added to the
+  // residual stream after layer k, for k < features.size() <= layers. hook_resid_post of layer k is
+  // the layer's output before the addition (the reference's hidden state); layer k + 1 reads the sum.
+  void set_deepstack(std::vector<std::vector<float>> features, std::vector<int32_t> rows);
   // Modality of every token fed so far (0 text, 1 image, 2 video, 3 audio: models/multimodal.h).
   const std::vector<uint8_t>& modalities() const { return modality_; }
 
  private:
-  struct LayerW {
-    Weight attn_norm, q, k, v, o, qb, kb, vb, ob, mlp_norm, gate, up, down, gb, ub, db;
-    Buf kcache, vcache;
+  // The shared points of one layer's forward (decoder.h's LayerRun), bound to this session.
+  class Points;
+  struct Step;
+  struct Cache {
+    Buf k, v;
   };
   void ensure_scratch(int n);
   void run(const int32_t* ids, int n, const float* embeds, const uint8_t* modality, const int32_t* positions,
@@ -75,13 +83,17 @@ class Session {
   int rope_delta_ = 0;                // multimodal: position of token p is p + rope_delta_
   std::vector<uint8_t> modality_;     // per cached token
   Weight embed_, final_norm_, lm_head_;
-  std::vector<LayerW> layers_;
+  std::unique_ptr<Decoder> decoder_;  // the architecture family's layer forward (models/)
+  std::vector<Cache> cache_;          // per layer, [max_ctx, kv_heads, head_dim]
   std::vector<std::vector<std::string>> names_;  // per layer hook names
   int scratch_n_ = 0;
-  Buf x_, xn_, q_, k_, v_, z_, attn_out_, gate_, up_, mlp_out_, logits_buf_;
+  Buf x_, xn_, q_, k_, v_, z_, attn_out_, mlp_out_, logits_buf_;
   std::vector<Observer*> observers_;
   std::vector<Intervention*> interventions_;
   std::vector<float> host_;  // staging for observers
+  std::vector<std::vector<float>> deepstack_;  // pending DeepStack features, per layer
+  std::vector<int32_t> deepstack_rows_;
+  Buf deepstack_buf_;
 };
 
 }  // namespace outro

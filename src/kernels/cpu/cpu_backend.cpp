@@ -281,6 +281,10 @@ class CpuBackend final : public Backend {
     host::gather_rows(F(y), F(x), dim, idx, n);
   }
 
+  void scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx, const float* scale, int n) override {
+    host::scatter_add_rows(F(y), F(x), dim, idx, scale, n);
+  }
+
   void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
     host::avgpool_rows(F(y), F(x), n, dim, k);
   }

@@ -197,6 +197,8 @@ void gate_heads(cudaStream_t s, float* z, int n, int heads, int kv_heads, int hd
 void im2col1d(cudaStream_t s, float* cols, const float* x, int C, int K, int stride, int pad, const int* seg_in,
               const int* seg_len, const int* seg_out, int nseg, int total_rows);
 void gather_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_t* idx, int n);
+// y[idx[i], :] += scale[i] * x[i, :] for i < n in order (idx, scale in device memory).
+void scatter_add_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_t* idx, const float* scale, int n);
 void avgpool_rows(cudaStream_t s, float* y, const float* x, int m, int dim, int k);
 
 }  // namespace outro::cuda

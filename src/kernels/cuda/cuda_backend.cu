@@ -549,6 +549,18 @@ class CudaBackend final : public Backend {
     const int32_t* d = static_cast<const int32_t*>(stage(idx, size_t(n) * 4));
     cuda::gather_rows(s_, F(y), F(x), dim, d, n);
   }
+  // Untested on a GPU here (written and compiled without one); tests/test_cuda.cpp's op checks do not cover it yet.
+  void scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx, const float* scale, int n) override {
+    flush();
+    if (n <= 0) return;
+    // One staged copy holds both host arrays (indices, then scales).
+    std::vector<uint8_t> host(size_t(n) * 8);
+    std::memcpy(host.data(), idx, size_t(n) * 4);
+    std::memcpy(host.data() + size_t(n) * 4, scale, size_t(n) * 4);
+    const uint8_t* d = static_cast<const uint8_t*>(stage(host.data(), host.size()));
+    cuda::scatter_add_rows(s_, F(y), F(x), dim, reinterpret_cast<const int32_t*>(d),
+                           reinterpret_cast<const float*>(d + size_t(n) * 4), n);
+  }
   void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
     flush();
     if (k <= 0) fail("avgpool_rows: k must be positive, found ", k);

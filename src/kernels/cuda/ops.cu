@@ -306,6 +306,14 @@ __global__ void k_gather_rows(float* y, const float* x, int dim, const int32_t* 
     y[t] = x[size_t(idx[t / dim]) * dim + t % dim];
 }
 
+// One thread per column walks the rows in order: repeated indices add up in the contract's order,
+// with no atomics, so results do not depend on scheduling.
+__global__ void k_scatter_add_rows(float* y, const float* x, int dim, const int32_t* idx, const float* scale, int n) {
+  pdl_begin();
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < dim; c += gridDim.x * blockDim.x)
+    for (int i = 0; i < n; ++i) y[size_t(idx[i]) * dim + c] += scale[i] * x[size_t(i) * dim + c];
+}
+
 __global__ void k_avgpool_rows(float* y, const float* x, int m, int dim, int k) {
   pdl_begin();
   const size_t total = size_t(m) * dim;
@@ -1121,6 +1129,13 @@ void gather_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_
   if (!t) return;
   launch("k_gather_rows", k_gather_rows, dim3(blocks_for(t, 256)), dim3(256), 0, s, y, x, dim, idx, n);
   OUTRO_LAUNCHED("gather_rows");
+}
+
+void scatter_add_rows(cudaStream_t s, float* y, const float* x, int dim, const int32_t* idx, const float* scale, int n) {
+  if (n <= 0 || dim <= 0) return;
+  launch("k_scatter_add_rows", k_scatter_add_rows, dim3(blocks_for(size_t(dim), 256)), dim3(256), 0, s, y, x, dim, idx,
+         scale, n);
+  OUTRO_LAUNCHED("scatter_add_rows");
 }
 
 void avgpool_rows(cudaStream_t s, float* y, const float* x, int m, int dim, int k) {
