@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 #include "io/safetensors.h"
+#include "kernels/cpu/gemm.h"
 
 namespace outro::host {
 
@@ -264,6 +265,10 @@ void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* v
                 float gamma, float temp, bool rescale, float* counter) {
   if (vbar[size_t(kv_heads) * hd] == 0.f) return;
   const int group = heads / kv_heads;
+  // float32 dot products on the CPU's vector kernels (as the GPU's float32 sums); |v|² once per KV head.
+  const cpu::Kernels& K = cpu::kernels();
+  std::vector<float> vvs(static_cast<size_t>(kv_heads));
+  for (int g = 0; g < kv_heads; ++g) vvs[size_t(g)] = K.dot(vbar + size_t(g) * hd, vbar + size_t(g) * hd, hd);
   std::atomic<long> total{0};
   auto body = [&](size_t i0, size_t i1) {
     long rotated = 0;
@@ -272,29 +277,19 @@ void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* v
       for (int h = 0; h < heads; ++h) {
         float* o = z + (size_t(i) * heads + h) * hd;
         const float* v = vbar + size_t(h / group) * hd;
-        double oo = 0, vv = 0, ov = 0;
-        for (int c = 0; c < hd; ++c) {
-          oo += double(o[c]) * o[c];
-          vv += double(v[c]) * v[c];
-          ov += double(o[c]) * v[c];
-        }
-        const double no = std::sqrt(oo), nv = std::sqrt(vv);
-        const double cs = ov / (std::max(no, 1e-12) * std::max(nv, 1e-12));
-        const double g = std::tanh(std::max(cs, 0.0) / temp);
+        const float vv = vvs[size_t(h / group)], oo = K.dot(o, o, hd), ov = K.dot(o, v, hd);
+        const float no = std::sqrt(oo), nv = std::sqrt(vv);
+        const float cs = ov / (std::max(no, 1e-12f) * std::max(nv, 1e-12f));
+        const float g = std::tanh(std::max(cs, 0.f) / temp);
         rotated += cs > 0;
-        const double coef = g * gamma * std::fabs(ov) / (vv + 1e-8);
-        double nn = 0;
-        for (int c = 0; c < hd; ++c) {
-          o[c] = float(o[c] + coef * v[c]);
-          nn += double(o[c]) * o[c];
-        }
+        K.axpy(o, g * gamma * std::fabs(ov) / (vv + 1e-8f), v, hd);
         if (rescale) {
-          const double s = no / (std::sqrt(nn) + 1e-8);
-          for (int c = 0; c < hd; ++c) o[c] = float(o[c] * s);
+          const float sc = no / (std::sqrt(K.dot(o, o, hd)) + 1e-8f);
+          for (int c = 0; c < hd; ++c) o[c] *= sc;
         }
       }
     }
-    total += rotated;
+  total += rotated;
   };
   if (size_t(n) * heads * hd < 65536)
     body(0, size_t(n));
