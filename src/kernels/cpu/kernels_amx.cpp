@@ -1,0 +1,245 @@
+// The AMX-BF16 kernel set: the AVX-512 set with products of n >= min_n rows on the tile unit
+// (tdpbf16ps: a 16x16 float32 tile += 16x32 bf16 times 32x16 bf16). Used only where CPUID reports
+// AMX-BF16 and AMX-TILE, the OS enables the tile state and Linux grants this process tile-data
+// permission (cpu_amx_usable in gemm.cpp); the tile instructions are written as inline assembly, so
+// nothing here runs, or is even reachable, elsewhere.
+//
+// Operands. The tile product wants its B operand in "pairs of k" order (row p of B holds, for each
+// column, the elements 2p and 2p+1 of the reduction). Making the weights A and x B puts that burden
+// on x, which is rounded to bf16 once per product anyway: x is packed as xp[k/2][n16][2] (n rounded
+// up to 16 rows, k to 32 columns, zeros), and a weight block of 16 rows x 32 k is read in place
+// from the row-major bf16 matrix, no repacking. C = W·Xᵀ is a block of yᵀ, transposed on the store.
+// Blocks the matrix cannot give in place (f16 weights, cols not a multiple of 32, the last partial
+// 16 rows) are copied (and rounded) into a zero-padded panel first.
+//
+// Summation order: each output element is its own tdpbf16ps chain over the 32-column steps in order,
+// whatever block it falls in, so results depend only on the shapes, never on the thread split.
+#include "kernels/cpu/gemm.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+
+#include <cstring>
+#include <vector>
+
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define OUTRO_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
+
+// Tile instructions as inline assembly with a memory clobber on loads and stores (GCC 12's
+// _tile_loadd declares no memory read, so a panel written just before could be reordered past it).
+#define T_LOAD(t, base, stride) \
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"(long(stride)) : "memory")
+#define T_STORE(t, base, stride) \
+  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(long(stride)) : "memory")
+#define T_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define T_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+namespace outro::cpu {
+
+namespace {
+
+inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t round32(int64_t c) { return (c + 31) / 32 * 32; }
+inline int round16(int n) { return (n + 15) / 16 * 16; }
+
+struct alignas(64) TileCfg {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileCfg) == 64, "ldtilecfg reads 64 bytes");
+
+// Tiles 0-3: C (A block a, B block b at 2a + b); 4-5: A (weights); 6-7: B (x). All 16 rows x 64 bytes.
+void load_config() {
+  TileCfg cfg;
+  for (int t = 0; t < 8; ++t) {
+    cfg.colsb[t] = 64;
+    cfg.rows[t] = 16;
+  }
+  __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
+}
+void release() { __asm__ volatile("tilerelease" ::: "memory"); }
+
+OUTRO_TGT inline __m512i cvt32(const float* p, int n) {
+  const __mmask16 lo = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
+  const __mmask16 hi = n >= 32 ? __mmask16(0xffff) : n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1u);
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, p + 16), _mm512_maskz_loadu_ps(lo, p));
+}
+
+size_t packed_size(int n, int64_t cols) { return size_t(round16(n)) * size_t(round32(cols)); }
+
+OUTRO_TGT void pack(uint16_t* xp, const float* x, int n, int64_t cols, int i0, int i1) {
+  const int64_t kp = round32(cols);
+  const int n16 = round16(n);
+  auto* d = reinterpret_cast<uint32_t*>(xp);  // pair (2p, 2p+1) of row i at d[p * n16 + i]
+  alignas(64) uint32_t tmp[16];
+  for (int i = i0; i < i1; ++i) {
+    const float* xr = x + int64_t(i) * cols;
+    for (int64_t c = 0; c < kp; c += 32) {
+      _mm512_store_si512(tmp, cvt32(xr + c, int(imin(32, cols - c))));  // c < cols
+      for (int p = 0; p < 16; ++p) d[(c / 2 + p) * n16 + i] = tmp[p];
+    }
+  }
+  if (i1 == n)
+    for (int64_t p = 0; p < kp / 2; ++p)
+      for (int i = n; i < n16; ++i) d[p * n16 + i] = 0;
+}
+
+// Rows [r, r + nr) of w, all columns, rounded to bf16 into a 16 x kp panel (zeros elsewhere).
+OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t cols, int64_t kp, int64_t r, int nr) {
+  std::memset(panel, 0, size_t(16 * kp) * 2);
+  for (int j = 0; j < nr; ++j) {
+    const uint16_t* src = w + (r + j) * cols;
+    uint16_t* dst = panel + j * kp;
+    if (wt == DType::BF16) {
+      std::memcpy(dst, src, size_t(cols) * 2);
+      continue;
+    }
+    for (int64_t c = 0; c < cols; c += 32) {
+      const int m = int(imin(32, cols - c));
+      const __mmask16 lo = m >= 16 ? __mmask16(0xffff) : __mmask16((1u << m) - 1u);
+      const __mmask16 hi = m >= 32 ? __mmask16(0xffff) : m <= 16 ? __mmask16(0) : __mmask16((1u << (m - 16)) - 1u);
+      const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lo, src + c));
+      const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(hi, src + c + 16));
+      _mm512_mask_storeu_epi16(dst + c, __mmask32((uint64_t(1) << m) - 1u), (__m512i)_mm512_cvtne2ps_pbh(b, a));
+    }
+  }
+}
+
+// One block: NA weight tiles (16 rows each) x NB x tiles (16 rows each), all `steps` k steps.
+// a[t], lda: the weight tiles' first element and row stride (bytes); b: the first x column pair.
+template <int NA, int NB>
+void block(const uint16_t* const* a, int64_t lda, const uint16_t* b, int n16, int64_t steps, float* c) {
+  T_ZERO(0);
+  if (NB > 1) T_ZERO(1);
+  if (NA > 1) T_ZERO(2);
+  if (NA > 1 && NB > 1) T_ZERO(3);
+  const int64_t ldb = int64_t(n16) * 4;       // bytes per k pair
+  const int64_t bstep = int64_t(n16) * 2 * 16;  // uint16 elements per 32-column step
+  for (int64_t s = 0; s < steps; ++s) {
+    T_LOAD(4, a[0] + s * 32, lda);
+    if (NA > 1) T_LOAD(5, a[1] + s * 32, lda);
+    T_LOAD(6, b + s * bstep, ldb);
+    if (NB > 1) T_LOAD(7, b + s * bstep + 32, ldb);
+    T_DP(0, 4, 6);
+    if (NB > 1) T_DP(1, 4, 7);
+    if (NA > 1) T_DP(2, 5, 6);
+    if (NA > 1 && NB > 1) T_DP(3, 5, 7);
+  }
+  T_STORE(0, c, 64);
+  if (NB > 1) T_STORE(1, c + 256, 64);
+  if (NA > 1) T_STORE(2, c + 512, 64);
+  if (NA > 1 && NB > 1) T_STORE(3, c + 768, 64);
+}
+
+OUTRO_TGT void gemm(float* y, const uint16_t* xp, int n, const void* w, DType wt, int64_t rows, int64_t cols,
+                    int64_t r0, int64_t r1) {
+  if (r1 <= r0 || n <= 0) return;
+  const int64_t kp = round32(cols), steps = kp / 32;
+  const int n16 = round16(n);
+  const auto* wb = static_cast<const uint16_t*>(w);
+  thread_local std::vector<uint16_t> panel;
+  alignas(64) float c[4 * 256];
+  load_config();  // tile configuration is per thread
+  for (int64_t rb = r0; rb < r1; rb += 32) {
+    const int na = r1 - rb > 16 ? 2 : 1;
+    const uint16_t* a[2] = {nullptr, nullptr};
+    int nra[2] = {0, 0};
+    int64_t lda = cols * 2;
+    bool direct = wt == DType::BF16 && cols % 32 == 0;
+    for (int t = 0; t < na; ++t) {
+      nra[t] = int(imin(16, r1 - (rb + 16 * t)));
+      direct = direct && nra[t] == 16;
+    }
+    if (direct) {
+      for (int t = 0; t < na; ++t) a[t] = wb + (rb + 16 * t) * cols;
+    } else {
+      if (panel.size() < size_t(32 * kp)) panel.resize(size_t(32 * kp));
+      for (int t = 0; t < na; ++t) {
+        fill_panel(panel.data() + t * 16 * kp, wb, wt, cols, kp, rb + 16 * t, nra[t]);
+        a[t] = panel.data() + t * 16 * kp;
+      }
+      lda = kp * 2;
+    }
+    for (int ib = 0; ib < n16; ib += 32) {
+      const int nb = n16 - ib > 16 ? 2 : 1;
+      const uint16_t* b = xp + int64_t(ib) * 2;
+      if (na == 2 && nb == 2) block<2, 2>(a, lda, b, n16, steps, c);
+      else if (na == 2) block<2, 1>(a, lda, b, n16, steps, c);
+      else if (nb == 2) block<1, 2>(a, lda, b, n16, steps, c);
+      else block<1, 1>(a, lda, b, n16, steps, c);
+      for (int ta = 0; ta < na; ++ta)
+        for (int tb = 0; tb < nb; ++tb) {
+          const float* ct = c + (2 * ta + tb) * 256;  // ct[r][i]: output row rb + 16ta + r, x row ib + 16tb + i
+          const int ni = int(imin(16, n - (ib + 16 * tb)));
+          for (int i = 0; i < ni; ++i) {
+            float* yr = y + int64_t(ib + 16 * tb + i) * rows + rb + 16 * ta;
+            for (int r = 0; r < nra[ta]; ++r) yr[r] = ct[r * 16 + i];
+          }
+        }
+    }
+  }
+  release();
+}
+
+double peak(int64_t iters) {
+  alignas(64) static const uint16_t zeros[16 * 32] = {};
+  load_config();
+  T_ZERO(0);
+  T_ZERO(1);
+  T_ZERO(2);
+  T_ZERO(3);
+  T_LOAD(4, zeros, 64);
+  T_LOAD(5, zeros, 64);
+  T_LOAD(6, zeros, 64);
+  T_LOAD(7, zeros, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    T_DP(0, 4, 6);
+    T_DP(1, 4, 7);
+    T_DP(2, 5, 6);
+    T_DP(3, 5, 7);
+  }
+  release();
+  return double(iters) * 4 * 16 * 16 * 32 * 2;
+}
+
+// From 4 rows up, as the AVX-512 BF16 path: a tile pads n to 16 rows, but at these sizes the product
+// is bound by reading the weights, which the tile path does once.
+const MatPath kPath = {"amx", 4, packed_size, pack, gemm, peak};
+
+void gemm_entry(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols, int64_t r0,
+                int64_t r1) {
+  if (n >= kPath.min_n && (wt == DType::BF16 || wt == DType::F16)) {
+    thread_local std::vector<uint16_t> xp;
+    xp.resize(packed_size(n, cols));
+    pack(xp.data(), x, n, cols, 0, n);
+    gemm(y, xp.data(), n, w, wt, rows, cols, r0, r1);
+  } else {
+    avx512_kernels()->gemm(y, x, n, w, wt, rows, cols, r0, r1);
+  }
+}
+
+}  // namespace
+
+const Kernels* amx_kernels() {
+  static const Kernels k = [] {
+    Kernels s = *avx512_kernels();
+    s.name = "amx";
+    s.isa = Isa::Amx;
+    s.gemm = gemm_entry;
+    s.mm = &kPath;
+    return s;
+  }();
+  return &k;
+}
+
+}  // namespace outro::cpu
+
+#else
+namespace outro::cpu {
+const Kernels* amx_kernels() { return nullptr; }
+}  // namespace outro::cpu
+#endif
