@@ -7,7 +7,7 @@
 // Operands. The tile product wants its B operand in "pairs of k" order (row p of B holds, for each
 // column, the elements 2p and 2p+1 of the reduction). Making the weights A and x B puts that burden
 // on x, which is rounded to bf16 once per product anyway: x is packed as xp[k/2][n16][2] (n rounded
-// up to 16 rows, k to 32 columns, zeros), and a weight block of 16 rows x 32 k is read in place
+// up to 16 rows, k to 32 columns, zeros; the AVX-512 BF16 path's pack), and a weight block of 16 rows x 32 k is read in place
 // from the row-major bf16 matrix, no repacking. C = W·Xᵀ is a block of yᵀ, transposed on the store.
 // Blocks the matrix cannot give in place (f16 weights, cols not a multiple of 32, the last partial
 // 16 rows) are copied (and rounded) into a zero-padded panel first.
@@ -62,31 +62,6 @@ void load_config() {
   __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
 }
 void release() { __asm__ volatile("tilerelease" ::: "memory"); }
-
-OUTRO_TGT inline __m512i cvt32(const float* p, int n) {
-  const __mmask16 lo = n >= 16 ? __mmask16(0xffff) : __mmask16((1u << n) - 1u);
-  const __mmask16 hi = n >= 32 ? __mmask16(0xffff) : n <= 16 ? __mmask16(0) : __mmask16((1u << (n - 16)) - 1u);
-  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, p + 16), _mm512_maskz_loadu_ps(lo, p));
-}
-
-size_t packed_size(int n, int64_t cols) { return size_t(round16(n)) * size_t(round32(cols)); }
-
-OUTRO_TGT void pack(uint16_t* xp, const float* x, int n, int64_t cols, int i0, int i1) {
-  const int64_t kp = round32(cols);
-  const int n16 = round16(n);
-  auto* d = reinterpret_cast<uint32_t*>(xp);  // pair (2p, 2p+1) of row i at d[p * n16 + i]
-  alignas(64) uint32_t tmp[16];
-  for (int i = i0; i < i1; ++i) {
-    const float* xr = x + int64_t(i) * cols;
-    for (int64_t c = 0; c < kp; c += 32) {
-      _mm512_store_si512(tmp, cvt32(xr + c, int(imin(32, cols - c))));  // c < cols
-      for (int p = 0; p < 16; ++p) d[(c / 2 + p) * n16 + i] = tmp[p];
-    }
-  }
-  if (i1 == n)
-    for (int64_t p = 0; p < kp / 2; ++p)
-      for (int i = n; i < n16; ++i) d[p * n16 + i] = 0;
-}
 
 // Rows [r, r + nr) of w, all columns, rounded to bf16 into a 16 x kp panel (zeros elsewhere).
 OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t cols, int64_t kp, int64_t r, int nr) {
@@ -206,16 +181,20 @@ double peak(int64_t iters) {
   return double(iters) * 4 * 16 * 16 * 32 * 2;
 }
 
-// From 4 rows up, as the AVX-512 BF16 path: a tile pads n to 16 rows, but at these sizes the product
-// is bound by reading the weights, which the tile path does once.
-const MatPath kPath = {"amx", 4, packed_size, pack, gemm, peak};
+// x is packed as for the AVX-512 BF16 path (the same pairs layout). From 4 rows up, as that path: a
+// tile pads n to 16 rows, but at these sizes the product is bound by reading the weights once.
+const MatPath& path() {
+  static const MatPath p = {"amx", 4, avx512bf16_kernels()->mm->packed_size, avx512bf16_kernels()->mm->pack, gemm, peak};
+  return p;
+}
 
 void gemm_entry(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols, int64_t r0,
                 int64_t r1) {
-  if (n >= kPath.min_n && (wt == DType::BF16 || wt == DType::F16)) {
+  const MatPath& mm = path();
+  if (n >= mm.min_n && (wt == DType::BF16 || wt == DType::F16)) {
     thread_local std::vector<uint16_t> xp;
-    xp.resize(packed_size(n, cols));
-    pack(xp.data(), x, n, cols, 0, n);
+    xp.resize(mm.packed_size(n, cols));
+    mm.pack(xp.data(), x, n, cols, 0, n);
     gemm(y, xp.data(), n, w, wt, rows, cols, r0, r1);
   } else {
     avx512_kernels()->gemm(y, x, n, w, wt, rows, cols, r0, r1);
@@ -230,7 +209,7 @@ const Kernels* amx_kernels() {
     s.name = "amx";
     s.isa = Isa::Amx;
     s.gemm = gemm_entry;
-    s.mm = &kPath;
+    s.mm = &path();
     return s;
   }();
   return &k;

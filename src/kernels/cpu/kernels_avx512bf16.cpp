@@ -2,18 +2,20 @@
 // (x rounded to bf16 once per product, bf16 weights read in place, float32 accumulation). Compiled
 // with target attributes only, so it runs only where the CPU reports avx512_bf16.
 //
-// Layout. vdpbf16ps multiplies 16 pairs of bf16 and adds each pair's sum into a float32 lane, so a
-// dot product over k consumes 32 consecutive k per instruction. x is packed row-major with its rows
-// padded to a multiple of 32 columns (zeros), and a weight row in its natural row-major order is
-// already that layout: no weight repacking, at load time or per tile. Each output element is one
-// accumulator per (x row, weight row) over a column tile, reduced horizontally in a fixed order and
-// added into y in tile order; tile bounds depend only on `cols`, so the thread split of the rows
-// never changes a result.
+// Layout. vdpbf16ps multiplies 16 pairs of bf16 and adds each pair's sum into a float32 lane. The
+// lanes run over 16 rows of x: x is packed once per product as xp[k/2][n16][2] (pairs of
+// consecutive k, n rounded up to 16 rows, k to 32 columns, zeros), so one load gives the pair p of
+// 16 x rows, and the matching weight pair w[r][2p..2p+1] is one 32-bit broadcast straight from the
+// row-major bf16 matrix: no weight repacking, at load time or per tile. A micro-tile of 6 weight
+// rows x 64 x rows keeps 24 accumulators in registers over the whole k range, so there is no
+// horizontal reduction and each output element is a single chain over k in order: a function of
+// the shapes only, never of the thread split. The same packed x feeds the AMX path (kernels_amx.cpp).
 #include "kernels/cpu/gemm.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <cstring>
 #include <vector>
 
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -44,127 +46,115 @@ OUTRO_INL __m512i cvt32(const float* p, int n) {
   return (__m512i)_mm512_cvtne2ps_pbh(b, a);
 }
 
-size_t packed_size(int n, int64_t cols) { return size_t(n) * size_t(round32(cols)); }
+inline int round16(int n) { return (n + 15) / 16 * 16; }
+
+size_t packed_size(int n, int64_t cols) { return size_t(round16(n)) * size_t(round32(cols)); }
 
 OUTRO_TGT void pack(uint16_t* xp, const float* x, int n, int64_t cols, int i0, int i1) {
   const int64_t kp = round32(cols);
+  const int n16 = round16(n);
+  // The pair (2p, 2p+1) of row i at xp[2 (p n16 + i)] (memcpy: xp is only 2-byte aligned for the type).
+  alignas(64) uint32_t tmp[16];
   for (int i = i0; i < i1; ++i) {
     const float* xr = x + int64_t(i) * cols;
-    uint16_t* d = xp + int64_t(i) * kp;
-    for (int64_t c = 0; c < kp; c += 32) _mm512_storeu_si512(d + c, cvt32(xr + c, int(imin(32, cols - c))));  // c < cols
-  }
-}
-
-// s[k] = Σ lanes of the k-th argument, each in a fixed order independent of the others.
-OUTRO_INL __m256 half_sum(__m512 a) {
-  return _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-}
-OUTRO_INL void hsum4(float* s, __m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m256 t0 = _mm256_hadd_ps(half_sum(a), half_sum(b));
-  const __m256 t1 = _mm256_hadd_ps(half_sum(c), half_sum(d));
-  const __m256 t2 = _mm256_hadd_ps(t0, t1);
-  _mm_storeu_ps(s, _mm_add_ps(_mm256_castps256_ps128(t2), _mm256_extractf128_ps(t2, 1)));
-}
-
-// out[i][j] = Σ_c x[i][c]·w[j][c] over c < kc (x padded with zeros to a multiple of 32, w not).
-template <int MX, int NJ>
-OUTRO_TGT void micro(const uint16_t* x, int64_t ldx, const uint16_t* w, int64_t ldw, int64_t kc, float* out) {
-  __m512 acc[MX][NJ];
-  OUTRO_UNROLL
-  for (int i = 0; i < MX; ++i)
-    OUTRO_UNROLL
-    for (int j = 0; j < NJ; ++j) acc[i][j] = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 32 <= kc; c += 32) {
-    __m512i wv[NJ];
-    OUTRO_UNROLL
-    for (int j = 0; j < NJ; ++j) wv[j] = _mm512_loadu_si512(w + j * ldw + c);
-    OUTRO_UNROLL
-    for (int i = 0; i < MX; ++i) {
-      const __m512i xv = _mm512_loadu_si512(x + i * ldx + c);
-      OUTRO_UNROLL
-      for (int j = 0; j < NJ; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(xv), as_bh(wv[j]));
+    for (int64_t c = 0; c < kp; c += 32) {
+      _mm512_store_si512(tmp, cvt32(xr + c, int(imin(32, cols - c))));  // c < cols
+      for (int p = 0; p < 16; ++p) std::memcpy(xp + 2 * ((c / 2 + p) * n16 + i), &tmp[p], 4);
     }
   }
-  if (c < kc) {  // the weights' last partial chunk: masked, so no read past the row's end
-    const __mmask32 m = __mmask32((uint64_t(1) << (kc - c)) - 1u);
-    __m512i wv[NJ];
-    OUTRO_UNROLL
-    for (int j = 0; j < NJ; ++j) wv[j] = _mm512_maskz_loadu_epi16(m, w + j * ldw + c);
-    OUTRO_UNROLL
-    for (int i = 0; i < MX; ++i) {
-      const __m512i xv = _mm512_loadu_si512(x + i * ldx + c);
-      OUTRO_UNROLL
-      for (int j = 0; j < NJ; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(xv), as_bh(wv[j]));
+  if (i1 == n)
+    for (int64_t p = 0; p < kp / 2; ++p) std::memset(xp + 2 * (p * n16 + n), 0, size_t(n16 - n) * 4);
+}
+
+// Rows [r, r + nr) of f16 (or odd-length bf16) weights as bf16 pairs, zero-padded to kp columns.
+OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t cols, int64_t kp, int64_t r, int nr) {
+  for (int j = 0; j < nr; ++j) {
+    const uint16_t* src = w + (r + j) * cols;
+    uint16_t* dst = panel + j * kp;
+    for (int64_t c = 0; c < kp; c += 32) {
+      const int m = int(imin(32, cols - c));
+      if (wt == DType::BF16) {
+        _mm512_storeu_si512(dst + c, _mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << m) - 1u), src + c));
+        continue;
+      }
+      const __mmask16 lo = m >= 16 ? __mmask16(0xffff) : __mmask16((1u << m) - 1u);
+      const __mmask16 hi = m >= 32 ? __mmask16(0xffff) : m <= 16 ? __mmask16(0) : __mmask16((1u << (m - 16)) - 1u);
+      const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lo, src + c));
+      const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(hi, src + c + 16));
+      _mm512_storeu_si512(dst + c, _mm512_maskz_mov_epi16(__mmask32((uint64_t(1) << m) - 1u),
+                                                          (__m512i)_mm512_cvtne2ps_pbh(b, a)));
     }
-  }
-  OUTRO_UNROLL
-  for (int i = 0; i < MX; ++i) {
-    float s[4];
-    __m512 t[4];
-    OUTRO_UNROLL
-    for (int j = 0; j < 4; ++j) t[j] = j < NJ ? acc[i][j] : _mm512_setzero_ps();
-    hsum4(s, t[0], t[1], t[2], t[3]);
-    OUTRO_UNROLL
-    for (int j = 0; j < NJ; ++j) out[i * NJ + j] = s[j];
   }
 }
 
-using MicroFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*);
-constexpr int MX = 4, NJ = 4;  // 16 accumulators + 4 weight vectors + 1 x vector of the 32 registers
-template <int M>
+constexpr int NR = 6, NI = 4;  // micro-tile: 6 weight rows x 4 vectors of 16 x rows (24 accumulators)
+
+// y[16v + l][r] for r < NRR, v < NIV, l < 16 (and 16v + l < nvalid) over npairs k pairs. w: NRR
+// rows of bf16 with row stride ldw; x: the packed pairs from the block's first x row.
+template <int NRR, int NIV>
+OUTRO_TGT void micro(const uint16_t* w, int64_t ldw, const uint16_t* x, int n16, int64_t npairs, float* y,
+                     int64_t rows, int nvalid) {
+  __m512 acc[NRR][NIV];
+  OUTRO_UNROLL
+  for (int r = 0; r < NRR; ++r)
+    OUTRO_UNROLL
+    for (int v = 0; v < NIV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < npairs; ++p) {
+    __m512i xv[NIV];
+    OUTRO_UNROLL
+    for (int v = 0; v < NIV; ++v) xv[v] = _mm512_loadu_si512(x + 2 * (p * n16 + 16 * v));
+    OUTRO_UNROLL
+    for (int r = 0; r < NRR; ++r) {
+      const __m512i wv = _mm512_broadcastd_epi32(_mm_loadu_si32(w + r * ldw + 2 * p));
+      OUTRO_UNROLL
+      for (int v = 0; v < NIV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], as_bh(xv[v]), as_bh(wv));
+    }
+  }
+  alignas(64) float t[16];
+  OUTRO_UNROLL
+  for (int v = 0; v < NIV; ++v) {
+    const int nl = int(imin(16, nvalid - 16 * v));
+    OUTRO_UNROLL
+    for (int r = 0; r < NRR; ++r) {
+      _mm512_store_ps(t, acc[r][v]);
+      for (int l = 0; l < nl; ++l) y[int64_t(16 * v + l) * rows + r] = t[l];
+    }
+  }
+}
+
+using MicroFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int, int64_t, float*, int64_t, int);
+template <int R>
 struct MicroRow {
-  static constexpr MicroFn fns[4] = {micro<M, 1>, micro<M, 2>, micro<M, 3>, micro<M, 4>};
+  static constexpr MicroFn fns[NI] = {micro<R, 1>, micro<R, 2>, micro<R, 3>, micro<R, 4>};
 };
-constexpr const MicroFn* kMicro[4] = {MicroRow<1>::fns, MicroRow<2>::fns, MicroRow<3>::fns, MicroRow<4>::fns};
-
-constexpr int kRowBlock = 16;      // weight rows per block (the backend's split unit)
-constexpr int64_t kMaxTile = 1024;  // columns per tile (at most): 16 rows of bf16 = 32 KiB
-
-// f16 weights: a row rounded to bf16 into a tile buffer (the unit takes bf16 only).
-OUTRO_TGT void f16_row_to_bf16(uint16_t* dst, const uint16_t* src, int64_t kc) {
-  for (int64_t c = 0; c < kc; c += 32) {
-    const int m = int(imin(32, kc - c));
-    const __mmask16 lo = m >= 16 ? __mmask16(0xffff) : __mmask16((1u << m) - 1u);
-    const __mmask16 hi = m >= 32 ? __mmask16(0xffff) : m <= 16 ? __mmask16(0) : __mmask16((1u << (m - 16)) - 1u);
-    const __m512 a = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lo, src + c));
-    const __m512 b = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(hi, src + c + 16));
-    _mm512_mask_storeu_epi16(dst + c, __mmask32((uint64_t(1) << m) - 1u), (__m512i)_mm512_cvtne2ps_pbh(b, a));
-  }
-}
+constexpr const MicroFn* kMicro[NR] = {MicroRow<1>::fns, MicroRow<2>::fns, MicroRow<3>::fns,
+                                       MicroRow<4>::fns, MicroRow<5>::fns, MicroRow<6>::fns};
 
 OUTRO_TGT void gemm(float* y, const uint16_t* xp, int n, const void* w, DType wt, int64_t rows, int64_t cols,
                     int64_t r0, int64_t r1) {
   if (r1 <= r0 || n <= 0) return;
   const int64_t kp = round32(cols);
-  const int64_t ntiles = (cols + kMaxTile - 1) / kMaxTile;
-  const int64_t kt = round32((cols + ntiles - 1) / ntiles);  // tile width: a function of cols only
+  const int n16 = round16(n);
+  // Odd cols: the last pair would read past a row's end, so those rows go through a panel too.
+  const bool direct = wt == DType::BF16 && cols % 2 == 0;
+  const int64_t npairs = direct ? cols / 2 : kp / 2;  // x's pairs past cols are zeros
   const auto* wb = static_cast<const uint16_t*>(w);
-  thread_local std::vector<uint16_t> conv;
-  if (wt != DType::BF16) conv.resize(size_t(kRowBlock) * size_t(kt));
-  for (int64_t rb = r0; rb < r1; rb += kRowBlock) {
-    const int nr = int(imin(kRowBlock, r1 - rb));
-    for (int64_t c0 = 0; c0 < cols; c0 += kt) {
-      const int64_t kc = imin(kt, cols - c0);
-      const uint16_t* wt0 = wb + rb * cols + c0;
-      int64_t ldw = cols;
-      if (wt != DType::BF16) {
-        for (int j = 0; j < nr; ++j) f16_row_to_bf16(conv.data() + j * kt, wb + (rb + j) * cols + c0, kc);
-        wt0 = conv.data();
-        ldw = kt;
-      }
-      for (int i = 0; i < n; i += MX) {
-        const int mx = int(imin(MX, n - i));
-        for (int j = 0; j < nr; j += NJ) {
-          const int nj = int(imin(NJ, nr - j));
-          float out[MX * NJ];
-          kMicro[mx - 1][nj - 1](xp + int64_t(i) * kp + c0, kp, wt0 + j * ldw, ldw, kc, out);
-          for (int ii = 0; ii < mx; ++ii) {
-            float* yr = y + int64_t(i + ii) * rows + rb + j;
-            for (int jj = 0; jj < nj; ++jj) yr[jj] = c0 == 0 ? out[ii * nj + jj] : yr[jj] + out[ii * nj + jj];
-          }
-        }
-      }
+  thread_local std::vector<uint16_t> panel;
+  if (!direct && panel.size() < size_t(NR * kp)) panel.resize(size_t(NR * kp));
+  // Weight rows in blocks of NR; for each, every 64 x rows. A block's weights (NR x cols bf16) stay
+  // in L1 across the x blocks; x (n16 x kp bf16) is read from L2 once per weight block.
+  for (int64_t rb = r0; rb < r1; rb += NR) {
+    const int nr = int(imin(NR, r1 - rb));
+    const uint16_t* wr = wb + rb * cols;
+    int64_t ldw = cols;
+    if (!direct) {
+      fill_panel(panel.data(), wb, wt, cols, kp, rb, nr);
+      wr = panel.data();
+      ldw = kp;
+    }
+    for (int ib = 0; ib < n16; ib += 16 * NI) {
+      const int nv = int(imin(NI, (n16 - ib) / 16));
+      kMicro[nr - 1][nv - 1](wr, ldw, xp + 2 * int64_t(ib), n16, npairs, y + int64_t(ib) * rows + rb, rows, n - ib);
     }
   }
 }
