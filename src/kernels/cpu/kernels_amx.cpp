@@ -6,8 +6,8 @@
 //
 // Operands. The tile product wants its B operand in "pairs of k" order (row p of B holds, for each
 // column, the elements 2p and 2p+1 of the reduction). Making the weights A and x B puts that burden
-// on x, which is rounded to bf16 once per product anyway: x is packed as xp[k/2][n16][2] (n rounded
-// up to 16 rows, k to 32 columns, zeros; the AVX-512 BF16 path's pack), and a weight block of 16 rows x 32 k is read in place
+// on x, which is rounded to bf16 once per product anyway: x is packed in pairs of k, 16 rows side by
+// side (bf16_layout.h; the AVX-512 BF16 path's pack), and a weight block of 16 rows x 32 k is read in place
 // from the row-major bf16 matrix, no repacking. C = W·Xᵀ is a block of yᵀ, transposed on the store.
 // Blocks the matrix cannot give in place (f16 weights, cols not a multiple of 32, the last partial
 // 16 rows) are copied (and rounded) into a zero-padded panel first.
@@ -15,10 +15,12 @@
 // Summation order: each output element is its own tdpbf16ps chain over the 32-column steps in order,
 // whatever block it falls in, so results depend only on the shapes, never on the thread split.
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/bf16_layout.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -85,15 +87,16 @@ OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t 
 }
 
 // One block: NA weight tiles (16 rows each) x NB x tiles (16 rows each), all `steps` k steps.
-// a[t], lda: the weight tiles' first element and row stride (bytes); b: the first x column pair.
+// a[t], lda: the weight tiles' first element and row stride (bytes); b: the first x row's pair 0 in
+// its packed block of bw rows.
 template <int NA, int NB>
-void block(const uint16_t* const* a, int64_t lda, const uint16_t* b, int n16, int64_t steps, float* c) {
+void block(const uint16_t* const* a, int64_t lda, const uint16_t* b, int bw, int64_t steps, float* c) {
   T_ZERO(0);
   if (NB > 1) T_ZERO(1);
   if (NA > 1) T_ZERO(2);
   if (NA > 1 && NB > 1) T_ZERO(3);
-  const int64_t ldb = int64_t(n16) * 4;       // bytes per k pair
-  const int64_t bstep = int64_t(n16) * 2 * 16;  // uint16 elements per 32-column step
+  const int64_t ldb = int64_t(bw) * 4;       // bytes per k pair
+  const int64_t bstep = int64_t(bw) * 2 * 16;  // uint16 elements per 32-column step
   for (int64_t s = 0; s < steps; ++s) {
     T_LOAD(4, a[0] + s * 32, lda);
     if (NA > 1) T_LOAD(5, a[1] + s * 32, lda);
@@ -119,42 +122,49 @@ OUTRO_TGT void gemm(float* y, const uint16_t* xp, int n, const void* w, DType wt
   thread_local std::vector<uint16_t> panel;
   alignas(64) float c[4 * 256];
   load_config();  // tile configuration is per thread
-  for (int64_t rb = r0; rb < r1; rb += 32) {
-    const int na = r1 - rb > 16 ? 2 : 1;
-    const uint16_t* a[2] = {nullptr, nullptr};
-    int nra[2] = {0, 0};
-    int64_t lda = cols * 2;
-    bool direct = wt == DType::BF16 && cols % 32 == 0;
-    for (int t = 0; t < na; ++t) {
-      nra[t] = int(imin(16, r1 - (rb + 16 * t)));
-      direct = direct && nra[t] == 16;
-    }
-    if (direct) {
-      for (int t = 0; t < na; ++t) a[t] = wb + (rb + 16 * t) * cols;
-    } else {
-      if (panel.size() < size_t(32 * kp)) panel.resize(size_t(32 * kp));
+  // x in chunks of about 512 KiB (a multiple of 32 rows) that stay in L2 while every weight block of
+  // this thread's rows passes over them; blocking changes no summation order.
+  const int chunk = int(std::max<int64_t>(64, (int64_t(512) << 10) / (kp * 2) / 64 * 64));  // whole blocks
+  for (int i0 = 0; i0 < n16; i0 += chunk) {
+    const int i1 = int(imin(n16, int64_t(i0) + chunk));
+    for (int64_t rb = r0; rb < r1; rb += 32) {
+      const int na = r1 - rb > 16 ? 2 : 1;
+      const uint16_t* a[2] = {nullptr, nullptr};
+      int nra[2] = {0, 0};
+      int64_t lda = cols * 2;
+      bool direct = wt == DType::BF16 && cols % 32 == 0;
       for (int t = 0; t < na; ++t) {
-        fill_panel(panel.data() + t * 16 * kp, wb, wt, cols, kp, rb + 16 * t, nra[t]);
-        a[t] = panel.data() + t * 16 * kp;
+        nra[t] = int(imin(16, r1 - (rb + 16 * t)));
+        direct = direct && nra[t] == 16;
       }
-      lda = kp * 2;
-    }
-    for (int ib = 0; ib < n16; ib += 32) {
-      const int nb = n16 - ib > 16 ? 2 : 1;
-      const uint16_t* b = xp + int64_t(ib) * 2;
-      if (na == 2 && nb == 2) block<2, 2>(a, lda, b, n16, steps, c);
-      else if (na == 2) block<2, 1>(a, lda, b, n16, steps, c);
-      else if (nb == 2) block<1, 2>(a, lda, b, n16, steps, c);
-      else block<1, 1>(a, lda, b, n16, steps, c);
-      for (int ta = 0; ta < na; ++ta)
-        for (int tb = 0; tb < nb; ++tb) {
-          const float* ct = c + (2 * ta + tb) * 256;  // ct[r][i]: output row rb + 16ta + r, x row ib + 16tb + i
-          const int ni = int(imin(16, n - (ib + 16 * tb)));
-          for (int i = 0; i < ni; ++i) {
-            float* yr = y + int64_t(ib + 16 * tb + i) * rows + rb + 16 * ta;
-            for (int r = 0; r < nra[ta]; ++r) yr[r] = ct[r * 16 + i];
-          }
+      if (direct) {
+        for (int t = 0; t < na; ++t) a[t] = wb + (rb + 16 * t) * cols;
+      } else {
+        if (panel.size() < size_t(32 * kp)) panel.resize(size_t(32 * kp));
+        for (int t = 0; t < na; ++t) {
+          fill_panel(panel.data() + t * 16 * kp, wb, wt, cols, kp, rb + 16 * t, nra[t]);
+          a[t] = panel.data() + t * 16 * kp;
         }
+        lda = kp * 2;
+      }
+      for (int ib = i0; ib < i1; ib += 32) {  // 32-row steps never straddle a packed block
+        const int bw = bf16x::block_width(n16, ib);
+        const int nb = bw - ib % bf16x::kBlock > 16 ? 2 : 1;
+        const uint16_t* b = xp + bf16x::row_offset(kp, ib);
+        if (na == 2 && nb == 2) block<2, 2>(a, lda, b, bw, steps, c);
+        else if (na == 2) block<2, 1>(a, lda, b, bw, steps, c);
+        else if (nb == 2) block<1, 2>(a, lda, b, bw, steps, c);
+        else block<1, 1>(a, lda, b, bw, steps, c);
+        for (int ta = 0; ta < na; ++ta)
+          for (int tb = 0; tb < nb; ++tb) {
+            const float* ct = c + (2 * ta + tb) * 256;  // ct[r][i]: output row rb + 16ta + r, x row ib + 16tb + i
+            const int ni = int(imin(16, n - (ib + 16 * tb)));
+            for (int i = 0; i < ni; ++i) {
+              float* yr = y + int64_t(ib + 16 * tb + i) * rows + rb + 16 * ta;
+              for (int r = 0; r < nra[ta]; ++r) yr[r] = ct[r * 16 + i];
+            }
+          }
+      }
     }
   }
   release();

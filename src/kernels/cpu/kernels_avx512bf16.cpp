@@ -3,18 +3,19 @@
 // with target attributes only, so it runs only where the CPU reports avx512_bf16.
 //
 // Layout. vdpbf16ps multiplies 16 pairs of bf16 and adds each pair's sum into a float32 lane. The
-// lanes run over 16 rows of x: x is packed once per product as xp[k/2][n16][2] (pairs of
-// consecutive k, n rounded up to 16 rows, k to 32 columns, zeros), so one load gives the pair p of
-// 16 x rows, and the matching weight pair w[r][2p..2p+1] is one 32-bit broadcast straight from the
+// lanes run over 16 rows of x: x is packed once per product in pairs of consecutive k, 16 rows side
+// by side (bf16_layout.h), so one load gives the pair p of 16 x rows, and the matching weight pair w[r][2p..2p+1] is one 32-bit broadcast straight from the
 // row-major bf16 matrix: no weight repacking, at load time or per tile. A micro-tile of 6 weight
 // rows x 64 x rows keeps 24 accumulators in registers over the whole k range, so there is no
 // horizontal reduction and each output element is a single chain over k in order: a function of
 // the shapes only, never of the thread split. The same packed x feeds the AMX path (kernels_amx.cpp).
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/bf16_layout.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -46,24 +47,29 @@ OUTRO_INL __m512i cvt32(const float* p, int n) {
   return (__m512i)_mm512_cvtne2ps_pbh(b, a);
 }
 
-inline int round16(int n) { return (n + 15) / 16 * 16; }
+using bf16x::round16;
 
-size_t packed_size(int n, int64_t cols) { return size_t(round16(n)) * size_t(round32(cols)); }
+size_t packed_size(int n, int64_t cols) { return bf16x::packed_size(n, cols); }
 
 OUTRO_TGT void pack(uint16_t* xp, const float* x, int n, int64_t cols, int i0, int i1) {
   const int64_t kp = round32(cols);
   const int n16 = round16(n);
-  // The pair (2p, 2p+1) of row i at xp[2 (p n16 + i)] (memcpy: xp is only 2-byte aligned for the type).
+  // memcpy: xp is only 2-byte aligned for the type.
   alignas(64) uint32_t tmp[16];
   for (int i = i0; i < i1; ++i) {
     const float* xr = x + int64_t(i) * cols;
+    uint16_t* d = xp + bf16x::row_offset(kp, i);
+    const int64_t w2 = 2 * bf16x::block_width(n16, i);
     for (int64_t c = 0; c < kp; c += 32) {
       _mm512_store_si512(tmp, cvt32(xr + c, int(imin(32, cols - c))));  // c < cols
-      for (int p = 0; p < 16; ++p) std::memcpy(xp + 2 * ((c / 2 + p) * n16 + i), &tmp[p], 4);
+      for (int p = 0; p < 16; ++p) std::memcpy(d + (c / 2 + p) * w2, &tmp[p], 4);
     }
   }
-  if (i1 == n)
-    for (int64_t p = 0; p < kp / 2; ++p) std::memset(xp + 2 * (p * n16 + n), 0, size_t(n16 - n) * 4);
+  if (i1 == n && n < n16) {  // padding rows, all in the last block
+    const int64_t w2 = 2 * bf16x::block_width(n16, n);
+    uint16_t* d = xp + bf16x::row_offset(kp, n);
+    for (int64_t p = 0; p < kp / 2; ++p) std::memset(d + p * w2, 0, size_t(n16 - n) * 4);
+  }
 }
 
 // Rows [r, r + nr) of f16 (or odd-length bf16) weights as bf16 pairs, zero-padded to kp columns.
@@ -88,11 +94,12 @@ OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t 
 }
 
 constexpr int NR = 6, NI = 4;  // micro-tile: 6 weight rows x 4 vectors of 16 x rows (24 accumulators)
+static_assert(16 * NI == bf16x::kBlock, "a micro-tile spans one packed block");
 
 // y[16v + l][r] for r < NRR, v < NIV, l < 16 (and 16v + l < nvalid) over npairs k pairs. w: NRR
-// rows of bf16 with row stride ldw; x: the packed pairs from the block's first x row.
+// rows of bf16 with row stride ldw; x: the packed pairs of the first x row, ldx elements per pair.
 template <int NRR, int NIV>
-OUTRO_TGT void micro(const uint16_t* w, int64_t ldw, const uint16_t* x, int n16, int64_t npairs, float* y,
+OUTRO_TGT void micro(const uint16_t* w, int64_t ldw, const uint16_t* x, int64_t ldx, int64_t npairs, float* y,
                      int64_t rows, int nvalid) {
   __m512 acc[NRR][NIV];
   OUTRO_UNROLL
@@ -102,7 +109,7 @@ OUTRO_TGT void micro(const uint16_t* w, int64_t ldw, const uint16_t* x, int n16,
   for (int64_t p = 0; p < npairs; ++p) {
     __m512i xv[NIV];
     OUTRO_UNROLL
-    for (int v = 0; v < NIV; ++v) xv[v] = _mm512_loadu_si512(x + 2 * (p * n16 + 16 * v));
+    for (int v = 0; v < NIV; ++v) xv[v] = _mm512_loadu_si512(x + p * ldx + 32 * v);
     OUTRO_UNROLL
     for (int r = 0; r < NRR; ++r) {
       const __m512i wv = _mm512_broadcastd_epi32(_mm_loadu_si32(w + r * ldw + 2 * p));
@@ -122,7 +129,7 @@ OUTRO_TGT void micro(const uint16_t* w, int64_t ldw, const uint16_t* x, int n16,
   }
 }
 
-using MicroFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int, int64_t, float*, int64_t, int);
+using MicroFn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*, int64_t, int);
 template <int R>
 struct MicroRow {
   static constexpr MicroFn fns[NI] = {micro<R, 1>, micro<R, 2>, micro<R, 3>, micro<R, 4>};
@@ -141,20 +148,26 @@ OUTRO_TGT void gemm(float* y, const uint16_t* xp, int n, const void* w, DType wt
   const auto* wb = static_cast<const uint16_t*>(w);
   thread_local std::vector<uint16_t> panel;
   if (!direct && panel.size() < size_t(NR * kp)) panel.resize(size_t(NR * kp));
-  // Weight rows in blocks of NR; for each, every 64 x rows. A block's weights (NR x cols bf16) stay
-  // in L1 across the x blocks; x (n16 x kp bf16) is read from L2 once per weight block.
-  for (int64_t rb = r0; rb < r1; rb += NR) {
-    const int nr = int(imin(NR, r1 - rb));
-    const uint16_t* wr = wb + rb * cols;
-    int64_t ldw = cols;
-    if (!direct) {
-      fill_panel(panel.data(), wb, wt, cols, kp, rb, nr);
-      wr = panel.data();
-      ldw = kp;
-    }
-    for (int ib = 0; ib < n16; ib += 16 * NI) {
-      const int nv = int(imin(NI, (n16 - ib) / 16));
-      kMicro[nr - 1][nv - 1](wr, ldw, xp + 2 * int64_t(ib), n16, npairs, y + int64_t(ib) * rows + rb, rows, n - ib);
+  // x in chunks of about 384 KiB (a multiple of 64 rows), so a chunk stays in L2 while every weight
+  // block of this thread's rows passes over it; within a chunk, weight rows in blocks of NR (in L1)
+  // and, for each, the chunk's x in blocks of 64 rows. Blocking changes no summation order.
+  const int chunk = int(std::max<int64_t>(64, (int64_t(384) << 10) / (kp * 2) / 64 * 64));
+  for (int i0 = 0; i0 < n16; i0 += chunk) {
+    const int i1 = int(imin(n16, int64_t(i0) + chunk));
+    for (int64_t rb = r0; rb < r1; rb += NR) {
+      const int nr = int(imin(NR, r1 - rb));
+      const uint16_t* wr = wb + rb * cols;
+      int64_t ldw = cols;
+      if (!direct) {
+        fill_panel(panel.data(), wb, wt, cols, kp, rb, nr);
+        wr = panel.data();
+        ldw = kp;
+      }
+      for (int ib = i0; ib < i1; ib += bf16x::kBlock) {  // one block: 64 rows, or the last one's
+        const int bw = bf16x::block_width(n16, ib);
+        kMicro[nr - 1][bw / 16 - 1](wr, ldw, xp + bf16x::row_offset(kp, ib), 2 * bw, npairs,
+                                    y + int64_t(ib) * rows + rb, rows, n - ib);
+      }
     }
   }
 }
