@@ -123,8 +123,6 @@ bool cpu_has_amx_bits();  // below, with the AMX probe
 
 constexpr Isa kBestFirst[] = {Isa::Amx, Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable};
 
-std::string g_note;  // written once, by choose(), before g_active is published
-
 const Kernels* choose() {
   const char* env = std::getenv("OUTRO_ISA");
   if (env && *env) {
@@ -144,11 +142,8 @@ const Kernels* choose() {
                    env);
   }
   // A CPU with tiles whose kernel refuses them: said once here (and by isa_note(), e.g. in `info`).
-  const char* why = "";
-  if (!cpu_amx_usable(&why)) {
-    g_note = std::string("AMX not used: ") + why;
-    if (cpu_has_amx_bits()) std::fprintf(stderr, "outro: %s; using the next CPU path\n", g_note.c_str());
-  }
+  if (!cpu_amx_usable(nullptr) && cpu_has_amx_bits())
+    std::fprintf(stderr, "outro: %s; using the next CPU path\n", isa_note());
   for (Isa i : kBestFirst)
     if (const Kernels* k = kernels_for(i)) return k;
   return &kPortable;
@@ -298,8 +293,11 @@ Isa best_f32_isa() {
 }
 
 const char* isa_note() {
-  kernels();  // the note is written when the set is chosen
-  return g_note.c_str();
+  static const std::string note = [] {
+    const char* why = "";
+    return cpu_amx_usable(&why) ? std::string() : std::string("AMX not used: ") + why;
+  }();
+  return note.c_str();
 }
 
 void gemm_rows(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols,

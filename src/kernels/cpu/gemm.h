@@ -76,7 +76,7 @@ bool set_isa(Isa isa);
 const char* isa_name(Isa isa);
 // The best float32-only set this CPU has (parity tests that need float32 products pin it).
 Isa best_f32_isa();
-// Why a better set than the active one is not in use (e.g. the kernel refused AMX tile data), or "".
+// Why the AMX set is not usable here (no tiles, or the kernel refused tile data), or "" when it is.
 const char* isa_note();
 
 // Per-ISA sets, defined in their own translation units (nullptr-returning when not compiled).
