@@ -29,6 +29,7 @@
 
 #define OUTRO_TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")))
 
+#ifndef OUTRO_AMX_EMULATE
 // Tile instructions as inline assembly with a memory clobber on loads and stores (GCC 12's
 // _tile_loadd declares no memory read, so a panel written just before could be reordered past it).
 #define T_LOAD(t, base, stride) \
@@ -37,6 +38,21 @@
   __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(long(stride)) : "memory")
 #define T_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define T_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define T_CONFIG(cfg) __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory")
+#define T_RELEASE() __asm__ volatile("tilerelease" ::: "memory")
+#else
+// Test build (tests/amx_emulation): the same kernel on a C++ model of the eight 16x64-byte tiles and
+// tdpbf16ps, so its loops and addressing run (under ASan too) on a CPU without AMX. Each load and
+// store touches exactly the bytes the instruction would. The set is then amx_emulated_kernels().
+#include "kernels/cpu/amx_emulation.h"
+#define T_LOAD(t, base, stride) amx_emu::load(t, base, stride)
+#define T_STORE(t, base, stride) amx_emu::store(t, base, stride)
+#define T_ZERO(t) amx_emu::zero(t)
+#define T_DP(c, a, b) amx_emu::dpbf16ps(c, a, b)
+#define T_CONFIG(cfg) amx_emu::config(&(cfg))
+#define T_RELEASE() amx_emu::release()
+#define amx_kernels amx_emulated_kernels
+#endif
 
 namespace outro::cpu {
 
@@ -61,9 +77,9 @@ void load_config() {
     cfg.colsb[t] = 64;
     cfg.rows[t] = 16;
   }
-  __asm__ volatile("ldtilecfg %0" ::"m"(cfg) : "memory");
+  T_CONFIG(cfg);
 }
-void release() { __asm__ volatile("tilerelease" ::: "memory"); }
+void release() { T_RELEASE(); }
 
 // Rows [r, r + nr) of w, all columns, rounded to bf16 into a 16 x kp panel (zeros elsewhere).
 OUTRO_TGT void fill_panel(uint16_t* panel, const uint16_t* w, DType wt, int64_t cols, int64_t kp, int64_t r, int nr) {
