@@ -2,10 +2,15 @@
 // Qwen2-0.5B (hidden 896, intermediate 4864, 24 layers, 14 heads, 2 KV heads, vocab 151936, tied
 // embeddings, q/k/v biases, rope_theta 1e6) to a temporary folder, loads it, and times a prefill and
 // decode steps through Session. Decode streams every weight matrix once per token, so its speed is
-// reported as achieved bandwidth and as a fraction of the measured read bandwidth.
+// reported as achieved bandwidth and as a fraction of the measured read bandwidth. Prefill is bound
+// by the matrix units, so the peak of each CPU path (float32 FMA, AVX-512 BF16 vdpbf16ps, AMX
+// tiles: whichever this CPU has) is measured by a register-only microbenchmark on every thread, and
+// prefill's achieved TFLOP/s is reported as a fraction of the peak of the path it ran on. --gemm
+// also times the decoder's products alone (through the backend) on every path.
 //
 //   bench_cpu [--layers N] [--dtype f32|bf16|f16] [--prefill N] [--decode N] [--reps N]
-//             [--threads N] [--isa portable|avx2|avx512] [--bw-mib N] [--keep DIR] [--bw-only]
+//             [--threads N] [--isa portable|avx2|avx512|avx512bf16|amx] [--bw-mib N] [--keep DIR]
+//             [--bw-only] [--peak-only] [--gemm]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -158,6 +163,93 @@ double measure_read_bw(size_t mib, int reps, double* checksum) {
   return double(n * sizeof(float)) / best;
 }
 
+// Best-of-reps flop/s of a peak probe run on every pool thread at once.
+double measure_peak(double (*probe)(int64_t), int reps) {
+  auto& pool = ThreadPool::global();
+  const size_t parts = size_t(pool.size());
+  int64_t iters = 1 << 16;
+  for (;;) {  // size the run to ~50 ms per thread
+    auto t = Clock::now();
+    probe(iters);
+    if (since(t) > 0.05 || iters > (int64_t(1) << 32)) break;
+    iters *= 2;
+  }
+  double best = 0;
+  for (int r = 0; r < reps; ++r) {
+    std::vector<double> flops(parts);
+    auto t = Clock::now();
+    pool.parallel_for(parts, [&](size_t p0, size_t p1) {
+      for (size_t p = p0; p < p1; ++p) flops[p] = probe(iters);
+    });
+    const double dt = since(t);
+    double f = 0;
+    for (double v : flops) f += v;
+    best = std::max(best, f / dt);
+  }
+  return best;
+}
+
+struct Peak {
+  std::string path;
+  double flops;
+};
+
+// The peak of every path this CPU can run.
+std::vector<Peak> measure_peaks() {
+  std::vector<Peak> v;
+  for (cpu::Isa i : {cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Avx512Bf16, cpu::Isa::Amx}) {
+    const cpu::Kernels* k = cpu::kernels_for(i);
+    if (!k) continue;
+    if (k->mm) v.push_back({std::string(k->mm->name) + " (bf16 in, f32 accumulate)", measure_peak(k->mm->peak, 3)});
+    else if (k->peak) v.push_back({std::string(k->name) + " f32 FMA", measure_peak(k->peak, 3)});
+  }
+  return v;
+}
+
+// The peak of the unit the active set multiplies n-row products with (weights of type dt) on.
+double active_peak(DType dt, int n) {
+  const cpu::Kernels& k = cpu::kernels();
+  if (cpu::uses_bf16(k, n, dt)) return measure_peak(k.mm->peak, 3);
+  return k.peak ? measure_peak(k.peak, 3) : 0.0;
+}
+
+// The decoder's products alone (the 0.5B shape's q, gate/up, down) at n rows, on every path.
+void bench_gemm(const Shape& s, DType dt, int n, int reps) {
+  auto be = make_cpu_backend();
+  const int64_t D = s.hidden, I = s.intermediate;
+  const int64_t shapes[][2] = {{D, D}, {I, D}, {D, I}};
+  std::printf("\nproducts y[%d, rows] = x[%d, cols] · wᵀ (%s weights), best of %d, TFLOP/s:\n", n, n, dtype_name(dt), reps);
+  std::printf("| path | %lldx%lld | %lldx%lld | %lldx%lld |\n|---|---|---|---|\n", (long long)D, (long long)D,
+              (long long)I, (long long)D, (long long)D, (long long)I);
+  const cpu::Isa saved = cpu::kernels().isa;
+  for (cpu::Isa i : {cpu::Isa::Avx2, cpu::Isa::Avx512, cpu::Isa::Avx512Bf16, cpu::Isa::Amx}) {
+    if (!cpu::set_isa(i)) continue;
+    std::printf("| %s |", cpu::isa_name(i));
+    for (auto [rows, cols] : shapes) {
+      TensorOut w = random_tensor("w", {rows, cols}, dt, 0, 0.02f, uint64_t(rows + cols));
+      Weight wt;
+      wt.dtype = dt;
+      wt.rows = rows;
+      wt.cols = cols;
+      wt.data = w.bytes.data();
+      std::vector<float> xs(size_t(n) * size_t(cols), 0.01f);
+      Buf x = be->alloc(xs.size()), y = be->alloc(size_t(n) * size_t(rows));
+      be->upload(x, 0, xs.data(), xs.size());
+      double best = 1e30;
+      for (int r = 0; r < reps + 1; ++r) {  // the first is a warm-up
+        auto t = Clock::now();
+        be->matmul(y, x, n, wt, nullptr);
+        if (r) best = std::min(best, since(t));
+      }
+      std::printf(" %.3f |", 2.0 * double(n) * double(rows) * double(cols) / best / 1e12);
+      be->release(x);
+      be->release(y);
+    }
+    std::printf("\n");
+  }
+  cpu::set_isa(saved);
+}
+
 struct TempDir {
   std::string path;
   bool keep = false;
@@ -172,7 +264,8 @@ struct TempDir {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr,
                "bench_cpu: %s\nusage: bench_cpu [--layers N] [--dtype f32|bf16|f16] [--prefill N] [--decode N] "
-               "[--reps N] [--threads N] [--isa portable|avx2|avx512] [--bw-mib N] [--keep DIR] [--bw-only]\n",
+               "[--reps N] [--threads N] [--isa portable|avx2|avx512|avx512bf16|amx] [--bw-mib N] [--keep DIR] "
+               "[--bw-only] [--peak-only] [--gemm]\n",
                why);
   std::exit(2);
 }
@@ -185,7 +278,7 @@ int main(int argc, char** argv) {
   int prefill = 128, decode = 32, reps = 3, threads = 0;
   size_t bw_mib = 1024;
   std::string isa, keep_dir;
-  bool bw_only = false;
+  bool bw_only = false, peak_only = false, gemm = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -208,6 +301,8 @@ int main(int argc, char** argv) {
     else if (a == "--isa") isa = val();
     else if (a == "--keep") keep_dir = val();
     else if (a == "--bw-only") bw_only = true;
+    else if (a == "--peak-only") peak_only = true;
+    else if (a == "--gemm") gemm = true;
     else if (a == "--dtype") {
       std::string v = val();
       if (v == "f32") dt = DType::F32;
@@ -226,7 +321,9 @@ int main(int argc, char** argv) {
     if (isa == "portable") want = cpu::Isa::Portable;
     else if (isa == "avx2") want = cpu::Isa::Avx2;
     else if (isa == "avx512") want = cpu::Isa::Avx512;
-    else usage(("--isa: expected portable, avx2 or avx512, found '" + isa + "'").c_str());
+    else if (isa == "avx512bf16") want = cpu::Isa::Avx512Bf16;
+    else if (isa == "amx") want = cpu::Isa::Amx;
+    else usage(("--isa: expected portable, avx2, avx512, avx512bf16 or amx, found '" + isa + "'").c_str());
     if (!cpu::set_isa(want)) {
       std::fprintf(stderr, "bench_cpu: this CPU cannot run the %s kernels\n", isa.c_str());
       return 1;
@@ -234,7 +331,15 @@ int main(int argc, char** argv) {
   }
   try {
     auto& pool = ThreadPool::global();
-    std::printf("ISA: %s   threads: %d\n", cpu::gemm_isa(), pool.size());
+    std::printf("ISA: %s   threads: %d%s%s\n", cpu::gemm_isa(), pool.size(), *cpu::isa_note() ? "   note: " : "",
+                cpu::isa_note());
+    std::printf("measured peak of each CPU path (all %d threads, register-only microbenchmark):\n", pool.size());
+    for (const Peak& p : measure_peaks()) std::printf("  %-40s %.3f TFLOP/s\n", p.path.c_str(), p.flops / 1e12);
+    if (peak_only) return 0;
+    if (gemm) {
+      bench_gemm(shape, dt, prefill, reps);
+      bench_gemm(shape, dt, 8, reps);
+    }
 
     double checksum = 0;
     const double bw = measure_read_bw(bw_mib, 5, &checksum);
@@ -270,6 +375,21 @@ int main(int argc, char** argv) {
     std::vector<int32_t> next(static_cast<size_t>(decode));
     for (auto& id : next) id = int32_t(rng.next() % uint64_t(c.vocab));
 
+    // Prefill's flops: every layer's products for every token, attention's QKᵀ and PV over the causal
+    // prefix, and the lm_head for the last token only (Session::forward's default).
+    double prefill_flops = 2.0 * double(model->lm_head->numel());
+    {
+      const int hd = c.head_dim, H = c.heads;
+      for (const auto& l : model->layers)
+        for (const TensorInfo* m : {l.q, l.k, l.v, l.o, l.gate, l.up, l.down})
+          prefill_flops += 2.0 * double(m->numel()) * prefill;
+      prefill_flops += double(c.layers) * 4.0 * H * hd * (double(prefill) * (prefill + 1) / 2);
+    }
+    const cpu::Kernels& K = cpu::kernels();
+    const bool bf16_path = cpu::uses_bf16(K, prefill, dt);
+    const std::string prefill_path = bf16_path ? K.mm->name : std::string(K.name) + " f32";
+    const double peak = active_peak(dt, prefill);
+
     std::vector<float> logits;
     double best_prefill = 1e30, best_decode = 1e30;
     for (int r = 0; r < reps; ++r) {
@@ -297,6 +417,10 @@ int main(int argc, char** argv) {
     std::printf("| %s | %s | %s | %d | %.1f | %.2f | %.2f | %.0f%% |\n", model_name, dtype_name(dt), cpu::gemm_isa(),
                 pool.size(), ptok, dtok, dbw / 1e9, 100.0 * dbw / bw);
     std::printf("(measured read bandwidth %.2f GB/s)\n", bw / 1e9);
+    const double tf = prefill_flops / best_prefill;
+    std::printf("prefill: %.2f GFLOP per prompt, %.3f TFLOP/s achieved on the %s path = %.0f%% of its measured peak "
+                "(%.3f TFLOP/s)\n",
+                prefill_flops / 1e9, tf / 1e12, prefill_path.c_str(), peak > 0 ? 100.0 * tf / peak : 0.0, peak / 1e12);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cpu: %s\n", e.what());
     return 1;

@@ -4,6 +4,7 @@
 //   bench_media [--layers-text N] [--depth-vision N] [--layers-audio N] [--seconds S] [--device cpu|cuda]
 // Depths default to 2 so a CPU run stays short; every figure is also extrapolated to the full
 // 3B depths (36 text layers, 32 vision blocks, 32 audio layers). It prints figures, never fails.
+// On the CPU, OUTRO_ISA picks the kernel set (e.g. avx512 for float32 products, avx512bf16, amx).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/gemm.h"
 #include "models/model.h"
 #include "models/multimodal_input.h"
 #include "runtime/session.h"
@@ -179,7 +181,8 @@ int main(int argc, char** argv) {
     int nv = 0, na = 0;
     for (auto k : p.prefill.modality) nv += k == 2, na += k == 3;
     const auto& g = p.media.videos[0];
-    std::printf("bench_media: %.0f s clip 640x360 @30 fps (mpeg4 + aac), backend %s\n", seconds, be->name());
+    std::printf("bench_media: %.0f s clip 640x360 @30 fps (mpeg4 + aac), backend %s%s%s\n", seconds, be->name(),
+                device == "cuda" ? "" : ", CPU kernels ", device == "cuda" ? "" : cpu::gemm_isa());
     std::printf("  video: %d frames sampled -> grid %dx%dx%d (%d patches, %d tokens); audio: %d mel frames (%d tokens)\n",
                 g.t * 2, g.t, g.h, g.w, g.t * g.h * g.w, nv, p.media.audio_frames[0], na);
     std::printf("  decode+preprocess video  %8.3f s\n", p.timings.decode_video);

@@ -156,3 +156,40 @@ TEST(Cli, LauncherLocalRankFromEnvironment) {
 
 }  // namespace
 }  // namespace outro
+
+namespace outro {
+namespace {
+
+// `info` names the CPU path the products run on and why a better one is not used. Asking for AMX
+// on a CPU (or kernel) that cannot give it falls back with one note and never crashes (no SIGILL).
+TEST(Cli, InfoNamesTheCpuPathAndAmxRequestsFallBackCleanly) {
+  const std::string dir = test::fixture("models/qwen2_mqa_bf16");
+  auto r = run_cli("info --model " + dir);
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')));
+  ASSERT_TRUE(j.contains("cpu")) << r.out;
+  EXPECT_EQ(j["cpu"]["kernels"], cpu::kernels().name);
+  EXPECT_EQ(j["cpu"]["note"], cpu::isa_note());
+  const std::string cmd = "OUTRO_ISA=amx " + std::string(std::getenv("OUTRO_BIN") ? std::getenv("OUTRO_BIN") : OUTRO_BINARY_DIR "/outro") +
+                          " info --model " + dir + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t k;
+  while ((k = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, k);
+  const int st = pclose(p);
+  ASSERT_TRUE(WIFEXITED(st)) << "killed by a signal: " << out;
+  EXPECT_EQ(WEXITSTATUS(st), 0) << out;
+  auto jf = nlohmann::json::parse(out.substr(out.find('{')));
+  if (cpu::isa_supported(cpu::Isa::Amx)) {
+    EXPECT_EQ(jf["cpu"]["kernels"], "amx") << out;
+  } else {
+    EXPECT_NE(jf["cpu"]["kernels"], "amx") << out;
+    EXPECT_NE(out.find("OUTRO_ISA=amx is not supported by this CPU"), std::string::npos) << out;
+    EXPECT_NE(std::string(jf["cpu"]["note"]).find("AMX not used"), std::string::npos) << out;
+  }
+}
+
+}  // namespace
+}  // namespace outro

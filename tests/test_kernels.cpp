@@ -1,6 +1,8 @@
 // CPU kernels: every ISA the machine has against the portable path and a double-precision
-// reference (all weight dtypes, odd shapes), determinism across row splits, the fast exp's accuracy,
-// and every Backend op of make_cpu_backend() against straightforward loops written here.
+// reference (all weight dtypes, odd shapes), the bf16 matrix paths (AVX-512 BF16, AMX: whichever
+// this CPU has; the others are reported as skipped) against bf16 error bounds, determinism across
+// row splits, the fast exp's accuracy, and every Backend op of make_cpu_backend() against
+// straightforward loops written here.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -73,6 +75,20 @@ std::vector<Isa> all_isas() {
   for (Isa i : simd_isas()) v.push_back(i);
   return v;
 }
+// The bf16 matrix paths this CPU can run; the others are printed as skipped (once per test).
+std::vector<Isa> bf16_isas() {
+  std::vector<Isa> v;
+  for (Isa i : {Isa::Avx512Bf16, Isa::Amx}) {
+    if (cpu::isa_supported(i)) {
+      v.push_back(i);
+    } else {
+      const char* why = "";
+      if (i == Isa::Amx) cpu::cpu_amx_usable(&why);
+      std::printf("[  skipped ] %s path: not available on this CPU%s%s\n", cpu::isa_name(i), *why ? ": " : "", why);
+    }
+  }
+  return v;
+}
 
 // Restores the active kernel set when a test switches it.
 struct IsaGuard {
@@ -84,7 +100,9 @@ const DType kDtypes[] = {DType::F32, DType::BF16, DType::F16};
 
 TEST(Kernels, DispatchReportsAnAvailableIsa) {
   const char* name = cpu::gemm_isa();
-  EXPECT_TRUE(!std::strcmp(name, "portable") || !std::strcmp(name, "avx2") || !std::strcmp(name, "avx512")) << name;
+  EXPECT_TRUE(!std::strcmp(name, "portable") || !std::strcmp(name, "avx2") || !std::strcmp(name, "avx512") ||
+              !std::strcmp(name, "avx512bf16") || !std::strcmp(name, "amx"))
+      << name;
   EXPECT_TRUE(cpu::isa_supported(Isa::Portable));
   EXPECT_NE(cpu::kernels_for(Isa::Portable), nullptr);
   for (Isa i : simd_isas()) EXPECT_STREQ(cpu::kernels_for(i)->name, cpu::isa_name(i));
@@ -137,13 +155,152 @@ TEST(Kernels, GemmRowsUsesTheActiveSet) {
   IsaGuard guard;
   const Mat w = make_mat(DType::BF16, 9 * 50, 3);
   const auto x = randn(2 * 50, 4);
-  for (Isa isa : all_isas()) {
+  std::vector<Isa> isas = all_isas();
+  for (Isa i : bf16_isas()) isas.push_back(i);
+  for (Isa isa : isas) {
     ASSERT_TRUE(cpu::set_isa(isa));
     EXPECT_STREQ(cpu::gemm_isa(), cpu::isa_name(isa));
     std::vector<float> a(18), b(18);
     cpu::gemm_rows(a.data(), x.data(), 2, w.bytes.data(), DType::BF16, 9, 50, 0, 9);
     cpu::kernels_for(isa)->gemm(b.data(), x.data(), 2, w.bytes.data(), DType::BF16, 9, 50, 0, 9);
     EXPECT_EQ(a, b);
+  }
+}
+
+// ---- the bf16 matrix paths ----
+//
+// A bf16 product rounds each x to bf16 (8 significant bits, round to nearest even: relative error
+// <= u = 2^-8) and, for f16 weights, each weight too (another u); bf16 weights are exact. Each term
+// x·w is then off by at most u|x·w| (bf16 weights) or (2u + u²)|x·w| (f16 weights), and float32
+// accumulation adds at most (number of sequential adds)·2^-24 of Σ|x·w|: one chain per 32 columns
+// (vdpbf16ps lanes / tile steps) plus the lane reduction and tile sums, under K/32 + 16 adds, i.e.
+// < 2^-12 for K <= 4096. So per element
+//   |y - x·w| <= (2^-8 or 2^-7, + 2^-11) · Σ_k |x_k·w_k|          (against the float32 operands)
+//   |y - bf16(x)·bf16(w)| <= 2^-12 · Σ_k |bf16(x_k)·bf16(w_k)|     (the same rounded operands, in double)
+// The second bound is the kernel's own correctness check: a wrong index, tail or tile costs far
+// more than 2^-12 of the absolute sum.
+double bf16_bound(DType wt) { return (wt == DType::BF16 ? 1.0 / 256 : 1.0 / 128) + 1.0 / 2048; }
+
+struct Bf16Ref {
+  std::vector<double> y, abs;    // against the float32 operands
+  std::vector<double> yb, absb;  // against the bf16-rounded operands
+};
+
+Bf16Ref bf16_ref(const std::vector<float>& x, const Mat& w, int n, int64_t rows, int64_t cols) {
+  Bf16Ref r;
+  for (auto* v : {&r.y, &r.abs, &r.yb, &r.absb}) v->assign(size_t(n * rows), 0.0);
+  for (int i = 0; i < n; ++i)
+    for (int64_t o = 0; o < rows; ++o) {
+      double a = 0, aa = 0, b = 0, ba = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double xv = x[size_t(i * cols + c)], wv = w.vals[size_t(o * cols + c)];
+        const double xb = bf16_to_f32(f32_to_bf16(float(xv))), wb = bf16_to_f32(f32_to_bf16(float(wv)));
+        a += xv * wv, aa += std::fabs(xv * wv), b += xb * wb, ba += std::fabs(xb * wb);
+      }
+      const size_t k = size_t(i * rows + o);
+      r.y[k] = a, r.abs[k] = aa, r.yb[k] = b, r.absb[k] = ba;
+    }
+  return r;
+}
+
+// Largest |y - ref| / Σ|terms| over the elements (the bound is per element).
+double worst(const std::vector<float>& y, const std::vector<double>& ref, const std::vector<double>& abs) {
+  double m = 0;
+  for (size_t i = 0; i < ref.size(); ++i) m = std::max(m, std::fabs(double(y[i]) - ref[i]) / (abs[i] + 1e-30));
+  return m;
+}
+
+TEST(Kernels, Bf16PathsMatchReferenceWithinBf16Bounds) {
+  const auto isas = bf16_isas();
+  if (isas.empty()) GTEST_SKIP() << "no bf16 matrix path on this CPU";
+  const cpu::Kernels* f32 = cpu::kernels_for(Isa::Avx512);
+  ASSERT_NE(f32, nullptr);
+  // Odd shapes: cols below, at, and off multiples of 32 (tails, padding); rows off multiples of 16/32.
+  const int64_t shapes[][2] = {{1, 1}, {5, 7}, {17, 33}, {37, 100}, {33, 896}, {48, 1176}, {21, 3420}, {40, 64}, {6, 4097}};
+  for (Isa isa : isas) {
+    const Kernels* k = cpu::kernels_for(isa);
+    ASSERT_NE(k->mm, nullptr);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      for (auto [rows, cols] : shapes) {
+        const Mat w = make_mat(dt, size_t(rows * cols), uint64_t(rows * 1000 + cols) + 5);
+        for (int n : {2, 3, 4, 7, 16, 17, 33, 40, 130}) {  // 130: several x chunks at cols 4097
+          SCOPED_TRACE(std::string(k->name) + " " + dtype_name(dt) + " rows " + std::to_string(rows) + " cols " +
+                       std::to_string(cols) + " n " + std::to_string(n));
+          const auto x = randn(size_t(n * cols), uint64_t(n + 7 * cols) + 1);
+          std::vector<float> y(size_t(n * rows), NAN);
+          k->gemm(y.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+          if (!cpu::uses_bf16(*k, n, dt)) {
+            // Below min_n the set keeps the float32 kernels: identical to the AVX-512 set.
+            std::vector<float> yf(y.size(), NAN);
+            f32->gemm(yf.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+            EXPECT_EQ(0, std::memcmp(y.data(), yf.data(), y.size() * 4)) << "below min_n";
+            continue;
+          }
+          const Bf16Ref ref = bf16_ref(x, w, n, rows, cols);
+          EXPECT_LT(worst(y, ref.yb, ref.absb), 1.0 / 4096) << "against the bf16-rounded operands";
+          EXPECT_LT(worst(y, ref.y, ref.abs), bf16_bound(dt)) << "against the float32 operands";
+          // The rounding is real: on these shapes the result differs from the float32 kernels.
+          if (cols >= 33) {
+            std::vector<float> yf(y.size());
+            f32->gemm(yf.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+            EXPECT_NE(0, std::memcmp(y.data(), yf.data(), y.size() * 4)) << "x was not rounded to bf16?";
+          }
+          // Any split of the rows (as threads make) and of the packing gives bit-identical results,
+          // through the two-phase interface the backend uses.
+          const cpu::MatPath& mm = *k->mm;
+          std::vector<uint16_t> xp(mm.packed_size(n, cols), 0xffff);  // garbage where pack must write
+          const int icut = n / 2;
+          mm.pack(xp.data(), x.data(), n, cols, icut, n);
+          mm.pack(xp.data(), x.data(), n, cols, 0, icut);
+          for (int64_t cut : {int64_t(0), int64_t(1), int64_t(16), int64_t(17), rows / 2 + 1}) {
+            if (cut >= rows) continue;
+            std::vector<float> ys(y.size(), NAN);
+            mm.gemm(ys.data(), xp.data(), n, w.bytes.data(), dt, rows, cols, 0, cut);
+            mm.gemm(ys.data(), xp.data(), n, w.bytes.data(), dt, rows, cols, cut, rows);
+            EXPECT_EQ(0, std::memcmp(ys.data(), y.data(), y.size() * 4)) << "split at " << cut;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Kernels, Bf16PathsKeepFloat32WeightsAndDecodeOnFloat32Kernels) {
+  const auto isas = bf16_isas();
+  if (isas.empty()) GTEST_SKIP() << "no bf16 matrix path on this CPU";
+  const cpu::Kernels* f32 = cpu::kernels_for(Isa::Avx512);
+  for (Isa isa : isas) {
+    const Kernels* k = cpu::kernels_for(isa);
+    EXPECT_FALSE(cpu::uses_bf16(*k, 64, DType::F32)) << k->name;
+    EXPECT_FALSE(cpu::uses_bf16(*k, 1, DType::BF16)) << k->name;
+    EXPECT_TRUE(cpu::uses_bf16(*k, 64, DType::BF16)) << k->name;
+    for (auto [dt, n] : {std::pair{DType::F32, 40}, std::pair{DType::BF16, 1}}) {
+      const Mat w = make_mat(dt, 50 * 300, 9);
+      const auto x = randn(size_t(n) * 300, 10);
+      std::vector<float> a(size_t(n) * 50), b(size_t(n) * 50);
+      k->gemm(a.data(), x.data(), n, w.bytes.data(), dt, 50, 300, 0, 50);
+      f32->gemm(b.data(), x.data(), n, w.bytes.data(), dt, 50, 300, 0, 50);
+      EXPECT_EQ(a, b) << k->name << " " << dtype_name(dt) << " n " << n;
+    }
+  }
+}
+
+TEST(Kernels, AmxIsUsedOnlyWhenUsableAndSaysWhyNot) {
+  const char* why = "";
+  const bool usable = cpu::cpu_amx_usable(&why);
+  EXPECT_EQ(usable, cpu::isa_supported(Isa::Amx));
+  if (usable) {
+    EXPECT_STREQ(why, "");
+    std::printf("[ kernels  ] AMX usable (tile-data permission granted)\n");
+  } else {
+    EXPECT_STRNE(why, "") << "a refusal must say why";
+    EXPECT_EQ(cpu::kernels_for(Isa::Amx), nullptr);
+    IsaGuard guard;
+    EXPECT_FALSE(cpu::set_isa(Isa::Amx));
+    EXPECT_NE(cpu::kernels().isa, Isa::Amx);
+    // The automatic choice records the reason (shown by `outro info`).
+    EXPECT_NE(std::string(cpu::isa_note()).find("AMX not used"), std::string::npos) << cpu::isa_note();
+    std::printf("[  skipped ] amx kernels: %s\n", why);
   }
 }
 
@@ -281,6 +438,39 @@ TEST_F(BackendTest, MatmulWithBias) {
             ref[size_t(i * rows + r)] = acc;
           }
         EXPECT_LT(rel(get(yb), ref), 1e-5);
+      }
+    }
+  }
+}
+
+// The backend's product on a bf16 path: x packed once (in parallel for large products), rows split
+// over the pool; the same bits as the set's single-threaded kernel plus the bias, within the bounds.
+TEST_F(BackendTest, MatmulOnBf16Paths) {
+  const auto isas = bf16_isas();
+  if (isas.empty()) GTEST_SKIP() << "no bf16 matrix path on this CPU";
+  IsaGuard guard;
+  for (Isa isa : isas) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    const Kernels* k = cpu::kernels_for(isa);
+    for (DType dt : {DType::BF16, DType::F16}) {
+      for (auto [n, rows, cols] : {std::tuple{4, 100, 70}, std::tuple{37, 300, 900}, std::tuple{130, 520, 1000}}) {
+        SCOPED_TRACE(std::string(k->name) + " " + dtype_name(dt) + " n " + std::to_string(n) + " rows " +
+                     std::to_string(rows));
+        const Mat w = make_mat(dt, size_t(rows * cols), 11), bias = make_mat(dt, size_t(rows), 12);
+        const auto x = randn(size_t(n * cols), 13);
+        Buf xb = keep(put(x)), yb = keep(be->alloc(size_t(n * rows)));
+        const Weight ww = weight_of(w, rows, cols), bw = weight_of(bias, 1, rows);
+        be->matmul(yb, xb, n, ww, &bw);
+        const auto y = get(yb);
+        std::vector<float> want(size_t(n * rows));
+        k->gemm(want.data(), x.data(), n, w.bytes.data(), dt, rows, cols, 0, rows);
+        for (int i = 0; i < n; ++i)
+          for (int r = 0; r < rows; ++r) want[size_t(i * rows + r)] += bias.vals[size_t(r)];
+        EXPECT_EQ(y, want);
+        Bf16Ref ref = bf16_ref(x, w, n, rows, cols);
+        for (int i = 0; i < n; ++i)
+          for (int r = 0; r < rows; ++r) ref.y[size_t(i * rows + r)] += bias.vals[size_t(r)];
+        EXPECT_LT(worst(y, ref.y, ref.abs), bf16_bound(dt));
       }
     }
   }

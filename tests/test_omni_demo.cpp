@@ -115,6 +115,7 @@ std::vector<int32_t> greedy(Session& s, const std::vector<float>& prefill_logits
 // values and log-mel as the transformers processors made them), the harness's question text and
 // our chat prompt: ids, positions, encoder outputs, logits and the greedy answer.
 TEST(OmniDemo, ClipItemsMatchReference) {
+  test::F32Products pin;  // float32 math, as the reference
   Demo& d = demo();
   const Fixture& f = fx();
   const int V = d.model->config().vocab;
@@ -228,6 +229,7 @@ TEST(OmniDemo, ClipItemsThroughTheMediaPath) {
 
 // The text-only item: the decoder alone.
 TEST(OmniDemo, TextItemMatchesReference) {
+  test::F32Products pin;  // float32 math, as the reference
   Demo& d = demo();
   const Fixture& f = fx();
   const int V = d.model->config().vocab;

@@ -52,7 +52,10 @@ std::vector<float> run_all(const Model& m, Backend& be, const std::vector<int32_
   return logits;
 }
 
-class Parity : public ::testing::TestWithParam<std::string> {};
+// Float32 products throughout: these compare with transformers' float32 math at 1e-4.
+class Parity : public ::testing::TestWithParam<std::string> {
+  test::F32Products pin_;
+};
 
 TEST_P(Parity, LogitsHiddenStatesAndAttention) {
   const std::string name = GetParam();

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "io/safetensors.h"
+#include "kernels/cpu/gemm.h"
 
 namespace outro::test {
 
@@ -63,6 +64,18 @@ inline std::string tmp_dir(const std::string& name) {
   std::filesystem::create_directories(p);
   return p.string();
 }
+
+// Pins the CPU backend to float32 products (the best float32-only kernel set here) for its lifetime:
+// parity tests against float32 references at 1e-4 need it, since the default on a CPU with bf16
+// units rounds x to bf16 in the products of n >= min_n rows (tests/test_bf16_forward.cpp covers
+// that path against its own tolerances). The previous set is restored on destruction.
+struct F32Products {
+  cpu::Isa saved = cpu::kernels().isa;
+  F32Products() { cpu::set_isa(cpu::best_f32_isa()); }
+  ~F32Products() { cpu::set_isa(saved); }
+  F32Products(const F32Products&) = delete;
+  F32Products& operator=(const F32Products&) = delete;
+};
 
 // The message of the outro::Error that f throws, or "<no error>".
 inline std::string error_of(const std::function<void()>& f) {

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "frontend/frontend.h"
 #include "io/safetensors.h"
+#include "kernels/cpu/gemm.h"
 
 namespace outro::cli {
 
@@ -82,6 +83,14 @@ int cmd_info(int argc, char** argv) {
         std::fprintf(stderr, "left out %zu %s tensors (%llu bytes): outro runs the thinker only\n", l.tensors,
                      l.prefix.substr(0, l.prefix.size() - 1).c_str(), (unsigned long long)l.bytes);
   }
+  // The CPU backend's kernels: which path products run on here, and why a better one is not used
+  // (no AMX, or the kernel refused tile data).
+  const cpu::Kernels& k = cpu::kernels();
+  j["cpu"] = {{"kernels", k.name},
+              {"matmul", k.mm ? std::string(k.mm->name) + " (bf16/f16 weights, n >= " + std::to_string(k.mm->min_n) +
+                                    " rows; float32 accumulation)"
+                              : std::string("float32")},
+              {"note", cpu::isa_note()}};
   std::cout << j.dump(2) << "\n";
   return 0;
 }

@@ -88,18 +88,38 @@ class CpuBackend final : public Backend {
     // Waking the pool costs tens of microseconds: a decode step's small projections (k, v of a
     // GQA model) stream faster on the calling thread than that.
     const double work = double(rows) * double(cols) * (double(n) + double(dtype_size(w.dtype)));
-    auto body = [&](size_t b0, size_t b1) {
-      int64_t r0 = int64_t(b0) * blk, r1 = std::min<int64_t>(rows, int64_t(b1) * blk);
-      cpu::gemm_rows(F(y), F(x), n, w.data, w.dtype, rows, cols, r0, r1);
-    };
-    if (work < 786432.0)
-      body(0, nblk);
-    else
-      pool.parallel_for(nblk, body);
+    const auto& K = cpu::kernels();
+    if (cpu::uses_bf16(K, n, w.dtype)) {
+      // The bf16 matrix path: x rounded and packed once for the whole product (not per thread).
+      const cpu::MatPath& mm = *K.mm;
+      xpack_.resize(mm.packed_size(n, cols));
+      uint16_t* xp = xpack_.data();
+      auto pack = [&](size_t i0, size_t i1) { mm.pack(xp, F(x), n, cols, int(i0), int(i1)); };
+      if (double(n) * double(cols) < 65536.0)
+        pack(0, size_t(n));
+      else
+        pool.parallel_for(size_t(n), pack);
+      auto body = [&](size_t b0, size_t b1) {
+        int64_t r0 = int64_t(b0) * blk, r1 = std::min<int64_t>(rows, int64_t(b1) * blk);
+        mm.gemm(F(y), xp, n, w.data, w.dtype, rows, cols, r0, r1);
+      };
+      if (work < 786432.0)
+        body(0, nblk);
+      else
+        pool.parallel_for(nblk, body);
+    } else {
+      auto body = [&](size_t b0, size_t b1) {
+        int64_t r0 = int64_t(b0) * blk, r1 = std::min<int64_t>(rows, int64_t(b1) * blk);
+        K.gemm(F(y), F(x), n, w.data, w.dtype, rows, cols, r0, r1);
+      };
+      if (work < 786432.0)
+        body(0, nblk);
+      else
+        pool.parallel_for(nblk, body);
+    }
     if (bias && *bias) {
       std::vector<float> b(size_t(bias->cols));
       to_f32(bias->dtype, bias->data, b.data(), b.size());
-      const auto& K = cpu::kernels();
       for (int i = 0; i < n; ++i) K.axpy(F(y) + size_t(i) * rows, 1.f, b.data(), rows);  // y += 1·b is exact
     }
   }
@@ -335,6 +355,9 @@ class CpuBackend final : public Backend {
       v[best] = 0.f;
     }
   }
+
+ private:
+  std::vector<uint16_t> xpack_;  // the bf16 matrix path's packed x, reused across products
 };
 
 }  // namespace

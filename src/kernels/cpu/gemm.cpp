@@ -2,8 +2,14 @@
 #include "kernels/cpu/gemm.h"
 
 #include <atomic>
+#include <cerrno>
+#include <string>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #include <cmath>
 #include <cstdio>
@@ -98,7 +104,8 @@ double sum_portable(const float* x, int64_t n) {
 
 const Kernels kPortable = {"portable",         Isa::Portable,      gemm_portable,      dot_portable,
                            axpy_portable,      sumsq_portable,     scale_mul_portable, swiglu_portable,
-                           exp_shift_portable, exp_portable,       sum_portable};
+                           exp_shift_portable, exp_portable,       sum_portable,       nullptr,
+                           nullptr};
 
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -112,6 +119,40 @@ bool cpu_has_avx2() {
 #endif
 }
 
+bool cpu_has_amx_bits();  // below, with the AMX probe
+
+constexpr Isa kBestFirst[] = {Isa::Amx, Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2, Isa::Portable};
+
+const Kernels* choose() {
+  const char* env = std::getenv("OUTRO_ISA");
+  if (env && *env) {
+    bool known = false;
+    for (Isa i : kBestFirst) {
+      if (std::strcmp(env, isa_name(i))) continue;
+      known = true;
+      if (const Kernels* k = kernels_for(i)) return k;
+      const char* why = "";
+      if (i == Isa::Amx) cpu_amx_usable(&why);
+      std::fprintf(stderr, "outro: OUTRO_ISA=%s is not supported by this CPU%s%s; choosing automatically\n", env,
+                   *why ? ": " : "", why);
+    }
+    if (!known)
+      std::fprintf(stderr,
+                   "outro: OUTRO_ISA=%s is not one of portable, avx2, avx512, avx512bf16, amx; choosing automatically\n",
+                   env);
+  }
+  // A CPU with tiles whose kernel refuses them: said once here (and by isa_note(), e.g. in `info`).
+  if (!cpu_amx_usable(nullptr) && cpu_has_amx_bits())
+    std::fprintf(stderr, "outro: %s; using the next CPU path\n", isa_note());
+  for (Isa i : kBestFirst)
+    if (const Kernels* k = kernels_for(i)) return k;
+  return &kPortable;
+}
+
+std::atomic<const Kernels*> g_active{nullptr};
+
+}  // namespace
+
 bool cpu_has_avx512() {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
@@ -122,37 +163,84 @@ bool cpu_has_avx512() {
 #endif
 }
 
-const Kernels* choose() {
-  const char* env = std::getenv("OUTRO_ISA");
-  if (env && *env) {
-    Isa want;
-    if (!std::strcmp(env, "portable")) want = Isa::Portable;
-    else if (!std::strcmp(env, "avx2")) want = Isa::Avx2;
-    else if (!std::strcmp(env, "avx512")) want = Isa::Avx512;
-    else {
-      std::fprintf(stderr, "outro: OUTRO_ISA=%s is not one of portable, avx2, avx512; choosing automatically\n", env);
-      want = Isa::Avx512;
-      env = nullptr;
-    }
-    if (env) {
-      if (const Kernels* k = kernels_for(want)) return k;
-      std::fprintf(stderr, "outro: OUTRO_ISA=%s is not supported by this CPU; choosing automatically\n", env);
-    }
-  }
-  if (const Kernels* k = kernels_for(Isa::Avx512)) return k;
-  if (const Kernels* k = kernels_for(Isa::Avx2)) return k;
-  return &kPortable;
+bool cpu_has_avx512bf16() {
+#if defined(__x86_64__) || defined(__i386__)
+  // CPUID leaf 7 sub-leaf 1, EAX bit 5 (read directly: older compilers' __builtin_cpu_supports lack it).
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return cpu_has_avx512() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));
+#else
+  return false;
+#endif
 }
 
-std::atomic<const Kernels*> g_active{nullptr};
+namespace {
+// CPUID leaf 7 sub-leaf 0, EDX: bit 22 AMX-BF16, bit 24 AMX-TILE.
+bool cpu_has_amx_bits() {
+#if defined(__x86_64__)
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d & (1u << 22)) && (d & (1u << 24));
+#else
+  return false;
+#endif
+}
 
+struct AmxState {
+  bool ok = false;
+  std::string why;
+};
+
+AmxState probe_amx() {
+  AmxState s;
+#if defined(__x86_64__)
+  if (!cpu_has_amx_bits()) {
+    s.why = "this CPU has no AMX-BF16 tiles";
+    return s;
+  }
+  if (!cpu_has_avx512bf16()) {  // the path packs x with AVX-512 BF16 conversions
+    s.why = "this CPU has AMX but not AVX-512 BF16";
+    return s;
+  }
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) {
+    s.why = "the OS does not enable XSAVE (OSXSAVE is clear)";
+    return s;
+  }
+  unsigned lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if ((lo & (3u << 17)) != (3u << 17)) {
+    s.why = "the OS does not enable the tile state (XCR0 bits 17-18 clear)";
+    return s;
+  }
+#if defined(__linux__)
+  // Linux 5.16+ keeps tile data off until a process asks (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+  // without the permission the first tile instruction raises SIGILL.
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  if (syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) != 0) {
+    s.why = std::string("Linux refused tile-data permission (arch_prctl ARCH_REQ_XCOMP_PERM: ") + std::strerror(errno) + ")";
+    return s;
+  }
+#endif
+  s.ok = true;
+#else
+  s.why = "not an x86-64 CPU";
+#endif
+  return s;
+}
 }  // namespace
+
+bool cpu_amx_usable(const char** why) {
+  static const AmxState s = probe_amx();  // the permission is asked once per process
+  if (why) *why = s.why.c_str();
+  return s.ok;
+}
 
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::Portable: return true;
     case Isa::Avx2: return avx2_kernels() && cpu_has_avx2();
     case Isa::Avx512: return avx512_kernels() && cpu_has_avx512();
+    case Isa::Avx512Bf16: return avx512bf16_kernels() && cpu_has_avx512bf16();
+    case Isa::Amx: return amx_kernels() && cpu_amx_usable(nullptr);
   }
   return false;
 }
@@ -163,6 +251,8 @@ const Kernels* kernels_for(Isa isa) {
     case Isa::Portable: return &kPortable;
     case Isa::Avx2: return avx2_kernels();
     case Isa::Avx512: return avx512_kernels();
+    case Isa::Avx512Bf16: return avx512bf16_kernels();
+    case Isa::Amx: return amx_kernels();
   }
   return nullptr;
 }
@@ -190,8 +280,24 @@ const char* isa_name(Isa isa) {
     case Isa::Portable: return "portable";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::Avx512Bf16: return "avx512bf16";
+    case Isa::Amx: return "amx";
   }
   return "?";
+}
+
+Isa best_f32_isa() {
+  for (Isa i : {Isa::Avx512, Isa::Avx2})
+    if (isa_supported(i)) return i;
+  return Isa::Portable;
+}
+
+const char* isa_note() {
+  static const std::string note = [] {
+    const char* why = "";
+    return cpu_amx_usable(&why) ? std::string() : std::string("AMX not used: ") + why;
+  }();
+  return note.c_str();
 }
 
 void gemm_rows(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols,

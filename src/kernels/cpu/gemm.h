@@ -1,9 +1,14 @@
 // CPU kernels: y[n, rows] = x[n, cols] · wᵀ with w in f32/f16/bf16 and float32 x, y, plus the
 // vector primitives of the other hot ops (attention dot products, softmax exp, rmsnorm, swiglu).
-// The ISA (AVX-512, AVX2+FMA+F16C, portable) is chosen once at run time from what the CPU has;
-// OUTRO_ISA=portable|avx2|avx512 forces one (a request the CPU cannot run falls back, with a note
-// on stderr). Every kernel sums each output element in an order that depends only on the shapes,
-// never on how callers split rows across threads, so results are identical for any thread count.
+// The ISA (AMX-BF16, AVX-512 + BF16, AVX-512, AVX2+FMA+F16C, portable) is chosen once at run time
+// from what the CPU (and, for AMX, the kernel's tile-data permission) allows; OUTRO_ISA=portable|
+// avx2|avx512|avx512bf16|amx forces one (a request the CPU cannot run falls back, with a note on
+// stderr). The two bf16 sets are the AVX-512 set plus a matrix path (MatPath): products with
+// n >= min_n rows and bf16/f16 weights round x to bf16 once, multiply on the bf16 units (vdpbf16ps
+// or AMX tiles) and accumulate in float32, as the CUDA backend does; float32 weights and decode-sized
+// products keep the float32 kernels. Every kernel sums each output element in an order that depends
+// only on the shapes, never on how callers split rows across threads, so results are identical for
+// any thread count.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -16,10 +21,26 @@ namespace outro::cpu {
 void gemm_rows(float* y, const float* x, int n, const void* w, DType wt, int64_t rows, int64_t cols,
                int64_t r0, int64_t r1);
 
-// Name of the kernel set in use ("avx512", "avx2", "portable").
+// Name of the kernel set in use ("amx", "avx512bf16", "avx512", "avx2", "portable").
 const char* gemm_isa();
 
-enum class Isa { Portable, Avx2, Avx512 };
+enum class Isa { Portable, Avx2, Avx512, Avx512Bf16, Amx };
+
+// A bf16 matrix path. x is packed (rounded to bf16, zero-padded, laid out for the unit) once per
+// product; gemm then computes output rows [r0, r1) from the packed x, single-threaded.
+struct MatPath {
+  const char* name;  // "avx512bf16", "amx"
+  int min_n;         // smallest n it is used for: below it the float32 kernels are as fast or faster
+  size_t (*packed_size)(int n, int64_t cols);  // uint16 elements of the packed x
+  // Packs rows [i0, i1) of x; disjoint ranges may run on different threads. The range that ends at
+  // n also writes the padding rows.
+  void (*pack)(uint16_t* xp, const float* x, int n, int64_t cols, int i0, int i1);
+  // wt is BF16 or F16 (f16 weights are rounded to bf16 tile by tile).
+  void (*gemm)(float* y, const uint16_t* xp, int n, const void* w, DType wt, int64_t rows, int64_t cols,
+               int64_t r0, int64_t r1);
+  // Peak probe: runs the unit's multiply-accumulate on registers only and returns the flops done.
+  double (*peak)(int64_t iters);
+};
 
 // One ISA's kernel set. All pointers are non-null.
 struct Kernels {
@@ -35,7 +56,14 @@ struct Kernels {
   float (*exp_shift)(float* s, int64_t n, float m);  // s ← exp(s − m); returns Σ s
   void (*exp)(float* y, const float* x, int64_t n);  // y = exp(x) (for tests)
   double (*sum)(const float* x, int64_t n);          // Σ x, streaming (bandwidth probe)
+  double (*peak)(int64_t iters);  // float32 FMA peak probe (flops done); nullptr for portable
+  const MatPath* mm;              // the bf16 matrix path; nullptr in the float32 sets
 };
+
+// Whether the product y = x·wᵀ of n rows with weights of type wt runs on k's bf16 matrix path.
+inline bool uses_bf16(const Kernels& k, int n, DType wt) {
+  return k.mm && n >= k.mm->min_n && (wt == DType::BF16 || wt == DType::F16);
+}
 
 // The active set (chosen on first use: OUTRO_ISA, else the best the CPU supports).
 const Kernels& kernels();
@@ -46,9 +74,21 @@ const Kernels* kernels_for(Isa isa);
 // Switches the active set (tests); returns false (and changes nothing) when unsupported.
 bool set_isa(Isa isa);
 const char* isa_name(Isa isa);
+// The best float32-only set this CPU has (parity tests that need float32 products pin it).
+Isa best_f32_isa();
+// Why the AMX set is not usable here (no tiles, or the kernel refused tile data), or "" when it is.
+const char* isa_note();
 
 // Per-ISA sets, defined in their own translation units (nullptr-returning when not compiled).
 const Kernels* avx2_kernels();
 const Kernels* avx512_kernels();
+const Kernels* avx512bf16_kernels();
+const Kernels* amx_kernels();
+
+// CPU feature probes (CPUID / XCR0). cpu_amx_usable() also asks Linux for tile-data permission
+// (arch_prctl ARCH_REQ_XCOMP_PERM, once per process) and sets *why when AMX cannot be used.
+bool cpu_has_avx512();
+bool cpu_has_avx512bf16();
+bool cpu_amx_usable(const char** why);
 
 }  // namespace outro::cpu

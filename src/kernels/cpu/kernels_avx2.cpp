@@ -103,7 +103,7 @@ struct V {
 
 namespace {
 const Kernels kAvx2 = {"avx2",      Isa::Avx2, k_gemm,      k_dot, k_axpy, k_sumsq,
-                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum};
+                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum, k_peak, nullptr};
 }
 
 const Kernels* avx2_kernels() { return &kAvx2; }

@@ -105,7 +105,7 @@ struct V {
 
 namespace {
 const Kernels kAvx512 = {"avx512", Isa::Avx512, k_gemm,      k_dot,  k_axpy, k_sumsq,
-                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum};
+                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum, k_peak, nullptr};
 }
 
 const Kernels* avx512_kernels() { return &kAvx512; }
