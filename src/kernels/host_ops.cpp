@@ -169,59 +169,84 @@ float kth_abs(const float* h, size_t n, size_t k) {
 }
 }  // namespace
 
-// kth_abs on the thread pool, for large n: each thread histograms its share on the top 12 bits of
-// the key (bits 30..19; 4096 bins, cheap to merge), the k-th key's bin is found, each thread copies
-// its values of that bin, and kth_abs selects among those (a few percent of n). The same value.
-float kth_abs_parallel(const float* h, size_t n, size_t k) {
+// On the thread pool, for large prompts: one pass takes the row maxima and a histogram of the top
+// 12 bits of every key (the bits of |h|, bits 30..19), a second the next 12 bits (18..7) of the keys
+// in the median's bin, a third copies the keys that share those 24 bits (a few hundred), and
+// nth_element picks among them. Each thread has its own histograms (4096 counters), summed after.
+float phi_stats_parallel(const float* h, int n, int dim, float* row_max) {
   auto key = [](float v) {
     uint32_t b;
     std::memcpy(&b, &v, 4);
-    return (b & 0x7fffffffu) >> 19;
+    return b & 0x7fffffffu;
   };
   ThreadPool& pool = ThreadPool::global();
-  const size_t parts = size_t(pool.size());
-  std::vector<std::vector<uint32_t>> hist(parts, std::vector<uint32_t>(4096, 0));
-  pool.parallel_for(parts, [&](size_t p0, size_t p1) {
-    for (size_t p = p0; p < p1; ++p)
-      for (size_t i = n * p / parts; i < n * (p + 1) / parts; ++i) ++hist[p][key(h[i])];
+  const size_t P = size_t(pool.size()), N = size_t(n) * size_t(dim);
+  size_t k = (N - 1) / 2;
+  std::vector<uint32_t> hist(P * 4096, 0);
+  pool.parallel_for(P, [&](size_t p0, size_t p1) {
+    for (size_t p = p0; p < p1; ++p) {
+      uint32_t* hp = hist.data() + p * 4096;
+      for (size_t i = size_t(n) * p / P; i < size_t(n) * (p + 1) / P; ++i) {
+        const float* row = h + i * size_t(dim);
+        float m = 0.f;
+        for (int c = 0; c < dim; ++c) {
+          m = std::max(m, std::fabs(row[c]));
+          ++hp[key(row[c]) >> 19];
+        }
+        row_max[i] = m;
+      }
+    }
   });
-  uint32_t bin = 0;
-  size_t before = 0;
-  for (;; ++bin) {
-    size_t c = 0;
-    for (size_t p = 0; p < parts; ++p) c += hist[p][bin];
-    if (before + c > k || bin == 4095) break;
-    before += c;
-  }
-  std::vector<std::vector<float>> in(parts);
-  pool.parallel_for(parts, [&](size_t p0, size_t p1) {
-    for (size_t p = p0; p < p1; ++p)
-      for (size_t i = n * p / parts; i < n * (p + 1) / parts; ++i)
-        if (key(h[i]) == bin) in[p].push_back(h[i]);
+  // The bin (of 4096) holding the k-th key; k becomes its rank inside the bin.
+  auto pick = [&](const std::vector<uint32_t>& hs) {
+    uint32_t bin = 0;
+    for (;; ++bin) {
+      size_t c = 0;
+      for (size_t p = 0; p < P; ++p) c += hs[p * 4096 + bin];
+      if (k < c || bin == 4095) return bin;
+      k -= c;
+    }
+  };
+  const uint32_t top = pick(hist);
+  std::fill(hist.begin(), hist.end(), 0u);
+  pool.parallel_for(P, [&](size_t p0, size_t p1) {
+    for (size_t p = p0; p < p1; ++p) {
+      uint32_t* hp = hist.data() + p * 4096;
+      for (size_t i = N * p / P; i < N * (p + 1) / P; ++i) {
+        const uint32_t b = key(h[i]);
+        if ((b >> 19) == top) ++hp[(b >> 7) & 4095u];
+      }
+    }
   });
-  std::vector<float> all;
+  const uint32_t prefix = (top << 12) | pick(hist);
+  std::vector<std::vector<uint32_t>> in(P);
+  pool.parallel_for(P, [&](size_t p0, size_t p1) {
+    for (size_t p = p0; p < p1; ++p)
+      for (size_t i = N * p / P; i < N * (p + 1) / P; ++i) {
+        const uint32_t b = key(h[i]);
+        if ((b >> 7) == prefix) in[p].push_back(b);
+      }
+  });
+  std::vector<uint32_t> all;
   for (auto& v : in) all.insert(all.end(), v.begin(), v.end());
-  return kth_abs(all.data(), all.size(), k - before);
+  std::nth_element(all.begin(), all.begin() + long(k), all.end());
+  float v;
+  std::memcpy(&v, &all[k], 4);
+  return v;
 }
 
 float phi_stats(const float* h, int n, int dim, float* row_max) {
   const size_t N = size_t(n) * size_t(dim);
   if (N == 0) return 0.f;
-  auto rows = [&](size_t i0, size_t i1) {
-    for (size_t i = i0; i < i1; ++i) {
-      float m = 0.f;
-      const float* row = h + i * size_t(dim);
-      for (int c = 0; c < dim; ++c) m = std::max(m, std::fabs(row[c]));
-      row_max[i] = m;
-    }
-  };
   // Below ~64K values the pool's hand-off costs more than the work.
-  if (N < 65536) {
-    rows(0, size_t(n));
-    return kth_abs(h, N, (N - 1) / 2);
+  if (N >= 65536) return phi_stats_parallel(h, n, dim, row_max);
+  for (int i = 0; i < n; ++i) {
+    float m = 0.f;
+    const float* row = h + size_t(i) * dim;
+    for (int c = 0; c < dim; ++c) m = std::max(m, std::fabs(row[c]));
+    row_max[i] = m;
   }
-  ThreadPool::global().parallel_for(size_t(n), rows);
-  return kth_abs_parallel(h, N, (N - 1) / 2);
+  return kth_abs(h, N, (N - 1) / 2);
 }
 
 void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul, float* row_max) {
