@@ -13,7 +13,7 @@ ctest --test-dir build --output-on-failure -j"$jobs" --timeout 900
 if [ "${OUTRO_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== tests under ASan+UBSan"
   cmake -S . -B build-asan -DOUTRO_SANITIZE=ON -DOUTRO_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-  cmake --build build-asan -j"$jobs" --target outro outro_tests
+  cmake --build build-asan -j"$jobs" --target outro outro_tests outro_amx_emulation_tests
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan --output-on-failure -j"$jobs" --timeout 1800
 fi
