@@ -22,6 +22,7 @@
 
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "core/error.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_api.h"
@@ -34,15 +35,12 @@
 
 using namespace outro;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using bench::Clock;
+using bench::median;
+using bench::since;
 
 namespace {
 
-double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
 std::vector<std::string> split(const std::string& s) {
   std::vector<std::string> out;
   size_t a = 0;

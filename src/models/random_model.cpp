@@ -46,7 +46,9 @@ inline float hashed_value(uint64_t i, uint64_t seed, float mean, float sd) {
 }
 
 // All threads fill a mapped file: for checkpoints of many GB.
-void write_hashed(const std::string& path, const std::vector<Planned>& ts, DType dt, uint64_t seed) {
+// plant: element index into the first tensor (-1: none) that gets plant_value after the fill.
+void write_hashed(const std::string& path, const std::vector<Planned>& ts, DType dt, uint64_t seed, int64_t plant,
+                  float plant_value) {
   nlohmann::json hdr = nlohmann::json::object();
   const size_t es = dtype_size(dt);
   size_t data = 0;
@@ -84,6 +86,7 @@ void write_hashed(const std::string& path, const std::vector<Planned>& ts, DType
       }
     });
   for (auto& t : th) t.join();
+  if (plant >= 0) store(dt, base + data0 + ts[0].off, size_t(plant), plant_value);
   ::munmap(map, total);
   ::close(fd);
 }
@@ -229,22 +232,8 @@ void write_random_model(const std::string& dir, const RandomModelSpec& s) {
   const std::string path = dir + "/model.safetensors";
   if (s.plant_token >= s.vocab || (s.plant_token >= 0 && D <= 7))
     fail("random model: plant_token ", s.plant_token, " needs a vocabulary above it and hidden > 7");
-  if (s.hashed) {
-    write_hashed(path, ts, s.dtype, s.seed);
-    if (s.plant_token >= 0) {  // one value of the embedding table, in place
-      const size_t es = dtype_size(s.dtype);
-      std::ifstream in(path, std::ios::binary);
-      uint64_t hl = 0;
-      in.read(reinterpret_cast<char*>(&hl), 8);
-      uint8_t v[4];
-      store(s.dtype, v, 0, s.plant_value);
-      std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
-      f.seekp(std::streamoff(8 + hl + ts[0].off + (size_t(s.plant_token) * size_t(D) + 7) * es));
-      f.write(reinterpret_cast<const char*>(v), std::streamsize(es));
-      if (!f) fail("cannot write the planted value into ", path);
-    }
-    return;
-  }
+  const int64_t plant = s.plant_token >= 0 ? int64_t(s.plant_token) * D + 7 : -1;
+  if (s.hashed) return write_hashed(path, ts, s.dtype, s.seed, plant, s.plant_value);
   // Normal values from one generator, in the order of the tensors (the tests' models).
   std::mt19937_64 rng(s.seed);
   std::normal_distribution<float> nd(0.f, s.std);
@@ -256,7 +245,7 @@ void write_random_model(const std::string& dir, const RandomModelSpec& s) {
     o.dtype = s.dtype;
     o.bytes.resize(t.n * dtype_size(s.dtype));
     for (size_t i = 0; i < t.n; ++i) store(s.dtype, o.bytes.data(), i, t.mean + t.sd * nd(rng) / s.std);
-    if (&t == &ts[0] && s.plant_token >= 0) store(s.dtype, o.bytes.data(), size_t(s.plant_token) * size_t(D) + 7, s.plant_value);
+    if (&t == &ts[0] && plant >= 0) store(s.dtype, o.bytes.data(), size_t(plant), s.plant_value);
     out.push_back(std::move(o));
   }
   write_safetensors(path, out);

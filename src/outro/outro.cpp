@@ -196,12 +196,11 @@ void OutRo::attention_policy(ForwardCtx& ctx, int layer, AttnParams& p) {
 }
 
 void OutRo::z(ForwardCtx& ctx, int layer, Buf z) {
-  if (!p_.gate || !detect_layer(layer)) return;
+  // The prefill's rows were gated by the attention call (attention_policy).
+  if (prefill_ || !p_.gate || !detect_layer(layer) || p_.decode == DecodeGating::Off) return;
   const ModelConfig& c = *ctx.cfg;
   const size_t dim = size_t(c.kv_heads) * size_t(c.head_dim);
   Buf vb = vbar(layer);
-  if (prefill_) return;  // the prefill's rows were gated by the attention call (attention_policy)
-  if (p_.decode == DecodeGating::Off) return;
   // The release compares the step's own row indices with the prompt's sink positions of the layer.
   const Buf r = rec(layer);
   ctx.be->gate_heads(z, ctx.n, c.heads, c.kv_heads, c.head_dim, vb,
