@@ -359,6 +359,67 @@ TEST(Kernels, VectorPrimitivesMatchReference) {
   }
 }
 
+// OutRo's per-head gate and Φ_LLM's bracket pass, every set against the formulas (double sums).
+TEST(Kernels, GateAndBracketMatchTheirContracts) {
+  for (Isa isa : all_isas()) {
+    const Kernels* k = cpu::kernels_for(isa);
+    SCOPED_TRACE(k->name);
+    for (int n : {1, 5, 16, 31, 64, 80, 100}) {
+      SCOPED_TRACE(n);
+      const auto v = randn(size_t(n), uint64_t(n) + 40);
+      double vv = 0;
+      for (float x : v) vv += double(x) * x;
+      for (int sign : {1, -1})
+        for (bool rescale : {true, false}) {
+          // o = sign * (v + noise): cos(o, v) > 0 for sign 1, < 0 for sign -1.
+          auto o = randn(size_t(n), uint64_t(n) + 41, 0.3f);
+          for (int i = 0; i < n; ++i) o[size_t(i)] = float(sign) * (v[size_t(i)] + o[size_t(i)]);
+          double oo = 0, ov = 0;
+          for (int i = 0; i < n; ++i) oo += double(o[size_t(i)]) * o[size_t(i)], ov += double(o[size_t(i)]) * v[size_t(i)];
+          const double cs = ov / std::sqrt(oo * vv), g = std::tanh(std::max(cs, 0.0) / 0.1);
+          std::vector<double> w(static_cast<size_t>(n));
+          double ww = 0;
+          for (int i = 0; i < n; ++i) {
+            w[size_t(i)] = o[size_t(i)] + g * 3.0 * std::fabs(ov) / (vv + 1e-8) * v[size_t(i)];
+            ww += w[size_t(i)] * w[size_t(i)];
+          }
+          std::vector<float> got = o;
+          const float c = k->gate(got.data(), v.data(), n, float(vv), float(std::sqrt(vv)), 3.f, 0.1f, rescale);
+          EXPECT_NEAR(c, cs, 1e-5);
+          for (int i = 0; i < n; ++i) {
+            const double want = rescale ? w[size_t(i)] * std::sqrt(oo) / (std::sqrt(ww) + 1e-8) : w[size_t(i)];
+            ASSERT_NEAR(got[size_t(i)], want, 1e-5 * (1 + std::fabs(want))) << i;
+          }
+          if (sign < 0 && !rescale) EXPECT_EQ(got, o);  // a closed gate leaves the row's bits alone
+        }
+      // bracket: max, counts and the kept patterns; nothing written past out + n.
+      auto x = randn(size_t(n), uint64_t(n) + 42);
+      x[0] = -0.f;
+      auto bits = [](float f) {
+        uint32_t b;
+        std::memcpy(&b, &f, 4);
+        return b & 0x7fffffffu;
+      };
+      const float lo_v = 0.3f, hi_v = 1.1f;
+      uint32_t want_max = 0;
+      int64_t want_below = 0;
+      std::vector<uint32_t> want_in;
+      for (float f : x) {
+        want_max = std::max(want_max, bits(f));
+        want_below += bits(f) < bits(lo_v);
+        if (bits(f) >= bits(lo_v) && bits(f) <= bits(hi_v)) want_in.push_back(bits(f));
+      }
+      std::vector<uint32_t> out(size_t(n) + 8, 0xdeadbeefu);
+      int64_t below = 3, inside = 2;
+      EXPECT_EQ(k->bracket(x.data(), n, bits(lo_v), bits(hi_v), out.data(), &below, &inside), want_max);
+      EXPECT_EQ(below, 3 + want_below);
+      ASSERT_EQ(inside, 2 + int64_t(want_in.size()));
+      EXPECT_EQ(std::vector<uint32_t>(out.begin(), out.begin() + long(want_in.size())), want_in);  // in order
+      for (size_t i = size_t(n); i < out.size(); ++i) EXPECT_EQ(out[i], 0xdeadbeefu) << "written past out + n";
+    }
+  }
+}
+
 TEST(Kernels, ExpIsWithin1e6RelativeOfStdExp) {
   std::vector<float> x;
   for (float v = -87.f; v <= 88.f; v += 0.0137f) x.push_back(v);

@@ -17,6 +17,7 @@
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "models/model.h"
+#include "kernels/host_ops.h"
 #include "outro/outro.h"
 #include "runtime/session.h"
 #include "test_util.h"
@@ -319,6 +320,20 @@ TEST(OutroDetect, MedianAndRowMaximaOfLargePromptsAreExact) {
       ASSERT_EQ(got.row_max[size_t(r)], m) << "case " << kind << " row " << r;
     }
     EXPECT_EQ(got.sinks, std::vector<int>{17}) << "case " << kind;
+    // Whatever bracket the sample gives, the median is exact: the right one, a narrow one at the
+    // median, ones wholly below or above it, and the widest.
+    auto bits = [](float f) {
+      uint32_t b;
+      std::memcpy(&b, &f, 4);
+      return b;
+    };
+    const uint32_t m = bits(want);
+    std::vector<float> rm(static_cast<size_t>(n));
+    for (auto [lo, hi] : {std::pair{m, m}, std::pair{m > 3 ? m - 3 : 0u, m + 3}, std::pair{0u, m > 0 ? m - 1 : 0u},
+                          std::pair{m + 1, m + 1000}, std::pair{0u, 0x7fffffffu}}) {
+      EXPECT_EQ(host::phi_stats_bracket(h.data(), n, dim, rm.data(), lo, hi), want) << "case " << kind << " [" << lo << ", " << hi << "]";
+      EXPECT_EQ(rm, got.row_max) << "case " << kind;
+    }
   }
 }
 

@@ -235,11 +235,83 @@ float phi_stats_parallel(const float* h, int n, int dim, float* row_max) {
   return v;
 }
 
+namespace {
+uint32_t abs_key(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b & 0x7fffffffu;
+}
+float key_value(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+}
+}  // namespace
+
+// One pass on the thread pool: the row maxima, the count of keys below lo, and a copy of the keys in
+// [lo, hi] (each thread into the span of the buffer its rows occupy). When the median's rank falls
+// inside the copied keys, nth_element among them gives it; otherwise the radix select decides.
+float phi_stats_bracket(const float* h, int n, int dim, float* row_max, uint32_t lo, uint32_t hi) {
+  const size_t N = size_t(n) * size_t(dim), k = (N - 1) / 2;
+  ThreadPool& pool = ThreadPool::global();
+  const size_t P = std::min(size_t(pool.size()), size_t(n));
+  static thread_local std::vector<uint32_t> buf;
+  if (buf.size() < N) buf.resize(N);
+  uint32_t* const keys = buf.data();  // the caller's buffer (buf names each worker's own)
+  std::vector<size_t> below(P, 0), inside(P, 0);
+  const cpu::Kernels& K = cpu::kernels();
+  pool.parallel_for(P, [&](size_t p0, size_t p1) {
+    for (size_t p = p0; p < p1; ++p) {
+      const size_t r0 = size_t(n) * p / P, r1 = size_t(n) * (p + 1) / P;
+      uint32_t* out = keys + r0 * size_t(dim);
+      int64_t b = 0, c = 0;
+      for (size_t i = r0; i < r1; ++i) row_max[i] = key_value(K.bracket(h + i * size_t(dim), dim, lo, hi, out + c, &b, &c));
+      below[p] = size_t(b), inside[p] = size_t(c);
+    }
+  });
+  size_t nb = 0, ni = 0;
+  for (size_t p = 0; p < P; ++p) nb += below[p], ni += inside[p];
+  if (hi < lo || k < nb || k >= nb + ni) return phi_stats_parallel(h, n, dim, row_max);
+  // Gather the spans to the front, then select.
+  size_t at = inside[0];
+  for (size_t p = 1; p < P; ++p) {
+    const size_t r0 = size_t(n) * p / P;
+    std::memmove(buf.data() + at, buf.data() + r0 * size_t(dim), inside[p] * sizeof(uint32_t));
+    at += inside[p];
+  }
+  // Among them, a 4096-bin histogram of the offsets from lo, then the few keys of the median's bin.
+  size_t r = k - nb;
+  const uint32_t width = hi - lo;
+  int shift = 0;
+  while ((uint64_t(width) >> shift) >= 4096) ++shift;
+  std::vector<uint32_t> hist(4096, 0);
+  for (size_t i = 0; i < ni; ++i) ++hist[(keys[i] - lo) >> shift];
+  uint32_t bin = 0;
+  while (r >= hist[bin]) r -= hist[bin++];
+  size_t m = 0;
+  for (size_t i = 0; i < ni; ++i) {
+    keys[m] = keys[i];
+    m += ((keys[i] - lo) >> shift) == bin;
+  }
+  std::nth_element(keys, keys + r, keys + m);
+  return key_value(keys[r]);
+}
+
 float phi_stats(const float* h, int n, int dim, float* row_max) {
   const size_t N = size_t(n) * size_t(dim);
   if (N == 0) return 0.f;
   // Below ~64K values the pool's hand-off costs more than the work.
-  if (N >= 65536) return phi_stats_parallel(h, n, dim, row_max);
+  if (N >= 65536) {
+    // A bracket for the median from 4096 keys at scattered positions: the ranks 4 standard
+    // deviations of a sample quantile either side of the median's (about 6% of all keys inside).
+    constexpr size_t S = 4096, M = 130;
+    std::vector<uint32_t> sample(S);
+    for (size_t j = 0; j < S; ++j) sample[j] = abs_key(h[(j * 2654435761ull + 12345u) % N]);
+    const size_t mid = S / 2, a = mid - M, b = mid + M;
+    std::nth_element(sample.begin(), sample.begin() + long(a), sample.end());
+    std::nth_element(sample.begin() + long(a) + 1, sample.begin() + long(b), sample.end());
+    return phi_stats_bracket(h, n, dim, row_max, sample[a], sample[b]);
+  }
   for (int i = 0; i < n; ++i) {
     float m = 0.f;
     const float* row = h + size_t(i) * dim;
@@ -290,31 +362,25 @@ void gate_heads(float* z, int n, int heads, int kv_heads, int hd, const float* v
                 float gamma, float temp, bool rescale, float* counter) {
   if (vbar[size_t(kv_heads) * hd] == 0.f) return;
   const int group = heads / kv_heads;
-  // float32 dot products on the CPU's vector kernels (as the GPU's float32 sums); |v|² once per KV head.
+  // float32 sums on the CPU's vector kernels (as the GPU's float32 sums); |v|² once per KV head.
   const cpu::Kernels& K = cpu::kernels();
-  std::vector<float> vvs(static_cast<size_t>(kv_heads));
-  for (int g = 0; g < kv_heads; ++g) vvs[size_t(g)] = K.dot(vbar + size_t(g) * hd, vbar + size_t(g) * hd, hd);
+  std::vector<float> vvs(static_cast<size_t>(kv_heads)), nvs(static_cast<size_t>(kv_heads));
+  for (int g = 0; g < kv_heads; ++g) {
+    vvs[size_t(g)] = K.dot(vbar + size_t(g) * hd, vbar + size_t(g) * hd, hd);
+    nvs[size_t(g)] = std::sqrt(vvs[size_t(g)]);
+  }
   std::atomic<long> total{0};
   auto body = [&](size_t i0, size_t i1) {
     long rotated = 0;
-    for (int i = int(i0); i < int(i1); ++i) {
-      if (excl && i < excl_n && excl[i] != 0.f) continue;
+    for (size_t i = i0; i < i1; ++i) {
+      if (excl && int(i) < excl_n && excl[i] != 0.f) continue;
       for (int h = 0; h < heads; ++h) {
-        float* o = z + (size_t(i) * heads + h) * hd;
-        const float* v = vbar + size_t(h / group) * hd;
-        const float vv = vvs[size_t(h / group)], oo = K.dot(o, o, hd), ov = K.dot(o, v, hd);
-        const float no = std::sqrt(oo), nv = std::sqrt(vv);
-        const float cs = ov / (std::max(no, 1e-12f) * std::max(nv, 1e-12f));
-        const float g = std::tanh(std::max(cs, 0.f) / temp);
-        rotated += cs > 0;
-        K.axpy(o, g * gamma * std::fabs(ov) / (vv + 1e-8f), v, hd);
-        if (rescale) {
-          const float sc = no / (std::sqrt(K.dot(o, o, hd)) + 1e-8f);
-          for (int c = 0; c < hd; ++c) o[c] *= sc;
-        }
+        const size_t g = size_t(h / group);
+        rotated += K.gate(z + (i * size_t(heads) + size_t(h)) * size_t(hd), vbar + g * size_t(hd), hd, vvs[g], nvs[g],
+                          gamma, temp, rescale) > 0.f;
       }
     }
-  total += rotated;
+    total += rotated;
   };
   if (size_t(n) * heads * hd < 65536)
     body(0, size_t(n));

@@ -23,6 +23,10 @@ void avgpool_rows(float* y, const float* x, int n, int dim, int k);
 // Φ_LLM's statistics of h[n, dim]: row_max[i] = max_c |h[i,c]|, and the ((n·dim − 1) / 2)-th
 // smallest |h| (the lower median), found exactly by counting, returned.
 float phi_stats(const float* h, int n, int dim, float* row_max);
+// The same, given a bracket [lo, hi] of |h| bit patterns (a non-negative float's bits order like its
+// value) thought to hold the median: exact whatever the bracket; a wrong one only costs the radix
+// select over all of h. phi_stats takes its bracket from a sample. (Exposed for the tests.)
+float phi_stats_bracket(const float* h, int n, int dim, float* row_max, uint32_t lo, uint32_t hi);
 // OutRo's ops, with the contracts of Backend::phi_detect, outro_sets, masked_mean, gate_heads.
 // phi_detect also writes the row maxima to row_max[n] when it is not null.
 void phi_detect(float* rec, const float* h, int n, int dim, float abs_thr, float med_mul, float* row_max = nullptr);

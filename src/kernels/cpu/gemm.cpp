@@ -1,6 +1,7 @@
 // Run-time ISA dispatch and the portable kernels (the reference every SIMD set is tested against).
 #include "kernels/cpu/gemm.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <string>
@@ -102,10 +103,50 @@ double sum_portable(const float* x, int64_t n) {
   return s;
 }
 
+}  // namespace
+
+uint32_t bracket_scalar(const float* x, int64_t n, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* below,
+                        int64_t* inside) {
+  uint32_t m = 0;
+  int64_t b = 0, c = 0;
+  const uint32_t width = hi - lo;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t key;
+    std::memcpy(&key, x + i, 4);
+    key &= 0x7fffffffu;
+    m = std::max(m, key);
+    b += key < lo;
+    out[c] = key;  // kept only when inside: c <= i, so never past out + n
+    c += key - lo <= width;
+  }
+  *below += b, *inside += c;
+  return m;
+}
+
+namespace {
+
+float gate_portable(float* o, const float* v, int64_t n, float vv, float nv, float gamma, float temp, bool rescale) {
+  float oo = 0.f, ov = 0.f;
+  for (int64_t i = 0; i < n; ++i) oo += o[i] * o[i], ov += o[i] * v[i];
+  const float no = std::sqrt(oo);
+  const float cs = ov / (std::max(no, 1e-12f) * std::max(nv, 1e-12f));
+  const float k = cs > 0.f ? std::tanh(cs / temp) * gamma * std::fabs(ov) / (vv + 1e-8f) : 0.f;
+  float qq = oo;
+  if (k != 0.f) {
+    qq = 0.f;
+    for (int64_t i = 0; i < n; ++i) o[i] += k * v[i], qq += o[i] * o[i];
+  }
+  if (rescale) {
+    const float sc = no / (std::sqrt(qq) + 1e-8f);
+    for (int64_t i = 0; i < n; ++i) o[i] *= sc;
+  }
+  return cs;
+}
+
 const Kernels kPortable = {"portable",         Isa::Portable,      gemm_portable,      dot_portable,
                            axpy_portable,      sumsq_portable,     scale_mul_portable, swiglu_portable,
-                           exp_shift_portable, exp_portable,       sum_portable,       nullptr,
-                           nullptr};
+                           exp_shift_portable, exp_portable,       sum_portable,       gate_portable,
+                           bracket_scalar,     nullptr,            nullptr};
 
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -56,6 +56,14 @@ struct Kernels {
   float (*exp_shift)(float* s, int64_t n, float m);  // s ← exp(s − m); returns Σ s
   void (*exp)(float* y, const float* x, int64_t n);  // y = exp(x) (for tests)
   double (*sum)(const float* x, int64_t n);          // Σ x, streaming (bandwidth probe)
+  // OutRo's gated rotation of one head output toward v (gate_heads' contract); returns cos(o, v).
+  float (*gate)(float* o, const float* v, int64_t n, float vv, float nv, float gamma, float temp, bool rescale);
+  // Φ_LLM's bracket pass over one row x[0, n), on the bit patterns of |x| (ordered like the values):
+  // returns the largest; adds to *below the count of patterns < lo; writes the patterns in [lo, hi]
+  // to out and adds their count to *inside. It may write up to 16 values past those it keeps, never
+  // past out + n.
+  uint32_t (*bracket)(const float* x, int64_t n, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* below,
+                      int64_t* inside);
   double (*peak)(int64_t iters);  // float32 FMA peak probe (flops done); nullptr for portable
   const MatPath* mm;              // the bf16 matrix path; nullptr in the float32 sets
 };
@@ -64,6 +72,10 @@ struct Kernels {
 inline bool uses_bf16(const Kernels& k, int n, DType wt) {
   return k.mm && n >= k.mm->min_n && (wt == DType::BF16 || wt == DType::F16);
 }
+
+// The scalar bracket pass (the portable and AVX2 sets').
+uint32_t bracket_scalar(const float* x, int64_t n, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* below,
+                        int64_t* inside);
 
 // The active set (chosen on first use: OUTRO_ISA, else the best the CPU supports).
 const Kernels& kernels();

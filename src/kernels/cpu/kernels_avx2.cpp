@@ -5,6 +5,8 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <cmath>
+
 #define OUTRO_TGT __attribute__((target("avx2,fma,f16c")))
 
 namespace outro::cpu {
@@ -103,7 +105,7 @@ struct V {
 
 namespace {
 const Kernels kAvx2 = {"avx2",      Isa::Avx2, k_gemm,      k_dot, k_axpy, k_sumsq,
-                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum, k_peak, nullptr};
+                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum, k_gate, bracket_scalar, k_peak, nullptr};
 }
 
 const Kernels* avx2_kernels() { return &kAvx2; }

@@ -5,6 +5,9 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cmath>
+
 // GCC 12 flags the _mm256_undefined_pd() inside its own AVX-512 extract/cast intrinsics.
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -104,8 +107,33 @@ struct V {
 #include "kernels/cpu/simd_impl.inc"
 
 namespace {
+// Kernels::bracket with 16 keys a step: the in-bracket keys are compressed in a register and stored
+// whole (a compressing store to memory is slow on some cores), so up to 16 values past those kept.
+OUTRO_TGT uint32_t k_bracket(const float* x, int64_t n, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* below,
+                             int64_t* inside) {
+  const __m512i absm = _mm512_set1_epi32(0x7fffffff), vlo = _mm512_set1_epi32(int(lo)), vhi = _mm512_set1_epi32(int(hi));
+  __m512i mx = _mm512_setzero_si512();
+  int64_t b = 0, c = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i k = _mm512_and_si512(_mm512_loadu_si512(x + i), absm);
+    mx = _mm512_max_epu32(mx, k);
+    const __mmask16 lt = _mm512_cmplt_epu32_mask(k, vlo);
+    const __mmask16 in = _mm512_mask_cmple_epu32_mask(__mmask16(~lt), k, vhi);
+    _mm512_storeu_si512(out + c, _mm512_maskz_compress_epi32(in, k));
+    b += __builtin_popcount(lt), c += __builtin_popcount(in);
+  }
+  uint32_t m = _mm512_reduce_max_epu32(mx);
+  if (i < n) {
+    int64_t tb = 0, tc = 0;
+    m = std::max(m, bracket_scalar(x + i, n - i, lo, hi, out + c, &tb, &tc));
+    b += tb, c += tc;
+  }
+  *below += b, *inside += c;
+  return m;
+}
+
 const Kernels kAvx512 = {"avx512", Isa::Avx512, k_gemm,      k_dot,  k_axpy, k_sumsq,
-                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum, k_peak, nullptr};
+                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum, k_gate, k_bracket, k_peak, nullptr};
 }
 
 const Kernels* avx512_kernels() { return &kAvx512; }
