@@ -255,28 +255,36 @@ float phi_stats_bracket(const float* h, int n, int dim, float* row_max, uint32_t
   const size_t N = size_t(n) * size_t(dim), k = (N - 1) / 2;
   ThreadPool& pool = ThreadPool::global();
   const size_t P = std::min(size_t(pool.size()), size_t(n));
-  static thread_local std::vector<uint32_t> buf;
-  if (buf.size() < N) buf.resize(N);
-  uint32_t* const keys = buf.data();  // the caller's buffer (buf names each worker's own)
-  std::vector<size_t> below(P, 0), inside(P, 0);
+  // Each thread keeps up to an eighth of its keys (a sampled bracket holds about 6% of them), with
+  // room for one more row, since the bracket pass writes up to a row past what it keeps.
+  std::vector<size_t> cap(P + 1, 0), below(P, 0), inside(P, 0);
+  for (size_t p = 0; p < P; ++p) cap[p + 1] = cap[p] + (size_t(n) * (p + 1) / P - size_t(n) * p / P) * size_t(dim) / 8 + size_t(dim) + 16;
+  std::vector<uint32_t> buf(cap[P]);
+  uint32_t* const keys = buf.data();
+  std::atomic<bool> full{false};
   const cpu::Kernels& K = cpu::kernels();
   pool.parallel_for(P, [&](size_t p0, size_t p1) {
     for (size_t p = p0; p < p1; ++p) {
-      const size_t r0 = size_t(n) * p / P, r1 = size_t(n) * (p + 1) / P;
-      uint32_t* out = keys + r0 * size_t(dim);
+      const size_t r0 = size_t(n) * p / P, r1 = size_t(n) * (p + 1) / P, room = cap[p + 1] - cap[p];
+      uint32_t* out = keys + cap[p];
       int64_t b = 0, c = 0;
-      for (size_t i = r0; i < r1; ++i) row_max[i] = key_value(K.bracket(h + i * size_t(dim), dim, lo, hi, out + c, &b, &c));
+      for (size_t i = r0; i < r1; ++i) {
+        if (size_t(c) + size_t(dim) + 16 > room) {  // more inside than an eighth: the radix select decides
+          full = true;
+          return;
+        }
+        row_max[i] = key_value(K.bracket(h + i * size_t(dim), dim, lo, hi, out + c, &b, &c));
+      }
       below[p] = size_t(b), inside[p] = size_t(c);
     }
   });
   size_t nb = 0, ni = 0;
   for (size_t p = 0; p < P; ++p) nb += below[p], ni += inside[p];
-  if (hi < lo || k < nb || k >= nb + ni) return phi_stats_parallel(h, n, dim, row_max);
+  if (full || hi < lo || k < nb || k >= nb + ni) return phi_stats_parallel(h, n, dim, row_max);
   // Gather the spans to the front, then select.
   size_t at = inside[0];
   for (size_t p = 1; p < P; ++p) {
-    const size_t r0 = size_t(n) * p / P;
-    std::memmove(buf.data() + at, buf.data() + r0 * size_t(dim), inside[p] * sizeof(uint32_t));
+    std::memmove(keys + at, keys + cap[p], inside[p] * sizeof(uint32_t));
     at += inside[p];
   }
   // Among them, a 4096-bin histogram of the offsets from lo, then the few keys of the median's bin.
