@@ -21,7 +21,7 @@ How the references are taken
   * recording run: the same model with a custom attention function registered through
     ``AttentionInterface`` (it records q/k/v, builds the mask itself, applies the interventions and
     then calls transformers' own ``eager_attention_forward``) and forward pre-hooks on ``o_proj``
-    (z, head ablation) and on the decoder layers (OutRo hidden alignment) -> q.l, k.l, v.l, z.l and
+    (z, head ablation) -> q.l, k.l, v.l, z.l and
     every intervention reference. Its plain logits and patterns are checked against the plain run.
 """
 import glob
@@ -55,11 +55,11 @@ except Exception:  # noqa: BLE001
 ATTN_NAME = "outro_fixture_recorder"
 N_TOKENS = 12
 GREEDY_STEPS = 8
-PROMPT_EXTRA = 4  # outro_prompt: the 12 ids + this many greedy tokens
 VOCAB = 256
 
 # ---------------------------------------------------------------------------- fixture specs
-# text: the decoder's dims; kind selects the class; interventions: ablation / OutRo / dimzero refs.
+# text: the decoder's dims; kind selects the class; interventions: ablation / dimzero refs (OutRo's
+# references are tools/outro_fixtures.py's).
 SPECS = [
     dict(name="qwen2_gqa_f32", kind="qwen2", seed=101, dtype="float32", interventions=True,
          text=dict(layers=2, heads=4, kv=2, theta=10000.0, tied=False)),
@@ -79,7 +79,6 @@ SPECS = [
          text=dict(layers=2, heads=4, kv=2, theta=10000.0, tied=False)),
 ]
 
-OUTRO = dict(sinks=[0], l_out=1, lam=0.3)
 ABLATIONS = [(1, 2), (0, 0)]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -281,8 +280,6 @@ class Control:
 
     def reset(self):
         self.rec = None          # dict to fill, or None
-        self.sinkout = None      # dict(layer, sinks, end)
-        self.value_align = None  # dict(layers, sinks, lam)
         self.dimzero = False
         self.calls = 0
         self.eager_used = None
@@ -290,13 +287,6 @@ class Control:
 
 CTL = Control()
 ORIG_EAGER = {}  # module name -> transformers' own eager_attention_forward (before any patching)
-
-
-def rotate_toward(x, t, lam):
-    """x [..., d] rotated toward t (broadcast): |x| * normalize((1-lam) x/|x| + lam t/|t|)."""
-    nx = x.norm(dim=-1, keepdim=True)
-    u = (1.0 - lam) * x / nx + lam * t / t.norm(dim=-1, keepdim=True)
-    return nx * u / u.norm(dim=-1, keepdim=True)
 
 
 def own_eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -344,12 +334,6 @@ def fixture_attention(module, query, key, value, attention_mask=None, scaling=No
     n = nq
     key = key.clone()
     value = value.clone()
-    va = CTL.value_align
-    if va is not None and layer in va["layers"]:
-        sinks = list(va["sinks"])
-        rest = [i for i in range(n) if i not in sinks]
-        t = value[:, :, sinks, :].mean(dim=2, keepdim=True)  # [b, KV, 1, hd]: mean sink value per kv head
-        value[:, :, rest, :] = rotate_toward(value[:, :, rest, :], t, va["lam"])
     if CTL.dimzero:
         chans = []
         for h in range(KV):
@@ -359,10 +343,6 @@ def fixture_attention(module, query, key, value, attention_mask=None, scaling=No
         if CTL.rec is not None:
             CTL.rec[f"dimzero_channels.{layer}"] = torch.tensor(chans, dtype=torch.int64)
     allowed = torch.ones(n, n, dtype=torch.bool, device=query.device).tril()
-    so = CTL.sinkout
-    if so is not None and layer == so["layer"]:
-        for s in so["sinks"]:
-            allowed[s, : so["end"]] = True
     mask = torch.zeros(n, n, dtype=query.dtype, device=query.device)
     mask = mask.masked_fill(~allowed, torch.finfo(query.dtype).min)[None, None]
     fn, where = find_eager(module)
@@ -463,8 +443,7 @@ def plain_run(m, parts, ids):
     return res
 
 
-def recorded_run(m, parts, ids, mechanism, rec=True, ablate=None, align_hidden=None, sinkout=None,
-                 value_align=None, dimzero=False):
+def recorded_run(m, parts, ids, mechanism, rec=True, ablate=None, dimzero=False):
     """Run with fixture_attention and hooks; returns (logits [n,V], recorded dict)."""
     L = len(parts["layers"])
     out_rec = {}
@@ -482,31 +461,11 @@ def recorded_run(m, parts, ids, mechanism, rec=True, ablate=None, align_hidden=N
             return (z,) + tuple(args[1:])
         return fn
 
-    def pre_layer(idx):
-        def fn(mod, args, kwargs):
-            if align_hidden is None or idx not in align_hidden["layers"]:
-                return None
-            h = args[0] if args else kwargs["hidden_states"]
-            sinks = list(align_hidden["sinks"])
-            rest = [i for i in range(h.shape[1]) if i not in sinks]
-            t = h[:, sinks, :].mean(dim=1, keepdim=True)
-            h = h.clone()
-            h[:, rest, :] = rotate_toward(h[:, rest, :], t, align_hidden["lam"])
-            if args:
-                return (h,) + tuple(args[1:]), kwargs
-            kwargs = dict(kwargs)
-            kwargs["hidden_states"] = h
-            return args, kwargs
-        return fn
-
     for i, layer in enumerate(parts["layers"]):
         hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(pre_o(i)))
-        hooks.append(layer.register_forward_pre_hook(pre_layer(i), with_kwargs=True))
     try:
         with Recording(m, parts, mechanism):
             CTL.rec = {} if rec else None
-            CTL.sinkout = sinkout
-            CTL.value_align = value_align
             CTL.dimzero = dimzero
             CTL.calls = 0
             out = forward(m, ids)
@@ -832,58 +791,18 @@ def make_fixture(outdir, spec):
         for (l, h) in ABLATIONS:
             lo, _ = recorded_run(m32, p32, ids, mech, rec=False, ablate=(l, h))
             ref[f"ablate.l{l}h{h}.logits"] = lo
-        sinks, l_out, lam = OUTRO["sinks"], OUTRO["l_out"], OUTRO["lam"]
-        align_layers = [l for l in range(L) if l_out < l < L]
-        n = len(ids)
-        sinkout = dict(layer=l_out, sinks=sinks, end=n)
-        align = dict(layers=align_layers, sinks=sinks, lam=lam)
-        lo, rd = recorded_run(m32, p32, ids, mech, sinkout=sinkout)
-        ref["outro_sinkout.logits"] = lo
-        for l in range(L):
-            ref[f"outro_sinkout.attn.{l}"] = rd[f"attn.{l}"]
-        ref["outro_align_hidden.logits"], _ = recorded_run(m32, p32, ids, mech, rec=False, align_hidden=align)
-        ref["outro_align_value.logits"], _ = recorded_run(m32, p32, ids, mech, rec=False, value_align=align)
-        ref["outro_full.logits"], _ = recorded_run(m32, p32, ids, mech, rec=False, sinkout=sinkout, align_hidden=align)
-        ids16 = ids + toks[:PROMPT_EXTRA]
-        ref["outro_prompt.input_ids"] = torch.tensor(ids16, dtype=torch.int64)
-        ref["outro_prompt.logits"], _ = recorded_run(m32, p32, ids16, mech, rec=False,
-                                                     sinkout=dict(layer=l_out, sinks=sinks, end=n), align_hidden=align)
         lo, rd = recorded_run(m32, p32, ids, mech, dimzero=True)
         ref["dimzero.logits"] = lo
         for l in range(L):
             ref[f"dimzero.attn.{l}"] = rd[f"attn.{l}"]
             ref[f"dimzero.channels.{l}"] = rd[f"dimzero_channels.{l}"]
-        # sanity: every intervention changes something (except the empty align set)
-        for k in [k for k in ref if k.endswith(".logits") and k != "outro_prompt.logits"]:
+        # sanity: every intervention changes something
+        for k in [k for k in ref if k.endswith(".logits")]:
             checks[f"{k}_vs_plain_max_abs_diff"] = maxdiff(ref[k], plain["logits"])
-        if not align_layers:
-            warnings.append(f"L={L}, l_out={l_out}: no align layers, so outro_align_hidden/outro_align_value equal the "
-                            "plain logits and outro_full equals outro_sinkout")
         interventions = {
             "ablate.l{L}h{H}.logits": "logits [n, vocab] with columns H*hd:(H+1)*hd of o_proj's input (z) of layer L set "
                                       "to 0 (forward pre-hook on o_proj); pairs (layer, head): "
                                       + ", ".join(f"({a}, {b})" for a, b in ABLATIONS),
-            "outro": {
-                "sinks": sinks, "l_out": l_out, "lambda": lam, "align_layers": align_layers,
-                "align_layers_rule": "every l with l_out < l < L",
-                "rotation": "x <- |x| * normalize((1 - lambda) * x/|x| + lambda * t/|t|) for every non-sink row x; "
-                            "t = mean of the sink rows of the same tensor",
-                "outro_sinkout.logits / outro_sinkout.attn.{l}": "at layer l_out only, the mask row of each sink "
-                    "position allows keys 0..end-1 (end = n = 12); every other row (and every other layer) causal. "
-                    "attn.{l} [heads, n, n] are the patterns of that run (layers != l_out differ only through their "
-                    "inputs)",
-                "outro_align_hidden.logits": "at the input (resid_pre, before input_layernorm; it is also the residual) "
-                    "of each align layer, non-sink rows of the hidden state rotated toward the mean sink row "
-                    "(forward pre-hook on the decoder layer)",
-                "outro_align_value.logits": "at each align layer, the value vectors (after v_proj, per kv head, tensor "
-                    "[b, kv_heads, n, hd] entering attention) of non-sink rows rotated toward that head's mean sink "
-                    "value; queries and keys unchanged",
-                "outro_full.logits": "sink-out (end = n) and hidden alignment together",
-                "outro_prompt.input_ids / outro_prompt.logits": f"the {n} ids + the first {PROMPT_EXTRA} greedy tokens of "
-                    f"the plain model; logits [{n + PROMPT_EXTRA}, vocab] with sink-out at l_out where the sink rows "
-                    f"attend keys 0..{n - 1} only (prompt length {n}) and hidden alignment as in outro_full, recomputed "
-                    "over the whole sequence (what incremental decoding with the same policy must reproduce)",
-            },
             "dimzero.logits / dimzero.attn.{l} / dimzero.channels.{l}": "in every layer, for each kv head: "
                 "c* = argmax_c |k[0, c]| of the key at position 0 after RoPE (RoPE is the identity at position 0) is set "
                 "to 0 in that key only, before the scores; everything else unchanged. channels.{l} int64 [kv_heads] = c*",
