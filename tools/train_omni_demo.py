@@ -6,7 +6,10 @@ model. Run on the GPU machine (torch + transformers 5.17, no network):
 
     python3 tools/omni_clips.py --out out/omni              # here (ffmpeg), once
     python3 tools/train_omni_demo.py out/omni OUTDIR [--minutes 6.5] [--seed 0] [--smoke] [--freeze-vision]
-        [--schedule cosine|constant] [--resume DIR --state FILE]
+        [--schedule cosine|constant] [--resume DIR --state FILE] [--init-decoder DIR]
+
+--init-decoder DIR starts the decoder (and takes the tokenizer) from tools/pretrain_omni_decoder.py's output: a
+decoder pre-trained as a language model on natural text, where a first-token sink can grow (issue 19).
 
 The committed checkpoint: --freeze-vision --lr 3e-3 --wd 0.3 --text-seq 512 (other flags at their defaults), run
 over three device calls of tools/train_omni_device.sh with --schedule constant, constant, cosine (--resume with the
@@ -49,6 +52,7 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 PATCH, MERGE, TPATCH = 14, 2, 2
+DECODER_PREFIXES = ("model.", "lm_head.")  # the thinker's Qwen2 decoder: text model and lm_head
 LOG = []
 
 
@@ -322,6 +326,34 @@ def build_model(vocab, ids, smoke, notes):
     return model, cfg
 
 
+def load_init_decoder(model, path):
+    """Loads a pre-trained decoder (tools/pretrain_omni_decoder.py's folder: decoder-*.safetensors, float32, keys
+    model.* and lm_head.*) into the thinker `model`. Every decoder tensor of the model must be there with its shape,
+    and nothing else; the vision and audio towers keep their initialisation. Returns what was loaded."""
+    import glob
+    import torch
+    from safetensors.torch import load_file
+    files = sorted(glob.glob(os.path.join(path, "decoder-*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no decoder-*.safetensors in {path}")
+    w = {}
+    for f in files:
+        w.update(load_file(f))
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(DECODER_PREFIXES)}
+    missing, extra = sorted(set(own) - set(w)), sorted(set(w) - set(own))
+    bad = sorted(k for k in set(own) & set(w) if tuple(own[k].shape) != tuple(w[k].shape))
+    if missing or extra or bad:
+        raise RuntimeError(f"--init-decoder {path}: missing {missing[:5]}, unexpected {extra[:5]}, shape differs {bad[:5]}")
+    with torch.no_grad():
+        for k, v in w.items():
+            own[k].copy_(v.to(own[k].dtype))
+    meta_p = os.path.join(path, "decoder.json")
+    meta = json.load(open(meta_p)) if os.path.exists(meta_p) else {}
+    return {"path": path, "files": [os.path.basename(f) for f in files], "tensors": len(w),
+            "params": int(sum(v.numel() for v in w.values())),
+            "pretrain": {k: meta.get(k) for k in ("steps", "tokens", "train_seconds", "val_loss", "seed", "made_by")}}
+
+
 def set_attn(model, name):
     try:
         model.set_attn_implementation(name)
@@ -369,6 +401,9 @@ def main():
     ap.add_argument("--bb-frac", type=float, default=0.0,
                     help="fraction of the plain-text rows of each batch that are bigram-backcopy sequences (see "
                          "backcopy_pool), a task whose copy head is dormant almost everywhere")
+    ap.add_argument("--init-decoder", default=None,
+                    help="start the decoder from tools/pretrain_omni_decoder.py's output folder (its weights and its "
+                         "tokenizer.json); the towers start fresh, the optimiser too")
     ap.add_argument("--resume", default=None,
                     help="continue from an earlier run: its output folder (tokenizer.json, model.safetensors, "
                          "train_log.json) and, when --state names a file that exists, the optimiser state too")
@@ -403,9 +438,11 @@ def main():
     tok_texts = docs[:20000] + [oc.prompt_text(*oc.question(clips[i]["scene"], t, random.Random(i))[:2])
                                 for i in train_ids[:500] for t in oc.TASKS
                                 if oc.question(clips[i]["scene"], t, random.Random(i))]
-    if args.resume:  # the same tokenizer as the run continued
+    if args.resume and args.init_decoder:
+        raise SystemExit("--init-decoder starts a run; --resume continues one: not both")
+    if args.resume or args.init_decoder:  # the same tokenizer as the run continued / the pre-trained decoder
         from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(os.path.join(args.resume, "tokenizer.json"))
+        tok = Tokenizer.from_file(os.path.join(args.resume or args.init_decoder, "tokenizer.json"))
     else:
         tok = train_tokenizer(tok_texts, 1024)
     tok_path = os.path.join(args.out, "tokenizer.json")
@@ -461,6 +498,14 @@ def main():
     # ---- model
     model, cfg = build_model(V, ids, args.smoke, notes)
     model.to(dev)
+    init_info = None
+    if args.init_decoder:
+        meta_p = os.path.join(args.init_decoder, "decoder.json")
+        if os.path.exists(meta_p) and json.load(open(meta_p)).get("specials", ids) != ids:
+            raise RuntimeError("--init-decoder: its special-token ids differ from this tokenizer's")
+        init_info = load_init_decoder(model, args.init_decoder)
+        log(f"decoder from {args.init_decoder}: {init_info['tensors']} tensors, {init_info['params']} parameters, "
+            f"pre-trained {init_info['pretrain']}")
     nparams = sum(p.numel() for p in model.parameters())
     parts = {k: sum(p.numel() for n, p in model.named_parameters() if n.startswith(k))
              for k in ("model.", "visual.", "audio_tower.", "lm_head.")}
@@ -1047,6 +1092,7 @@ def main():
             "text_seq": SEQ, "lr": args.lr, "heldout_accuracy": acc, "heldout_questions": len(res),
             "heldout_per_type": per_acc, "train_clip_accuracy": tr_acc, "diagnostics": diag, "video_probe": probes, "enc_lr_mult": args.enc_lr_mult, "args": vars(args),
             "caption_frac": args.caption_frac, "weight_decay": args.wd, "text_weight": args.text_weight, "sink_stats": sink_log, "notes": notes,
+            "init_decoder": init_info,
             "clips": {"train": len(train_ids), "heldout": len(held_ids), "size": ix["size"], "frames": ix["frames"],
                       "sample_fps": ix["sample_fps"], "duration": ix["duration"], "clip_seed": ix["seed"]},
             "device": dev, "gpu": torch.cuda.get_device_name(0) if dev == "cuda" else None,
