@@ -8,7 +8,9 @@
 // generated token, items per second, and each stage's TFLOP/s against the GPU's measured bf16 rate.
 //   bench_item [--shape 3b|7b] [--clips 10,60] [--strategies baseline,outro] [--reps N]
 //              [--device cpu|cuda] [--keep DIR] [--json FILE] [--depth-vision N] [--layers-audio N]
-//              [--layers-text N] [--profile]   (--profile: each op timed alone, summed per kind)
+//              [--layers-text N] [--profile] [--gemm-shapes]
+//   --profile: each op timed alone, summed per kind; --gemm-shapes: the towers' and the prefill's
+//   matrix products alone, each step of the backend's two GEMM paths timed (CUDA only)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -72,7 +74,7 @@ int main(int argc, char** argv) {
   std::string shape = "7b", device = "cuda", keep, json_path;
   std::vector<std::string> clips = {"10", "60"}, strategies = {"baseline", "outro"};
   int reps = 3, Lv = 32, La = 32, Lt = -1;
-  bool profile = false;
+  bool profile = false, gemm_shapes = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto val = [&]() -> std::string {
@@ -90,10 +92,11 @@ int main(int argc, char** argv) {
     else if (a == "--layers-audio") La = std::atoi(val().c_str());
     else if (a == "--layers-text") Lt = std::atoi(val().c_str());
     else if (a == "--profile") profile = true;
+    else if (a == "--gemm-shapes") gemm_shapes = true;
     else {
       std::fprintf(stderr, "usage: bench_item [--shape 3b|7b] [--clips 10,60] [--strategies baseline,outro] [--reps N]\n"
                            "                  [--device cpu|cuda] [--keep DIR] [--json FILE] [--depth-vision N]\n"
-                           "                  [--layers-audio N] [--layers-text N] [--profile]\n");
+                           "                  [--layers-audio N] [--layers-text N] [--profile] [--gemm-shapes]\n");
       return 2;
     }
   }
@@ -145,6 +148,30 @@ int main(int argc, char** argv) {
                 "bf16 weights; %s%s\n",
                 shape == "7b" ? "7B" : "3B", c.hidden, c.layers, Lv, La, gpu.c_str(),
                 peak > 0 ? (", measured bf16 GEMM rate " + std::to_string(int(peak)) + " TFLOP/s").c_str() : "");
+#ifdef OUTRO_HAVE_CUDA
+    if (gemm_shapes && device == "cuda") {
+      // The vision tower's products at the 10 s clip (11,960 patches), the decoder's at both prompts.
+      std::vector<cuda_api::GemmShape> sh;
+      for (auto [r, k] : {std::pair{1280, 1280}, std::pair{3420, 1280}, std::pair{1280, 3420}}) sh.push_back({11960, r, k});
+      const int qd = c.heads * c.head_dim, kvd = c.kv_heads * c.head_dim;
+      for (int n : {3337, 18787})
+        for (auto [r, k] : {std::pair{qd, c.hidden}, std::pair{kvd, c.hidden}, std::pair{c.intermediate, c.hidden},
+                            std::pair{c.hidden, c.intermediate}})
+          sh.push_back({n, r, k});
+      const auto t = cuda_api::gemm_shape_times(0, sh, 10);
+      std::printf("\nmatrix products alone (ms, median of 10; TFLOP/s of the product itself)\n"
+                  "| n x rows x cols | to_bf16 | GemmEx fp32 out | bias pass | old path total | Lt + bias epilogue | "
+                  "Lt bf16 out |\n|---|---|---|---|---|---|---|\n");
+      for (const auto& e : t) {
+        const double fl = 2.0 * e.shape.n * double(e.shape.rows) * e.shape.cols / 1e9;  // GFLOP -> TFLOP/s at ms
+        std::printf("| %d x %d x %d | %.3f | %.3f (%.0f) | %.3f | %.3f (%.0f) | %.3f (%.0f) | %.3f (%.0f) |\n", e.shape.n,
+                    e.shape.rows, e.shape.cols, e.to_bf16_ms, e.gemmex_ms, fl / e.gemmex_ms, e.bias_ms,
+                    e.to_bf16_ms + e.gemmex_ms + e.bias_ms, fl / (e.to_bf16_ms + e.gemmex_ms + e.bias_ms),
+                    e.lt_bias_ms, e.lt_bias_ms > 0 ? fl / e.lt_bias_ms : 0.0, e.lt_bf16_ms,
+                    e.lt_bf16_ms > 0 ? fl / e.lt_bf16_ms : 0.0);
+      }
+    }
+#endif
     const OmniTokenIds tid = omni_token_ids(c.vocab);
     nlohmann::json out = {{"shape", shape}, {"device", gpu}, {"bf16_tflops", peak}, {"clips", nlohmann::json::array()}};
 

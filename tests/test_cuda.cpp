@@ -440,7 +440,7 @@ TEST_F(Pair, AttentionNonCausalSegments) {
 TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
 #ifdef OUTRO_HAVE_CUDA
   for (DType dt : {DType::BF16, DType::F32})
-    for (int n : {1, 3, 6}) {
+    for (int n : {1, 3, 6, 40, 300}) {  // GEMV rows, then prefill rows (cuBLASLt, the grouped products)
       const int D = 256, H = 4, KV = 2, hd = 64, I = 384, past = 9;
       auto g1 = tensor("g1", DType::BF16, {D}, 101, 0.2f, 1.f);
       auto wq = tensor("wq", dt, {H * hd, D}, 102), wk = tensor("wk", dt, {KV * hd, D}, 103),
@@ -490,13 +490,99 @@ TEST_F(Pair, FusedDecoderSequencesMatchCpuComposition) {
       auto u = run(*gpu);
       cuda_api::set_fusion(*gpu, true);
       auto f = run(*gpu);
+      cuda_api::set_gemm_lt(*gpu, true);  // the prefill's products grouped, through cuBLASLt
+      cuda_api::set_gemm_group(*gpu, true);
+      auto g = run(*gpu);
+      cuda_api::set_gemm_lt(*gpu, false);
+      cuda_api::set_gemm_group(*gpu, false);
       const char* names[] = {"x",      "xn", "q",    "k",  "v",  "kcache", "vcache",
                              "swiglu", "up", "down", "x2"};
+      // Prefill rows with bf16 weights: the products round x to bf16 (the CPU keeps it float32).
+      const double tol = dt == DType::BF16 && n > 8 ? 1e-2 : 1e-4;
       for (size_t i = 0; i < c.size(); ++i) {
-        EXPECT_LT(rel(f[i], c[i]), 1e-4) << names[i] << " " << dtype_name(dt) << " n=" << n;
+        EXPECT_LT(rel(f[i], c[i]), tol) << names[i] << " " << dtype_name(dt) << " n=" << n;
         EXPECT_LT(rel(f[i], u[i]), 1e-6) << names[i] << " fused vs unfused " << dtype_name(dt) << " n=" << n;
+        EXPECT_LT(rel(g[i], c[i]), tol) << names[i] << " grouped, cuBLASLt " << dtype_name(dt) << " n=" << n;
+        // Two GEMM algorithms round differently (~1e-7); down's input is rounded to bf16 again, where
+        // such a difference can move a value by one bf16 step (~4e-3 of it): down and x2 get more room.
+        const double tg = i >= 9 ? 5e-3 : 1e-5;
+        EXPECT_LT(rel(g[i], f[i]), tg) << names[i] << " grouped, cuBLASLt vs default " << dtype_name(dt) << " n=" << n;
       }
     }
+#endif
+}
+
+// The towers' and the prefill's products (n > 8 rows) with set_gemm_group and set_gemm_lt on: the
+// norm or SwiGLU before a group of products that share x writes x's bf16 copy, the group converts
+// once, the bias comes in cuBLASLt's epilogue. Against the CPU, the defaults, the same GPU sequence
+// with the fusion off (equal), grouped through cuBLAS + a bias pass, and sequences that must break a
+// group: x changed between two products that read it, a product over fewer rows than the norm wrote.
+TEST_F(Pair, PrefillProductGroupsMatchCpuAndUnfused) {
+#ifdef OUTRO_HAVE_CUDA
+  for (int n : {9, 77, 600}) {
+    const int D = 320, I = 456;
+    auto g1 = tensor("g1", DType::BF16, {D}, 201, 0.2f, 1.f), g2 = tensor("g2", DType::BF16, {D}, 202, 0.2f, 1.f);
+    auto wq = tensor("wq", DType::BF16, {D, D}, 203), wk = tensor("wk", DType::BF16, {D, D}, 204),
+         wv = tensor("wv", DType::BF16, {D, D}, 205);
+    auto bq = tensor("bq", DType::BF16, {D}, 206), bk = tensor("bk", DType::BF16, {D}, 207), bv = tensor("bv", DType::BF16, {D}, 208);
+    auto wg = tensor("wg", DType::BF16, {I, D}, 209), wu = tensor("wu", DType::BF16, {I, D}, 210),
+         wd = tensor("wd", DType::BF16, {D, I}, 211);
+    auto bg = tensor("bg", DType::BF16, {I}, 212), bu = tensor("bu", DType::BF16, {I}, 213), bd = tensor("bd", DType::BF16, {D}, 214);
+    auto x0 = randn(size_t(n) * D, 215, 2.f), a0 = randn(size_t(n) * D, 216, 1.f);
+    auto run = [&](Backend& be) {
+      Weight G1 = be.weight(g1.info), G2 = be.weight(g2.info), Q = be.weight(wq.info), K = be.weight(wk.info),
+             V = be.weight(wv.info), BQ = be.weight(bq.info), BK = be.weight(bk.info), BV = be.weight(bv.info);
+      Weight WG = be.weight(wg.info), WU = be.weight(wu.info), WD = be.weight(wd.info), BG = be.weight(bg.info),
+             BU = be.weight(bu.info), BD = be.weight(bd.info);
+      auto nan = [&](size_t m) { return put(be, std::vector<float>(m, NAN)); };
+      Buf x = put(be, x0), a = put(be, a0), xn = nan(x0.size());
+      Buf q = nan(size_t(n) * D), k = nan(size_t(n) * D), v = nan(size_t(n) * D), q2 = nan(size_t(n) * D),
+          k2 = nan(size_t(n) * D), part = nan(size_t(n - 1) * D);
+      Buf gate = nan(size_t(n) * I), up = nan(size_t(n) * I), down = nan(size_t(n) * D);
+      be.rmsnorm(xn, x, n, G1, 1e-6f);  // a norm with no add before it, then q, k, v
+      be.matmul(q, xn, n, Q, &BQ);
+      be.matmul(k, xn, n, K, &BK);
+      be.matmul(v, xn, n, V, &BV);
+      be.matmul(q2, xn, n, Q, nullptr);  // a fourth product of xn: a new group
+      be.add(xn, a, size_t(n) * D);      // xn changes: the next product must read the sum
+      be.matmul(k2, xn, n, K, &BK);
+      be.rmsnorm(xn, x, n, G2, 1e-6f);
+      be.matmul(part, xn, n - 1, V, &BV);  // fewer rows than the norm wrote
+      be.add(x, v, size_t(n) * D);         // the residual add and the next norm, then gate, up, SwiGLU, down
+      be.rmsnorm(xn, x, n, G2, 1e-6f);
+      be.matmul(gate, xn, n, WG, &BG);
+      be.matmul(up, xn, n, WU, &BU);
+      be.swiglu(gate, gate, up, size_t(n) * I);
+      be.matmul(down, gate, n, WD, &BD);
+      return std::vector<std::vector<float>>{get(be, q),    get(be, k),    get(be, v),  get(be, q2),
+                                             get(be, k2),   get(be, part), get(be, x),
+                                             get(be, xn),   get(be, gate), get(be, up), get(be, down)};
+    };
+    const char* names[] = {"q", "k", "v", "q2", "k2 (after xn changed)", "part", "x", "xn", "swiglu", "up", "down"};
+    auto c = run(*cpu);
+    auto d = run(*gpu);  // the defaults: cublasGemmEx, a bias pass, each product converting its x
+    cuda_api::set_gemm_lt(*gpu, true);
+    cuda_api::set_gemm_group(*gpu, true);
+    auto f = run(*gpu);
+    cuda_api::set_fusion(*gpu, false);  // no group, no bf16 copy from the norms: the same arithmetic
+    auto u = run(*gpu);
+    cuda_api::set_fusion(*gpu, true);
+    cuda_api::set_gemm_lt(*gpu, false);  // grouped, through cublasGemmEx and a bias pass
+    auto o = run(*gpu);
+    cuda_api::set_gemm_group(*gpu, false);
+    for (size_t i = 0; i < c.size(); ++i) {
+      EXPECT_LT(rel(d[i], c[i]), 1e-2) << names[i] << " n=" << n;  // bf16 x in the products
+      EXPECT_LT(rel(f[i], c[i]), 1e-2) << names[i] << " n=" << n;
+      EXPECT_LT(rel(f[i], u[i]), 1e-6) << names[i] << " fused vs unfused n=" << n;
+      // Two GEMM algorithms round differently (~1e-7); where a product's input was made from another
+      // product's output (gate, up and down, after x += v) a bf16 rounding can flip: more room there.
+      EXPECT_LT(rel(f[i], o[i]), i >= 8 ? 5e-3 : 1e-5) << names[i] << " cuBLASLt vs cuBLAS + bias pass n=" << n;
+      EXPECT_LT(rel(o[i], d[i]), 1e-6) << names[i] << " grouped vs one product at a time n=" << n;
+    }
+    // Had k2 read the xn of before the add, it would equal xn·Kᵀ: far from the CPU's.
+    auto k_old = c[1];
+    EXPECT_GT(rel(c[4], k_old), 0.05) << "the test's xn change must matter";
+  }
 #endif
 }
 

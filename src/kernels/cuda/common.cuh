@@ -153,9 +153,12 @@ const char* attention(cudaStream_t s, float* z, const float* q, const float* kc,
 
 // ops.cu
 void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols, const int32_t* ids, int n);
-void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps);
+// yb (may be null): also y in bf16 (the input of the matrix products that read y next).
+void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps,
+             __nv_bfloat16* yb = nullptr);
 // x[n, d] += a; then y = rmsnorm(x) (the add and the norm of the residual stream in one kernel).
-void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps);
+void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps,
+                 __nv_bfloat16* yb = nullptr);
 void layernorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, const float* b, float eps);
 // positions: pos (device-readable) or, when pos == nullptr, pos0 + i
 void rope(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, int pos0, const float* inv_freq);
@@ -166,7 +169,8 @@ void rope_qk_cache(cudaStream_t s, float* q, int hq, float* k, int hk, int n, in
                    const float* inv_freq, float* kdst, float* vdst, const float* vsrc);
 void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int32_t* pos, const int* sec_of,
                    const float* inv_freq);
-void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n);
+// outb (may be null): also out in bf16.
+void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n, __nv_bfloat16* outb = nullptr);
 void gelu(cudaStream_t s, float* y, const float* x, size_t n, bool tanh_approx);
 void add(cudaStream_t s, float* y, const float* x, size_t n);
 void fill(cudaStream_t s, float* y, size_t n, float v);

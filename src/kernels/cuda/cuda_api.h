@@ -35,6 +35,26 @@ size_t weight_bytes(Backend& be);
 // Fusion of the decoder's small ops (add + RMSNorm, GEMVs sharing x, gate/up + SwiGLU, q/k RoPE +
 // KV-cache writes); on unless OUTRO_CUDA_FUSE=0. Returns false when `be` is not a CUDA backend.
 bool set_fusion(Backend& be, bool on);
+// The prefill's matrix products through cuBLASLt with the bias in its epilogue (off unless
+// OUTRO_CUDA_LT=1); off: cublasGemmEx and a separate bias pass. False when `be` is not a CUDA backend.
+bool set_gemm_lt(Backend& be, bool on);
+// The prefill's products of one x as one group that rounds x to bf16 once, the RMSNorm or SwiGLU
+// before them writing that copy (off unless OUTRO_CUDA_GROUP=1). False when `be` is not a CUDA backend.
+bool set_gemm_group(Backend& be, bool on);
+// y[n, rows] = x[n, cols] · wᵀ: each step of the backend's two paths timed alone (ms, median over reps,
+// random data; -1 where cuBLASLt found no algorithm).
+struct GemmShape {
+  int n = 0, rows = 0, cols = 0;
+};
+struct GemmShapeTimes {
+  GemmShape shape;
+  double to_bf16_ms = 0;  // the float32 input rounded to bf16
+  double gemmex_ms = 0;   // cublasGemmEx, bf16 in, fp32 out
+  double bias_ms = 0;     // the separate bias pass
+  double lt_bias_ms = 0;  // cuBLASLt, bias in the epilogue, fp32 out
+  double lt_bf16_ms = 0;  // cuBLASLt, bf16 out, no bias
+};
+std::vector<GemmShapeTimes> gemm_shape_times(int device, const std::vector<GemmShape>& shapes, int reps);
 // Downloads of 64 KiB to 64 MiB through a pinned buffer in overlapped chunks (on unless
 // OUTRO_CUDA_PINNED_DL=0); off: straight into the destination. False when `be` is not a CUDA backend.
 bool set_pinned_download(Backend& be, bool on);

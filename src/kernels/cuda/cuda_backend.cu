@@ -2,10 +2,14 @@
 // the KV cache included, in float32), weights uploaded once and kept in bf16 (f16 checkpoints are
 // converted to bf16; float32 checkpoints stay float32), float32 accumulation everywhere.
 // Decode-sized products (n <= 8 rows) run on our own bandwidth-bound GEMV (gemv.cu); larger ones on
-// cuBLAS (bf16 inputs, fp32 compute and output). Attention, norms, RoPE, SwiGLU and the
+// cuBLAS (bf16 inputs, fp32 compute and output, a separate bias pass); with OUTRO_CUDA_LT=1 on
+// cuBLASLt with the bias in its epilogue, and with OUTRO_CUDA_GROUP=1 their input rounded to bf16
+// once for all the products that share it, by the norm or SwiGLU that wrote it where that was the
+// op before (both off by default: not yet run on a GPU). Attention, norms, RoPE, SwiGLU and the
 // interventions' ops are our own kernels (attention.cu, ops.cu). All work is ordered on one stream;
 // the host waits only where the interface hands data back (download, attention patterns) or a
 // staging ring wraps.
+#include <cublasLt.h>
 #include <cublas_v2.h>
 
 #include <algorithm>
@@ -13,6 +17,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "io/safetensors.h"
@@ -48,6 +53,13 @@ double mib(size_t b) { return double(b) / (1024.0 * 1024.0); }
 
 class CudaBackend final : public Backend {
  public:
+  // One product of a group that shares its input: y[n, rows] = x · wᵀ (+ bias).
+  struct GemmOut {
+    float* y;
+    const void* w;
+    const float* bias;
+    int64_t rows;
+  };
   explicit CudaBackend(int dev) : dev_(dev) {
     OUTRO_CK(cudaSetDevice(dev));
     cudaDeviceProp prop{};
@@ -64,6 +76,9 @@ class CudaBackend final : public Backend {
     }
     if (const char* e = std::getenv("OUTRO_CUDA_FUSE")) fuse_ = e[0] != '0';
     if (const char* e = std::getenv("OUTRO_CUDA_PINNED_DL")) pinned_dl_ = e[0] != '0';
+    if (const char* e = std::getenv("OUTRO_CUDA_LT")) use_lt_ = e[0] == '1';
+    if (const char* e = std::getenv("OUTRO_CUDA_LT_TUNE")) lt_tune_ = e[0] == '1';
+    if (const char* e = std::getenv("OUTRO_CUDA_GROUP")) group_ = e[0] == '1';
   }
   ~CudaBackend() override {
     try {
@@ -79,6 +94,9 @@ class CudaBackend final : public Backend {
     for (auto& e : dl_ev_)
       if (e) cudaEventDestroy(e);
     if (dring_) cudaFree(dring_);
+    for (auto& [key, plan] : lt_plans_) plan.destroy();
+    if (lt_ws_) cudaFree(lt_ws_);
+    if (lt_) cublasLtDestroy(lt_);
     for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_), static_cast<void*>(argmax_dev_)})
       if (p) cudaFree(p);
     cublasDestroy(blas_);
@@ -304,28 +322,47 @@ class CudaBackend final : public Backend {
       cuda::gemv(s_, F(y), F(x), n, w.data, wt(w), w.rows, w.cols, b);
       return;
     }
+    if (wt(w) == WType::BF16) {
+      // Products that share x (q, k, v; gate, up) wait to be launched together: x is rounded to bf16
+      // once, by the norm or SwiGLU waiting before them when that wrote x, else by to_bf16.
+      const size_t yb = size_t(n) * size_t(w.rows) * 4, xbytes = size_t(n) * size_t(w.cols) * 4;
+      if (fuse_ && group_ && !ov(y.ptr, yb, x.ptr, xbytes)) {
+        bool join = pend_ == Pend::Gemm && pm_count_ < 3 && pm_x_ == F(x) && pm_n_ == n && pm_cols_ == w.cols;
+        for (int i = 0; join && i < pm_count_; ++i)
+          if (ov(y.ptr, yb, pm_[i].y, size_t(n) * size_t(pm_[i].rows) * 4)) join = false;
+        if (!join) {
+          const size_t nx = size_t(n) * size_t(w.cols);
+          bool ready = false;
+          if (pend_ == Pend::Norm && pn_y_ == F(x) && pn_n_ == n && pn_d_ == w.cols) {
+            pend_ = Pend::None;
+            launch_norm(xb_for(nx));
+            ready = true;
+          } else if (pend_ == Pend::Swiglu && ps_out_ == F(x) && ps_n_ == nx) {
+            pend_ = Pend::None;
+            cuda::swiglu(s_, ps_out_, ps_g_, ps_u_, ps_n_, xb_for(nx));
+            ready = true;
+          } else {
+            flush();
+          }
+          pend_ = Pend::Gemm;
+          pm_count_ = 0;
+          pm_x_ = F(x), pm_n_ = n, pm_cols_ = w.cols, pm_ready_ = ready;
+        }
+        pm_[pm_count_++] = GemmOut{F(y), w.data, b, w.rows};
+        return;
+      }
+      flush();
+      const size_t nx = size_t(n) * size_t(w.cols);
+      __nv_bfloat16* xb = xb_for(nx);
+      cuda::to_bf16(s_, xb, F(x), nx);
+      gemm_bf16(xb, n, w.cols, GemmOut{F(y), w.data, b, w.rows});
+      return;
+    }
     flush();
     const float one = 1.f, zero = 0.f;
-    if (wt(w) == WType::BF16) {
-      const size_t nx = size_t(n) * size_t(w.cols);
-      if (nx > xb_n_) {
-        if (xb_) {
-          OUTRO_CK(cudaStreamSynchronize(s_));
-          cudaFree(xb_);
-        }
-        xb_n_ = std::max(nx, xb_n_ * 2);
-        xb_ = static_cast<__nv_bfloat16*>(dmalloc(xb_n_ * 2, "matmul input (bf16)"));
-      }
-      cuda::to_bf16(s_, xb_, F(x), nx);
-      blas_ck(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, int(w.cols), &one, w.data, CUDA_R_16BF,
-                           int(w.cols), xb_, CUDA_R_16BF, int(w.cols), &zero, y.ptr, CUDA_R_32F, int(w.rows),
-                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-              "cublasGemmEx (bf16)");
-    } else {
-      blas_ck(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, int(w.cols), &one,
-                          static_cast<const float*>(w.data), int(w.cols), F(x), int(w.cols), &zero, F(y), int(w.rows)),
-              "cublasSgemm");
-    }
+    blas_ck(cublasSgemm(blas_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), n, int(w.cols), &one,
+                        static_cast<const float*>(w.data), int(w.cols), F(x), int(w.cols), &zero, F(y), int(w.rows)),
+            "cublasSgemm");
     if (b) cuda::add_bias(s_, F(y), b, n, w.rows);
   }
 
@@ -333,17 +370,21 @@ class CudaBackend final : public Backend {
     const int d = int(w.cols);
     const float* g = vec_ptr(w);
     // A residual add waiting for this norm of its sum: one kernel.
+    const float* add_x = nullptr;
     if (pend_ == Pend::Add && n > 0 && pa_y_ == F(x) && pa_n_ == size_t(n) * size_t(d)) {
       const size_t bytes = pa_n_ * 4;
       if (!ov(pa_x_, bytes, pa_y_, bytes) && !ov(y.ptr, bytes, pa_x_, bytes) &&
           (y.ptr == x.ptr || !ov(y.ptr, bytes, x.ptr, bytes))) {
         pend_ = Pend::None;
-        cuda::add_rmsnorm(s_, F(y), F(x), pa_x_, n, d, g, eps);
-        return;
+        add_x = pa_x_;
       }
     }
     flush();
-    cuda::rmsnorm(s_, F(y), F(x), n, d, g, eps);
+    // Prefill-sized norms wait for the next op: a matrix product of their output takes a bf16 copy of
+    // it from the norm's kernel.
+    pend_ = Pend::Norm;
+    pn_y_ = F(y), pn_x_ = F(x), pn_a_ = add_x, pn_n_ = n, pn_d_ = d, pn_g_ = g, pn_eps_ = eps;
+    if (!(fuse_ && group_ && n > kGemvMaxN)) flush();
   }
 
   void rope(Buf x, int n, int heads, int hd, const int32_t* pos, const float* inv_freq) override {
@@ -459,6 +500,11 @@ class CudaBackend final : public Backend {
       }
     }
     flush();
+    if (fuse_ && group_ && n > size_t(kGemvMaxN) * 64) {  // waits: a matrix product of out takes a bf16 copy of it
+      pend_ = Pend::Swiglu;
+      ps_out_ = F(out), ps_g_ = F(gate), ps_u_ = F(up), ps_n_ = n;
+      return;
+    }
     cuda::swiglu(s_, F(out), F(gate), F(up), n);
   }
   // Waits for the next op: an RMSNorm of the sum takes it into its kernel.
@@ -596,6 +642,19 @@ class CudaBackend final : public Backend {
       case Pend::Add:
         cuda::add(s_, pa_y_, pa_x_, pa_n_);
         return;
+      case Pend::Norm:
+        launch_norm(nullptr);
+        return;
+      case Pend::Swiglu:
+        cuda::swiglu(s_, ps_out_, ps_g_, ps_u_, ps_n_);
+        return;
+      case Pend::Gemm: {
+        const size_t nx = size_t(pm_n_) * size_t(pm_cols_);
+        __nv_bfloat16* xb = xb_for(nx);
+        if (!pm_ready_) cuda::to_bf16(s_, xb, pm_x_, nx);
+        for (int i = 0; i < pm_count_; ++i) gemm_bf16(xb, pm_n_, pm_cols_, pm_[i]);
+        return;
+      }
       case Pend::Gemv:
         if (pg_count_ == 1)
           cuda::gemv(s_, pg_[0].y, pg_x_, pg_n_, pg_[0].w, pg_wt_, pg_[0].rows, pg_cols_, pg_[0].bias);
@@ -611,6 +670,144 @@ class CudaBackend final : public Backend {
         return;
     }
   }
+  void launch_norm(__nv_bfloat16* yb) {
+    if (pn_a_)
+      cuda::add_rmsnorm(s_, pn_y_, pn_x_, pn_a_, pn_n_, pn_d_, pn_g_, pn_eps_, yb);
+    else
+      cuda::rmsnorm(s_, pn_y_, pn_x_, pn_n_, pn_d_, pn_g_, pn_eps_, yb);
+  }
+  // The bf16 copy of a matrix product's input (grown on request; one stream orders its reuse).
+  __nv_bfloat16* xb_for(size_t nx) {
+    if (nx > xb_n_) {
+      if (xb_) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFree(xb_);
+        xb_ = nullptr;
+      }
+      xb_n_ = std::max(nx, xb_n_ * 2);
+      xb_ = static_cast<__nv_bfloat16*>(dmalloc(xb_n_ * 2, "matmul input (bf16)"));
+    }
+    return xb_;
+  }
+  static unsigned align_of(const void* p) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    unsigned al = 256;
+    while (al > 1 && a % al) al /= 2;
+    return al;
+  }
+  // o.y[n, rows] = xb[n, cols] · o.wᵀ (+ o.bias): cuBLASLt with the bias in its epilogue, the plan
+  // (descriptors and the heuristic's algorithm) kept per shape and alignment; cuBLAS and a separate
+  // bias pass where cuBLASLt has no algorithm for it or it is off (use_lt_).
+  void gemm_bf16(const __nv_bfloat16* xb, int n, int64_t cols, const GemmOut& o) {
+    const float one = 1.f, zero = 0.f;
+    const int m = int(o.rows), k = int(cols);
+    if (use_lt_) {
+      const auto key = std::make_tuple(m, n, k, o.bias != nullptr, align_of(o.w), align_of(xb), align_of(o.y));
+      auto it = lt_plans_.find(key);
+      if (it == lt_plans_.end()) it = lt_plans_.emplace(key, make_plan(m, n, k, o, xb)).first;
+      LtPlan& pl = it->second;
+      if (pl.ok) {
+        if (o.bias)
+          blas_ck(cublasLtMatmulDescSetAttribute(pl.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &o.bias, sizeof(o.bias)),
+                  "cublasLt bias pointer");
+        const cublasStatus_t st = cublasLtMatmul(lt_, pl.op, &one, o.w, pl.a, xb, pl.b, &zero, o.y, pl.c, o.y, pl.c,
+                                                 &pl.algo, lt_ws_, kLtWorkspace, s_);
+        if (st == CUBLAS_STATUS_SUCCESS) return;
+        if (st != CUBLAS_STATUS_NOT_SUPPORTED) blas_ck(st, "cublasLtMatmul");
+        pl.ok = false;  // this shape goes to cuBLAS from now on
+      }
+    }
+    blas_ck(cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, o.w, CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &zero,
+                         o.y, CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "cublasGemmEx (bf16)");
+    if (o.bias) cuda::add_bias(s_, o.y, o.bias, n, o.rows);
+  }
+  struct LtPlan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+    void destroy() {
+      if (a) cublasLtMatrixLayoutDestroy(a);
+      if (b) cublasLtMatrixLayoutDestroy(b);
+      if (c) cublasLtMatrixLayoutDestroy(c);
+      if (op) cublasLtMatmulDescDestroy(op);
+      a = b = c = nullptr;
+      op = nullptr;
+    }
+  };
+  // Column-major, as cuBLAS sees our row-major arrays: D[m, n] = op(A)[m, k] · B[k, n] with A the
+  // weight [rows, cols] read transposed (ld = cols), B = x (ld = cols), D = y (ld = rows).
+  // OUTRO_CUDA_LT_TUNE=1: the heuristic's first 8 algorithms are each timed on the call's own
+  // operands (3 runs, the host waits) and the fastest is kept; else its first.
+  LtPlan make_plan(int m, int n, int k, const GemmOut& o, const __nv_bfloat16* xb) {
+    const bool bias = o.bias != nullptr;
+    const void* w = o.w;
+    const void* y = o.y;
+    if (!lt_) blas_ck(cublasLtCreate(&lt_), "cublasLtCreate");  // on first use: the default path needs none
+    if (!lt_ws_) lt_ws_ = dmalloc(kLtWorkspace, "cuBLASLt workspace");
+    LtPlan p;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    blas_ck(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    blas_ck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)), "cublasLt transa");
+    blas_ck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)), "cublasLt transb");
+    if (bias) {
+      const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+      const cudaDataType_t bt = CUDA_R_32F;
+      blas_ck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep)), "cublasLt epilogue");
+      blas_ck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)),
+              "cublasLt bias type");
+    }
+    blas_ck(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, uint64_t(k), uint64_t(m), int64_t(k)), "cublasLt layout A");
+    blas_ck(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, uint64_t(k), uint64_t(n), int64_t(k)), "cublasLt layout B");
+    blas_ck(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, uint64_t(m), uint64_t(n), int64_t(m)), "cublasLt layout D");
+    cublasLtMatmulPreference_t pref = nullptr;
+    blas_ck(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+    const size_t ws = kLtWorkspace;
+    const uint32_t al_a = align_of(w), al_b = align_of(xb), al_d = align_of(y);
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d));
+    cublasLtMatmulHeuristicResult_t res[8] = {};
+    int found = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, lt_tune_ ? 8 : 1, res, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS || found <= 0 || res[0].state != CUBLAS_STATUS_SUCCESS) return p;
+    p.algo = res[0].algo;
+    p.ok = true;
+    if (lt_tune_ && found > 1) {
+      if (bias)
+        blas_ck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &o.bias, sizeof(o.bias)),
+                "cublasLt bias pointer");
+      cudaEvent_t e0, e1;
+      OUTRO_CK(cudaEventCreate(&e0));
+      OUTRO_CK(cudaEventCreate(&e1));
+      const float one = 1.f, zero = 0.f;
+      float best = 1e30f;
+      for (int i = 0; i < found; ++i) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+        float t = 0;
+        bool good = true;
+        for (int r = 0; r < 4 && good; ++r) {  // the first run is a warm-up
+          OUTRO_CK(cudaEventRecord(e0, s_));
+          good = cublasLtMatmul(lt_, p.op, &one, w, p.a, xb, p.b, &zero, o.y, p.c, o.y, p.c, &res[i].algo, lt_ws_,
+                                kLtWorkspace, s_) == CUBLAS_STATUS_SUCCESS;
+          OUTRO_CK(cudaEventRecord(e1, s_));
+          OUTRO_CK(cudaEventSynchronize(e1));
+          float ms = 0;
+          OUTRO_CK(cudaEventElapsedTime(&ms, e0, e1));
+          if (r) t += ms;
+        }
+        if (good && t < best) best = t, p.algo = res[i].algo;
+      }
+      cudaEventDestroy(e0);
+      cudaEventDestroy(e1);
+    }
+    return p;
+  }
   static bool ov(const void* a, size_t an, const void* b, size_t bn) {
     const char *pa = static_cast<const char*>(a), *pb = static_cast<const char*>(b);
     return an && bn && pa < pb + bn && pb < pa + an;
@@ -620,6 +817,10 @@ class CudaBackend final : public Backend {
   void set_fusion(bool on) {
     flush();
     fuse_ = on;
+  }
+  void set_group(bool on) {
+    flush();
+    group_ = on;
   }
   // Φ_LLM's row maxima and median on the GPU; only n + 1 floats come back.
   // The statistics' scratch, grown on request (the kernels leave their counters zero).
@@ -657,6 +858,10 @@ class CudaBackend final : public Backend {
   }
   int force_attn_ = 0;
   bool pinned_dl_ = true;
+  bool lt_tune_ = false;  // OUTRO_CUDA_LT_TUNE=1: time the heuristic's first 8 algorithms per shape
+  // cuBLASLt with the bias in its epilogue for the prefill's products; off (cublasGemmEx + a bias
+  // pass) unless OUTRO_CUDA_LT=1 or cuda_api::set_gemm_lt: not yet run on a GPU.
+  bool use_lt_ = false;
   std::string last_attn_;
   size_t weight_bytes_ = 0;
 
@@ -759,6 +964,10 @@ class CudaBackend final : public Backend {
   int sm_major_ = 0;
   cudaStream_t s_ = nullptr;
   cublasHandle_t blas_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  static constexpr size_t kLtWorkspace = size_t(32) << 20;
+  void* lt_ws_ = nullptr;
+  std::map<std::tuple<int, int, int, bool, unsigned, unsigned, unsigned>, LtPlan> lt_plans_;
   std::vector<void*> owned_;
   std::map<const void*, Cached> cache_;
   void* pin_ = nullptr;
@@ -790,12 +999,36 @@ class CudaBackend final : public Backend {
   size_t phi_pin_bytes_ = 0;
   std::vector<float> invf_host_;
 
-  enum class Pend { None, Add, Gemv, Rope };
+  enum class Pend { None, Add, Gemv, Rope, Norm, Swiglu, Gemm };
   bool fuse_ = true;
+  // The prefill's products of one x launched as a group, x rounded to bf16 once (by the norm or
+  // SwiGLU before them where they wrote it). Off unless OUTRO_CUDA_GROUP=1 (or cuda_api::
+  // set_gemm_group): written without a GPU, tested and timed on none yet.
+  bool group_ = false;
   Pend pend_ = Pend::None;
   float* pa_y_ = nullptr;  // Add: y += x over n
   const float* pa_x_ = nullptr;
   size_t pa_n_ = 0;
+  // Norm: y = rmsnorm(x (+= a when a is non-null)) over n rows of d
+  float* pn_y_ = nullptr;
+  float* pn_x_ = nullptr;
+  const float* pn_a_ = nullptr;
+  const float* pn_g_ = nullptr;
+  int pn_n_ = 0;
+  int64_t pn_d_ = 0;
+  float pn_eps_ = 0;
+  // Swiglu: out = silu(g) * u over n
+  float* ps_out_ = nullptr;
+  const float* ps_g_ = nullptr;
+  const float* ps_u_ = nullptr;
+  size_t ps_n_ = 0;
+  // Gemm: up to 3 products (n > kGemvMaxN rows, bf16 weights) of x [n, cols]; pm_ready_: xb_ already
+  // holds x in bf16 (written by the norm or SwiGLU before them)
+  GemmOut pm_[3] = {};
+  int pm_count_ = 0, pm_n_ = 0;
+  const float* pm_x_ = nullptr;
+  int64_t pm_cols_ = 0;
+  bool pm_ready_ = false;
   cuda::GemvOut pg_[3] = {};  // Gemv: up to 3 products of x [n, cols]
   int pg_count_ = 0, pg_n_ = 0;
   const float* pg_x_ = nullptr;
@@ -981,6 +1214,136 @@ bool set_pinned_download(Backend& be, bool on) {
   if (!c) return false;
   c->pinned_dl_ = on;
   return true;
+}
+bool set_gemm_lt(Backend& be, bool on) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (!c) return false;
+  c->synchronize();
+  c->use_lt_ = on;
+  return true;
+}
+bool set_gemm_group(Backend& be, bool on) {
+  auto* c = dynamic_cast<CudaBackend*>(&be);
+  if (!c) return false;
+  c->set_group(on);
+  return true;
+}
+
+// Each step of a prefill-sized product alone, by events (median of reps), on random data: what the
+// backend's two paths cost per shape (to_bf16, cublasGemmEx, the separate bias pass; cuBLASLt with
+// the bias in its epilogue, fp32 out; cuBLASLt with bf16 out, no bias, for comparison).
+std::vector<GemmShapeTimes> gemm_shape_times(int device, const std::vector<GemmShape>& shapes, int reps) {
+  OUTRO_CK(cudaSetDevice(device));
+  std::vector<GemmShapeTimes> out;
+  cudaStream_t st;
+  OUTRO_CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  cublasHandle_t h;
+  cublasLtHandle_t lt;
+  blas_ck(cublasCreate(&h), "cublasCreate");
+  blas_ck(cublasSetStream(h, st), "cublasSetStream");
+  blas_ck(cublasLtCreate(&lt), "cublasLtCreate");
+  const size_t wsb = size_t(32) << 20;
+  void* ws = nullptr;
+  OUTRO_CK(cudaMalloc(&ws, wsb));
+  cudaEvent_t e0, e1;
+  OUTRO_CK(cudaEventCreate(&e0));
+  OUTRO_CK(cudaEventCreate(&e1));
+  for (const GemmShape& g : shapes) {
+    const int m = g.rows, n = g.n, k = g.cols;
+    __nv_bfloat16 *w = nullptr, *xb = nullptr, *xb2 = nullptr, *yb = nullptr;
+    float *x = nullptr, *y = nullptr, *bias = nullptr;
+    OUTRO_CK(cudaMalloc(&w, size_t(m) * k * 2));
+    OUTRO_CK(cudaMalloc(&xb, size_t(n) * k * 2));
+    OUTRO_CK(cudaMalloc(&xb2, size_t(n) * k * 2));
+    OUTRO_CK(cudaMalloc(&yb, size_t(n) * m * 2));
+    OUTRO_CK(cudaMalloc(&x, size_t(n) * k * 4));
+    OUTRO_CK(cudaMalloc(&y, size_t(n) * m * 4));
+    OUTRO_CK(cudaMalloc(&bias, size_t(m) * 4));
+    k_rand_bf16<<<4096, 256, 0, st>>>(w, size_t(m) * k, 1);
+    k_rand_bf16<<<4096, 256, 0, st>>>(xb, size_t(n) * k, 2);
+    OUTRO_CK(cudaMemsetAsync(x, 0x3c, size_t(n) * k * 4, st));
+    OUTRO_CK(cudaMemsetAsync(bias, 0x3c, size_t(m) * 4, st));
+    const float one = 1.f, zero = 0.f;
+    auto lt_run = [&](bool bf16_out, bool with_bias) {
+      cublasLtMatmulDesc_t op;
+      cublasLtMatrixLayout_t la, lb, lc;
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      blas_ck(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc");
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta));
+      cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb));
+      if (with_bias) {
+        const cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+        const cudaDataType_t bt = CUDA_R_32F;
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof(ep));
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt));
+        cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+      }
+      cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, m, k);
+      cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, n, k);
+      cublasLtMatrixLayoutCreate(&lc, bf16_out ? CUDA_R_16BF : CUDA_R_32F, m, n, m);
+      cublasLtMatmulPreference_t pref;
+      cublasLtMatmulPreferenceCreate(&pref);
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb));
+      cublasLtMatmulHeuristicResult_t res{};
+      int found = 0;
+      cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &res, &found);
+      std::vector<float> ms;
+      void* d = bf16_out ? static_cast<void*>(yb) : static_cast<void*>(y);
+      for (int r = 0; found > 0 && r <= reps; ++r) {
+        OUTRO_CK(cudaEventRecord(e0, st));
+        blas_ck(cublasLtMatmul(lt, op, &one, w, la, xb, lb, &zero, d, lc, d, lc, &res.algo, ws, wsb, st), "cublasLtMatmul");
+        OUTRO_CK(cudaEventRecord(e1, st));
+        OUTRO_CK(cudaEventSynchronize(e1));
+        float t = 0;
+        OUTRO_CK(cudaEventElapsedTime(&t, e0, e1));
+        if (r) ms.push_back(t);  // the first is a warm-up
+      }
+      cublasLtMatmulPreferenceDestroy(pref);
+      cublasLtMatrixLayoutDestroy(la);
+      cublasLtMatrixLayoutDestroy(lb);
+      cublasLtMatrixLayoutDestroy(lc);
+      cublasLtMatmulDescDestroy(op);
+      std::sort(ms.begin(), ms.end());
+      return ms.empty() ? -1.0 : double(ms[ms.size() / 2]);
+    };
+    auto timed = [&](auto&& f) {
+      std::vector<float> ms;
+      for (int r = 0; r <= reps; ++r) {
+        OUTRO_CK(cudaEventRecord(e0, st));
+        f();
+        OUTRO_CK(cudaEventRecord(e1, st));
+        OUTRO_CK(cudaEventSynchronize(e1));
+        float t = 0;
+        OUTRO_CK(cudaEventElapsedTime(&t, e0, e1));
+        if (r) ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      return double(ms[ms.size() / 2]);
+    };
+    GemmShapeTimes t;
+    t.shape = g;
+    t.to_bf16_ms = timed([&] { cuda::to_bf16(st, xb2, x, size_t(n) * k); });
+    t.gemmex_ms = timed([&] {
+      blas_ck(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one, w, CUDA_R_16BF, k, xb, CUDA_R_16BF, k, &zero, y,
+                           CUDA_R_32F, m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+              "cublasGemmEx");
+    });
+    t.bias_ms = timed([&] { cuda::add_bias(st, y, bias, n, m); });
+    t.lt_bias_ms = lt_run(false, true);
+    t.lt_bf16_ms = lt_run(true, false);
+    out.push_back(t);
+    OUTRO_CK(cudaStreamSynchronize(st));
+    for (void* p : {static_cast<void*>(w), static_cast<void*>(xb), static_cast<void*>(xb2), static_cast<void*>(yb), static_cast<void*>(x),
+                    static_cast<void*>(y), static_cast<void*>(bias)})
+      cudaFree(p);
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  cudaFree(ws);
+  cublasLtDestroy(lt);
+  cublasDestroy(h);
+  cudaStreamDestroy(st);
+  return out;
 }
 bool set_fusion(Backend& be, bool on) {
   auto* c = dynamic_cast<CudaBackend*>(&be);

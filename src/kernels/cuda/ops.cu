@@ -33,7 +33,9 @@ __global__ void k_embed(float* out, const WT* table, int64_t cols, const int32_t
     out[size_t(i) * cols + c] = ld(table, base + c);
 }
 
-__global__ void k_rmsnorm(float* y, const float* x, int d, const float* g, float eps) {
+// yb (may be null): also a bf16 copy of y, rounded as to_bf16 rounds it, for the matrix product
+// that reads y next (the backend then skips its own conversion).
+__global__ void k_rmsnorm(float* y, const float* x, int d, const float* g, float eps, __nv_bfloat16* yb) {
   pdl_begin();
   __shared__ double sh[32];
   const size_t row = blockIdx.x;
@@ -43,7 +45,16 @@ __global__ void k_rmsnorm(float* y, const float* x, int d, const float* g, float
   ss = block_sum(ss, sh);
   const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
   float* yr = y + row * d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
+  if (yb) {
+    __nv_bfloat16* br = yb + row * d;
+    for (int c = threadIdx.x; c < d; c += blockDim.x) {
+      const float v = g[c] * (xr[c] * inv);
+      yr[c] = v;
+      br[c] = __float2bfloat16_rn(v);
+    }
+  } else {
+    for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
+  }
 }
 
 // Weights (norm gains, targets, frequencies) depend on no earlier kernel: brings n floats at p into
@@ -56,7 +67,8 @@ __device__ __forceinline__ void pdl_begin_prefetch(const float* p, int n) {
 
 // The residual add and the next RMSNorm: each block owns one row, adds, sums the squares of the sums
 // (in double, as k_rmsnorm) and normalises; the same arithmetic as k_add then k_rmsnorm.
-__global__ void k_add_rmsnorm(float* y, float* x, const float* a, int d, const float* g, float eps) {
+__global__ void k_add_rmsnorm(float* y, float* x, const float* a, int d, const float* g, float eps,
+                              __nv_bfloat16* yb) {
   pdl_begin();
   __shared__ double sh[32];
   const size_t row = blockIdx.x;
@@ -71,19 +83,32 @@ __global__ void k_add_rmsnorm(float* y, float* x, const float* a, int d, const f
   ss = block_sum(ss, sh);
   const float inv = 1.f / sqrtf(float(ss / double(d)) + eps);
   float* yr = y + row * d;
-  for (int c = threadIdx.x; c < d; c += blockDim.x) yr[c] = g[c] * (xr[c] * inv);
+  __nv_bfloat16* br = yb ? yb + row * d : nullptr;
+  for (int c = threadIdx.x; c < d; c += blockDim.x) {
+    const float v = g[c] * (xr[c] * inv);
+    yr[c] = v;
+    if (br) br[c] = __float2bfloat16_rn(v);
+  }
 }
 
-// y = g * (x * inv) over a row of d4 float4s (the output of the vectorised norm kernels).
-__device__ __forceinline__ void write_normed4(float4* yr, const float4* xr, const float4* g4, float inv, int d4) {
+// y = g * (x * inv) over a row of d4 float4s (the output of the vectorised norm kernels); br (may be
+// null): the same row in bf16.
+__device__ __forceinline__ void write_normed4(float4* yr, const float4* xr, const float4* g4, float inv, int d4,
+                                              __nv_bfloat162* br) {
   for (int c = threadIdx.x; c < d4; c += blockDim.x) {
     const float4 v = xr[c], gg = g4[c];
-    yr[c] = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
+    const float4 o = make_float4(gg.x * (v.x * inv), gg.y * (v.y * inv), gg.z * (v.z * inv), gg.w * (v.w * inv));
+    yr[c] = o;
+    if (br) {
+      br[2 * c] = __floats2bfloat162_rn(o.x, o.y);
+      br[2 * c + 1] = __floats2bfloat162_rn(o.z, o.w);
+    }
   }
 }
 
 // The same with 16-byte accesses (d % 4 == 0, aligned rows), fewer threads per row.
-__global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const float* g, float eps) {
+__global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const float* g, float eps,
+                               __nv_bfloat16* yb) {
   pdl_begin_prefetch(g, d);
   __shared__ double sh[32];
   const size_t row = blockIdx.x;
@@ -100,7 +125,8 @@ __global__ void k_add_rmsnorm4(float* y, float* x, const float* a, int d, const 
   }
   ss = block_sum(ss, sh);
   write_normed4(reinterpret_cast<float4*>(y + row * d), xr, reinterpret_cast<const float4*>(g),
-                1.f / sqrtf(float(ss / double(d)) + eps), d4);
+                1.f / sqrtf(float(ss / double(d)) + eps), d4,
+                yb ? reinterpret_cast<__nv_bfloat162*>(yb + row * d) : nullptr);
 }
 
 __global__ void k_layernorm(float* y, const float* x, int d, const float* g, const float* b, float eps) {
@@ -201,11 +227,14 @@ __global__ void k_rope_sections(float* x, int n, int heads, int hd, const int32_
   }
 }
 
-__global__ void k_swiglu(float* out, const float* g, const float* u, size_t n) {
+// outb (may be null): also a bf16 copy of out, for the down projection that reads it next.
+__global__ void k_swiglu(float* out, const float* g, const float* u, size_t n, __nv_bfloat16* outb) {
   pdl_begin();
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     const float a = g[i];
-    out[i] = a / (1.f + expf(-a)) * u[i];
+    const float v = a / (1.f + expf(-a)) * u[i];
+    out[i] = v;
+    if (outb) outb[i] = __float2bfloat16_rn(v);
   }
 }
 
@@ -1024,22 +1053,24 @@ void embed(cudaStream_t s, float* out, const void* table, WType wt, int64_t cols
   OUTRO_LAUNCHED("embed");
 }
 
-void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps) {
+void rmsnorm(cudaStream_t s, float* y, const float* x, int n, int d, const float* g, float eps, __nv_bfloat16* yb) {
   if (n <= 0) return;
-  launch("k_rmsnorm", k_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, d, g, eps);
+  launch("k_rmsnorm", k_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, d, g, eps, yb);
   OUTRO_LAUNCHED("rmsnorm");
 }
 
-void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps) {
+void add_rmsnorm(cudaStream_t s, float* y, float* x, const float* a, int n, int d, const float* g, float eps,
+                 __nv_bfloat16* yb) {
   if (n <= 0) return;
   const bool vec = d % 4 == 0 && ((reinterpret_cast<uintptr_t>(y) | reinterpret_cast<uintptr_t>(x) |
-                                   reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(g)) % 16) == 0;
+                                   reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(g) |
+                                   reinterpret_cast<uintptr_t>(yb)) % 16) == 0;
   if (vec)
     launch("k_add_rmsnorm", k_add_rmsnorm4, dim3(n), dim3(d >= 4096 ? 512 : d >= 1024 ? 256 : 128), 0, s, y, x, a, d,
-           g, eps);
+           g, eps, yb);
   else
     launch("k_add_rmsnorm", k_add_rmsnorm, dim3(n), dim3(d >= 2048 ? 1024 : d >= 1024 ? 512 : 128), 0, s, y, x, a, d,
-           g, eps);
+           g, eps, yb);
   OUTRO_LAUNCHED("add_rmsnorm");
 }
 
@@ -1073,9 +1104,9 @@ void rope_sections(cudaStream_t s, float* x, int n, int heads, int hd, const int
   OUTRO_LAUNCHED("rope_sections");
 }
 
-void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n) {
+void swiglu(cudaStream_t s, float* out, const float* g, const float* u, size_t n, __nv_bfloat16* outb) {
   if (!n) return;
-  launch("k_swiglu", k_swiglu, dim3(blocks_for(n, 256)), dim3(256), 0, s, out, g, u, n);
+  launch("k_swiglu", k_swiglu, dim3(blocks_for(n, 256)), dim3(256), 0, s, out, g, u, n, outb);
   OUTRO_LAUNCHED("swiglu");
 }
 
