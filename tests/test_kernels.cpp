@@ -656,6 +656,8 @@ TEST_F(BackendTest, AttentionCausalSinkoutAndPattern) {
       {6, 3, 20, 7, 4, {4, 5, 10}, 9},      // with a past; sink rows at absolute positions
       {8, 2, 64, 40, 10, {12, 30}, 50},     // large enough for the threaded path
       {2, 1, 13, 3, 2, {}, 0},              // head_dim not a multiple of the vector width
+      {4, 2, 13, 20, 3, {5}, 23},           // the blocked prefill kernel, odd head_dim
+      {4, 1, 80, 130, 7, {20, 100}, 137},   // several key blocks, head_dim 80, MQA
   };
   for (Isa isa : all_isas()) {
     ASSERT_TRUE(cpu::set_isa(isa));
@@ -693,6 +695,58 @@ TEST_F(BackendTest, AttentionCausalSinkoutAndPattern) {
         }
       }
       // Without a pattern observer the output is the same.
+      p.pattern_out = nullptr;
+      Buf zb2 = keep(be->alloc(q.size()));
+      be->attention(zb2, qb, kb, vb, p);
+      EXPECT_EQ(get(zb2), get(zb));
+    }
+  }
+}
+
+// Non-causal attention within segments (the encoders' windows), row by row and blocked, against
+// double sums; the pattern observer changes nothing.
+TEST_F(BackendTest, AttentionSegmentsMatchReference) {
+  IsaGuard guard;
+  for (Isa isa : all_isas()) {
+    ASSERT_TRUE(cpu::set_isa(isa));
+    for (int n : {9, 70, 150}) {
+      SCOPED_TRACE(std::string(cpu::isa_name(isa)) + " n " + std::to_string(n));
+      const int H = 4, KV = 2, hd = 20;
+      std::vector<int> seg = {0, n / 7, n / 2, n};
+      const auto q = randn(size_t(n * H * hd), 81, 1.5f), k = randn(size_t(n * KV * hd), 82, 1.5f);
+      const auto v = randn(size_t(n * KV * hd), 83);
+      AttnParams p;
+      p.n_heads = H, p.n_kv = KV, p.head_dim = hd, p.scale = 1.f / std::sqrt(float(hd)), p.n_new = n, p.past = 0;
+      p.causal = false, p.segments = seg.data(), p.n_segments = 3;
+      std::vector<float> pattern(size_t(H * n * n), -1.f);
+      p.pattern_out = pattern.data();
+      Buf qb = keep(put(q)), kb = keep(put(k)), vb = keep(put(v)), zb = keep(be->alloc(q.size()));
+      be->attention(zb, qb, kb, vb, p);
+      std::vector<double> rz(q.size(), 0.0), rp(pattern.size(), 0.0);
+      for (int h = 0; h < H; ++h)
+        for (int r = 0; r < n; ++r) {
+          int b = 0;
+          while (seg[size_t(b + 1)] <= r) ++b;
+          const int j0 = seg[size_t(b)], j1 = seg[size_t(b + 1)], g = h / (H / KV);
+          std::vector<double> sc;
+          double mx = -1e300, sum = 0;
+          for (int j = j0; j < j1; ++j) {
+            double d = 0;
+            for (int c = 0; c < hd; ++c) d += double(q[size_t((r * H + h) * hd + c)]) * k[size_t((j * KV + g) * hd + c)];
+            sc.push_back(d * p.scale);
+            mx = std::max(mx, sc.back());
+          }
+          for (auto& x : sc) sum += (x = std::exp(x - mx));
+          for (int j = j0; j < j1; ++j) {
+            const double pj = sc[size_t(j - j0)] / sum;
+            rp[size_t((h * n + r) * n + j)] = pj;
+            for (int c = 0; c < hd; ++c) rz[size_t((r * H + h) * hd + c)] += pj * v[size_t((j * KV + g) * hd + c)];
+          }
+        }
+      EXPECT_LT(rel(get(zb), rz), 1e-5);
+      EXPECT_LT(rel(pattern, rp), 1e-5);
+      for (size_t i = 0; i < rp.size(); ++i)
+        if (rp[i] == 0.0) ASSERT_EQ(pattern[i], 0.f) << "entry outside the segment " << i;
       p.pattern_out = nullptr;
       Buf zb2 = keep(be->alloc(q.size()));
       be->attention(zb2, qb, kb, vb, p);

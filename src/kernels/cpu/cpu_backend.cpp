@@ -167,10 +167,71 @@ class CpuBackend final : public Backend {
                  g.counter);
     }
   }
+  // K of each KV head transposed, kt[g][c][j] (the layout Kernels::attn reads), keys [0, total),
+  // zero-padded to a stride of total rounded up to 64, plus 64.
+  int64_t transpose_keys(const Buf& kc, int KV, int hd, int total) {
+    const int64_t stride = (int64_t(total) + 63) / 64 * 64 + 64;
+    kt_.resize(size_t(KV) * size_t(hd) * size_t(stride));
+    for (size_t row = 0; row < size_t(KV) * size_t(hd); ++row)  // the padding reads as zero keys
+      std::fill(kt_.begin() + long(row * size_t(stride) + size_t(total)), kt_.begin() + long((row + 1) * size_t(stride)), 0.f);
+    const float* k = F(kc);
+    auto body = [&](size_t b0, size_t b1) {
+      for (size_t b = b0; b < b1; ++b) {  // a block of 64 keys of one KV head
+        const int g = int(b % size_t(KV)), j0 = int(b / size_t(KV)) * 64, j1 = std::min(total, j0 + 64);
+        float* dst = kt_.data() + size_t(g) * size_t(hd) * size_t(stride);
+        for (int j = j0; j < j1; ++j) {
+          const float* kr = k + (size_t(j) * KV + g) * hd;
+          for (int c = 0; c < hd; ++c) dst[size_t(c) * size_t(stride) + size_t(j)] = kr[c];
+        }
+      }
+    };
+    const size_t blocks = size_t(KV) * size_t((total + 63) / 64);
+    if (size_t(total) * KV * hd < 65536)
+      body(0, blocks);
+    else
+      ThreadPool::global().parallel_for(blocks, body);
+    return stride;
+  }
+
+  // Attention of n rows against keys [k0[r], k1[r]) on Kernels::attn: tasks of 16 rows of one head.
+  void attention_blocked(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p, int total,
+                         const std::vector<int>& k0, const std::vector<int>& k1) {
+    const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV, n = p.n_new;
+    const int64_t stride = transpose_keys(kc, KV, hd, total);
+    const auto& K = cpu::kernels();
+    const size_t per = size_t((n + 15) / 16), tasks = size_t(H) * per;
+    auto body = [&](size_t t0, size_t t1) {
+      for (size_t t = t0; t < t1; ++t) {
+        const int h = int(t / per), r0 = int(t % per) * 16, g = h / group;
+        cpu::AttnRows a;
+        a.q = F(q) + (size_t(r0) * H + h) * hd, a.q_stride = int64_t(H) * hd;
+        a.kt = kt_.data() + size_t(g) * size_t(hd) * size_t(stride), a.kt_stride = stride;
+        a.v = F(vc) + size_t(g) * hd, a.v_stride = int64_t(KV) * hd;
+        a.z = F(z) + (size_t(r0) * H + h) * hd, a.z_stride = int64_t(H) * hd;
+        a.k0 = k0.data() + r0, a.k1 = k1.data() + r0;
+        a.rows = std::min(16, n - r0), a.hd = hd, a.scale = p.scale;
+        if (p.pattern_out) a.pattern = p.pattern_out + (size_t(h) * n + r0) * total, a.p_stride = total, a.p_len = total;
+        K.attn(a);
+      }
+    };
+    ThreadPool::global().parallel_for(tasks, body);
+  }
+
   void attention_causal(Buf z, const Buf& q, const Buf& kc, const Buf& vc, const AttnParams& p) {
     if (!p.causal) return attention_segments(z, q, kc, vc, p);
     const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
     const int total = p.past + p.n_new;
+    // Prefill-sized calls on the blocked kernel; decode steps row by row.
+    if (p.n_new >= 16) {
+      std::vector<int> k0(size_t(p.n_new), 0), k1(size_t(p.n_new));
+      for (int r = 0; r < p.n_new; ++r) {
+        int nk = p.past + r + 1;
+        if (p.sinkout_mask && static_cast<const float*>(p.sinkout_mask)[r] != 0.f)
+          nk = std::max(nk, std::min(p.sinkout_end, total));
+        k1[size_t(r)] = nk;
+      }
+      return attention_blocked(z, q, kc, vc, p, total, k0, k1);
+    }
     const size_t tasks = size_t(H) * size_t(p.n_new);
     const auto& K = cpu::kernels();
     auto body = [&](size_t t0, size_t t1) {
@@ -227,6 +288,7 @@ class CpuBackend final : public Backend {
         }
       }
     }
+    if (n >= 16) return attention_blocked(z, q, kc, vc, p, n, sb, se);
     const auto& K = cpu::kernels();
     const size_t tasks = size_t(H) * size_t(n);
     auto body = [&](size_t t0, size_t t1) {
@@ -358,6 +420,7 @@ class CpuBackend final : public Backend {
 
  private:
   std::vector<uint16_t> xpack_;  // the bf16 matrix path's packed x, reused across products
+  std::vector<float> kt_;        // transposed keys for Kernels::attn, reused across calls
 };
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cerrno>
 #include <string>
+#include <vector>
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
@@ -143,10 +144,52 @@ float gate_portable(float* o, const float* v, int64_t n, float vv, float nv, flo
   return cs;
 }
 
+// Kernels::attn, one row at a time, with the same blocks of 64 keys and online softmax.
+void attn_portable(const AttnRows& a) {
+  constexpr int BK = 64;
+  const int hd = a.hd;
+  std::vector<float> o(static_cast<size_t>(hd));
+  float s[BK];
+  for (int i = 0; i < a.rows; ++i) {
+    const float* q = a.q + int64_t(i) * a.q_stride;
+    std::fill(o.begin(), o.end(), 0.f);
+    float m = -INFINITY, l = 0.f;
+    for (int j0 = a.k0[i]; j0 < a.k1[i]; j0 += BK) {
+      const int nj = std::min(BK, a.k1[i] - j0);
+      float bm = -INFINITY;
+      for (int j = 0; j < nj; ++j) {
+        float d = 0.f;
+        for (int c = 0; c < hd; ++c) d += q[c] * a.kt[int64_t(c) * a.kt_stride + j0 + j];
+        s[j] = d * a.scale;
+        bm = std::max(bm, s[j]);
+      }
+      if (a.pattern)
+        for (int j = 0; j < nj; ++j) a.pattern[int64_t(i) * a.p_stride + j0 + j] = s[j];
+      const float mn = std::max(m, bm), alpha = m == -INFINITY ? 0.f : std::exp(m - mn);
+      m = mn;
+      float ps = 0.f;
+      for (int j = 0; j < nj; ++j) ps += (s[j] = std::exp(s[j] - mn));
+      l = l * alpha + ps;
+      for (int c = 0; c < hd; ++c) o[size_t(c)] *= alpha;
+      for (int j = 0; j < nj; ++j) {
+        const float* vr = a.v + int64_t(j0 + j) * a.v_stride;
+        for (int c = 0; c < hd; ++c) o[size_t(c)] += s[j] * vr[c];
+      }
+    }
+    float* z = a.z + int64_t(i) * a.z_stride;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (int c = 0; c < hd; ++c) z[c] = o[size_t(c)] * inv;
+    if (a.pattern) {
+      float* pr = a.pattern + int64_t(i) * a.p_stride;
+      for (int j = 0; j < a.p_len; ++j) pr[j] = j >= a.k0[i] && j < a.k1[i] ? std::exp(pr[j] - m) * inv : 0.f;
+    }
+  }
+}
+
 const Kernels kPortable = {"portable",         Isa::Portable,      gemm_portable,      dot_portable,
                            axpy_portable,      sumsq_portable,     scale_mul_portable, swiglu_portable,
                            exp_shift_portable, exp_portable,       sum_portable,       gate_portable,
-                           bracket_scalar,     nullptr,            nullptr};
+                           bracket_scalar,     attn_portable,      nullptr,            nullptr};
 
 bool cpu_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)

@@ -42,6 +42,33 @@ struct MatPath {
   double (*peak)(int64_t iters);
 };
 
+// Rows of one attention head against their keys (the CPU backend's prefill and encoder attention).
+// Row i < rows reads q + i·q_stride (hd floats) and sees the keys [k0[i], k1[i]). K comes transposed,
+// kt[c·kt_stride + j] for key j, zero-padded so that kt_stride >= every k1 rounded up to a multiple
+// of 64, plus 64; V as rows v + j·v_stride. Writes z + i·z_stride = softmax(scale · q·Kᵀ) V over the
+// row's keys (zeros for an empty range). Keys in blocks of 64 with an online softmax, from the
+// smallest k0 of the row's group of 4 (rows 4g .. 4g+3 of the call): so a row's result depends on
+// its inputs and that grouping only, never on a thread split.
+struct AttnRows {
+  const float* q;
+  int64_t q_stride;
+  const float* kt;
+  int64_t kt_stride;
+  const float* v;
+  int64_t v_stride;
+  float* z;
+  int64_t z_stride;
+  const int* k0;
+  const int* k1;
+  int rows, hd;
+  float scale;
+  // When not null: row i's probabilities over keys [0, p_len) at pattern + i·p_stride (zeros outside
+  // its range); z is the same with or without it.
+  float* pattern = nullptr;
+  int64_t p_stride = 0;
+  int p_len = 0;
+};
+
 // One ISA's kernel set. All pointers are non-null.
 struct Kernels {
   const char* name;
@@ -64,6 +91,7 @@ struct Kernels {
   // past out + n.
   uint32_t (*bracket)(const float* x, int64_t n, uint32_t lo, uint32_t hi, uint32_t* out, int64_t* below,
                       int64_t* inside);
+  void (*attn)(const AttnRows& a);  // blocked attention rows (AttnRows)
   double (*peak)(int64_t iters);  // float32 FMA peak probe (flops done); nullptr for portable
   const MatPath* mm;              // the bf16 matrix path; nullptr in the float32 sets
 };

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <vector>
 
 #define OUTRO_TGT __attribute__((target("avx2,fma,f16c")))
 
@@ -105,7 +106,7 @@ struct V {
 
 namespace {
 const Kernels kAvx2 = {"avx2",      Isa::Avx2, k_gemm,      k_dot, k_axpy, k_sumsq,
-                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum, k_gate, bracket_scalar, k_peak, nullptr};
+                       k_scale_mul, k_swiglu,  k_exp_shift, k_exp, k_sum, k_gate, bracket_scalar, k_attn, k_peak, nullptr};
 }
 
 const Kernels* avx2_kernels() { return &kAvx2; }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 // GCC 12 flags the _mm256_undefined_pd() inside its own AVX-512 extract/cast intrinsics.
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -133,7 +134,7 @@ OUTRO_TGT uint32_t k_bracket(const float* x, int64_t n, uint32_t lo, uint32_t hi
 }
 
 const Kernels kAvx512 = {"avx512", Isa::Avx512, k_gemm,      k_dot,  k_axpy, k_sumsq,
-                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum, k_gate, k_bracket, k_peak, nullptr};
+                         k_scale_mul, k_swiglu, k_exp_shift, k_exp,  k_sum, k_gate, k_bracket, k_attn, k_peak, nullptr};
 }
 
 const Kernels* avx512_kernels() { return &kAvx512; }
