@@ -313,13 +313,12 @@ class PyModel {
   // `outro analyze` on a prompts file or one token list: report.json as a dict (and the report
   // written to `out` when given).
   py::object analyze(py::object tokens, py::object prompts, const std::string& metric, bool pruning, bool single_head,
-                     bool zeroing, bool tsne, std::vector<uint64_t> seeds, double tau_abs, double tau_rel,
+                     bool zeroing, bool tsne, std::vector<uint64_t> seeds, py::object tau_abs, py::object tau_rel,
                      const std::string& score_sinks, int max_prompts, bool raw, const std::string& media_root,
                      const std::string& system, py::object out) {
     if (tokens.is_none() == prompts.is_none()) value_error("analyze: give tokens=[...] or prompts='FILE.jsonl' (one of them)");
     sink::AnalysisParams p;
-    p.sinks.llm.tau_abs = tau_abs;
-    p.sinks.llm.tau_rel = tau_rel;
+    llm_thresholds(p.sinks.llm, tau_abs, tau_rel);
     p.sinks.score_sinks = as_value_error("score_sinks", [&] { return sink::parse_score_sinks(score_sinks); });
     if (metric != "auto" && metric != "loglik" && metric != "accuracy")
       value_error("metric: expected 'auto', 'loglik' or 'accuracy', found '" + metric + "'");
@@ -371,11 +370,23 @@ class PyModel {
   }
 
   // Per layer, the sink sets of one prompt under the three criteria (Fig. 1a), with Φ_LLM's statistics.
-  py::list prompt_sinks(py::object tokens, double tau_abs, double tau_rel, double vlm_tau, double dim_tau, double eps) {
+  // Φ_LLM's thresholds: the arguments when either is given, else the model folder's
+  // sink_thresholds.json when it has one, else the release's 100 and 1000.
+  void llm_thresholds(sink::LlmCriterion& c, py::object tau_abs, py::object tau_rel) {
+    if (tau_abs.is_none() && tau_rel.is_none()) {
+      const ModelSinkThresholds t = as_value_error("sink_thresholds.json", [&] { return read_model_thresholds(dir_); });
+      if (t.present) c.tau_abs = t.abs_thr, c.tau_rel = t.med_mul, c.from = t.file;
+      return;
+    }
+    if (!tau_abs.is_none()) c.tau_abs = py::cast<double>(tau_abs);
+    if (!tau_rel.is_none()) c.tau_rel = py::cast<double>(tau_rel);
+  }
+
+  py::list prompt_sinks(py::object tokens, py::object tau_abs, py::object tau_rel, double vlm_tau, double dim_tau,
+                        double eps) {
     std::vector<int32_t> ids = token_list(tokens, "tokens");
     sink::SinkParams sp;
-    sp.llm.tau_abs = tau_abs;
-    sp.llm.tau_rel = tau_rel;
+    llm_thresholds(sp.llm, tau_abs, tau_rel);
     sp.vlm.tau = vlm_tau;
     sp.vlm.dim_tau = dim_tau;
     sp.attn.eps = eps;
@@ -546,6 +557,7 @@ class PyModel {
       where = "config";
     }
     as_value_error(where, [&] {
+      apply_model_thresholds(p, read_model_thresholds(dir_));
       validate_outro(p, cfg(), where);
       return 0;
     });
@@ -637,11 +649,11 @@ PYBIND11_MODULE(outro, m) {
       .def("analyze", &PyModel::analyze, py::arg("tokens") = py::none(), py::kw_only(), py::arg("prompts") = py::none(),
            py::arg("metric") = "auto", py::arg("pruning") = true, py::arg("single_head") = true,
            py::arg("zeroing") = true, py::arg("tsne") = true, py::arg("seeds") = std::vector<uint64_t>{1, 2, 3},
-           py::arg("tau_abs") = 100.0, py::arg("tau_rel") = 1000.0, py::arg("score_sinks") = "phi_llm",
+           py::arg("tau_abs") = py::none(), py::arg("tau_rel") = py::none(), py::arg("score_sinks") = "phi_llm",
            py::arg("max_prompts") = 0, py::arg("raw") = false, py::arg("media_root") = "", py::arg("system") = "",
            py::arg("out") = py::none(), "outro analyze: report.json as a dict")
-      .def("prompt_sinks", &PyModel::prompt_sinks, py::arg("tokens"), py::kw_only(), py::arg("tau_abs") = 100.0,
-           py::arg("tau_rel") = 1000.0, py::arg("vlm_tau") = 20.0, py::arg("dim_tau") = 20.0, py::arg("eps") = 0.3,
+      .def("prompt_sinks", &PyModel::prompt_sinks, py::arg("tokens"), py::kw_only(), py::arg("tau_abs") = py::none(),
+           py::arg("tau_rel") = py::none(), py::arg("vlm_tau") = 20.0, py::arg("dim_tau") = 20.0, py::arg("eps") = 0.3,
            "Per layer: the sink sets under Phi_LLM, Phi_VLM and the attention criterion, and the heads' sink scores")
       .def("__repr__", &PyModel::repr);
 }

@@ -495,5 +495,57 @@ TEST(OutroCli, ExplainListsTheSinksPerLayerAndSaysWhenNothingChanged) {
   fs::remove_all(d);
 }
 
+// A model folder's sink_thresholds.json: applied to OutRo and to analyze's Φ_LLM unless a config
+// or the flags set thresholds; said where they came from; a bad file is an error naming it.
+TEST(OutroCli, ModelFolderThresholdsAreAppliedAndNamed) {
+  const Fixture& f = fixture("q14_gqa");
+  const std::string src = fixture_dir("q14_gqa"), d = test::tmp_dir("outro_thr"), m = d + "/model";
+  fs::create_directories(m);
+  for (const char* name : {"config.json", "model.safetensors"}) fs::copy_file(src + "/" + name, m + "/" + name);
+  const std::string gen = "generate --model " + m + " --tokens " + ids_arg(f.ids) + " --max-new-tokens 1 --strategy outro --explain";
+  auto r = test::run_cli(gen);  // no file: the release's thresholds find the planted sinks
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("thresholds from the release's defaults"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sinks [0, 5]"), std::string::npos) << r.out;
+  std::ofstream(m + "/sink_thresholds.json") << R"({"abs_thr": 1e9, "med_mul": 0, "note": "calibrated for a test"})";
+  r = test::run_cli(gen);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("abs_thr 1e+09, med_mul 0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("thresholds from " + m + "/sink_thresholds.json"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("no sink at any layer: OutRo changed nothing"), std::string::npos) << r.out;
+  std::ofstream(d + "/thr.toml") << "abs_thr = 100\n";  // a config's thresholds win over the folder's
+  r = test::run_cli(gen + " --outro-config " + d + "/thr.toml");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("thresholds from " + d + "/thr.toml"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("sinks [0, 5]"), std::string::npos) << r.out;
+  r = test::run_cli("analyze --model " + m + " --tokens " + ids_arg(f.ids) + " --out " + d + "/rep --no-pruning --no-tsne --no-single-head --no-zeroing --quiet");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream rf(d + "/rep/report.json");
+  const auto rep = nlohmann::json::parse(rf);
+  EXPECT_EQ(rep["params"]["phi_llm"]["from"], m + "/sink_thresholds.json");
+  EXPECT_EQ(rep["params"]["phi_llm"]["tau_abs"], 1e9);
+  r = test::run_cli("analyze --model " + m + " --tokens " + ids_arg(f.ids) + " --tau-abs 100 --out " + d + "/rep2 --no-pruning --no-tsne --no-single-head --no-zeroing --quiet");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream rf2(d + "/rep2/report.json");
+  EXPECT_EQ(nlohmann::json::parse(rf2)["params"]["phi_llm"]["tau_abs"], 100.0);
+  // Bad files: each error names the file and the key.
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"({"abs_thr": 10, "med_mul": 5, "lambda": 1})", "unknown key 'lambda'"},
+      {R"({"abs_thr": 10})", "key 'med_mul' is missing"},
+      {R"({"abs_thr": -1, "med_mul": 5})", "key 'abs_thr': expected a number >= 0"},
+      {R"({"abs_thr": 10, "med_mul": 5, "note": 3})", "key 'note': expected a string"},
+      {R"(abs_thr = 10)", "not valid JSON"}};
+  for (const auto& [text, want] : bad) {
+    std::ofstream(m + "/sink_thresholds.json", std::ios::trunc) << text;
+    r = test::run_cli(gen);
+    EXPECT_NE(r.code, 0) << text;
+    EXPECT_NE(r.out.find(m + "/sink_thresholds.json: " + want), std::string::npos) << r.out;
+    EXPECT_THROW(read_model_thresholds(m), Error) << text;
+  }
+  fs::remove(m + "/sink_thresholds.json");
+  EXPECT_FALSE(read_model_thresholds(m).present);
+  fs::remove_all(d);
+}
+
 }  // namespace
 }  // namespace outro

@@ -12,6 +12,7 @@
 #include "eval/runner.h"
 #include "models/multimodal.h"
 #include "report/sink_report.h"
+#include "outro/outro.h"
 #include "sink/analysis.h"
 
 namespace outro::cli {
@@ -66,6 +67,10 @@ int cmd_analyze(int argc, char** argv) {
 
   Loaded l = load(a, false);
   const ModelConfig& c = l.model->config();
+  if (!a.has("tau-abs") && !a.has("tau-rel")) {  // a model's own calibrated thresholds, when it has them
+    const ModelSinkThresholds t = read_model_thresholds(l.dir);
+    if (t.present) p.sinks.llm.tau_abs = t.abs_thr, p.sinks.llm.tau_rel = t.med_mul, p.sinks.llm.from = t.file;
+  }
   if (p.geometry_layer >= c.layers) fail("--geometry-layer: ", p.geometry_layer, " is outside [0, ", c.layers, ")");
   if (p.geometry_head >= c.heads) fail("--geometry-head: ", p.geometry_head, " is outside [0, ", c.heads, ")");
   std::vector<sink::TaskItem> items;

@@ -25,6 +25,7 @@ std::unique_ptr<Intervention> build_outro(const Args& a, const Model& m) {
     where = a.str("outro-config");
     p = load_outro_config(where, p, explicit_strategy);
   }
+  apply_model_thresholds(p, read_model_thresholds(m.dir()));
   validate_outro(p, m.config(), where);
   if (p.strategy == "baseline" && !outro_active(p)) return nullptr;
   return std::make_unique<OutRo>(std::move(p));

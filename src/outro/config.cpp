@@ -219,6 +219,7 @@ OutroParams apply(const json& obj, const Where& w, const OutroParams& base, bool
   if (obj.contains("apply_once")) p.apply_once = boolean("apply_once");
   if (obj.contains("abs_thr")) p.abs_thr = number("abs_thr", 0, 1e30, "a number >= 0");
   if (obj.contains("med_mul")) p.med_mul = number("med_mul", 0, 1e30, "a number >= 0");
+  if (obj.contains("abs_thr") || obj.contains("med_mul")) p.thresholds_from = w.source;
   if (obj.contains("gamma")) p.gamma = float(number("gamma", -1e6, 1e6, "a finite number"));
   if (obj.contains("temp")) {
     const json& v = obj.at("temp");
@@ -283,6 +284,46 @@ OutroParams load_outro_config(const std::string& path, const OutroParams& base, 
   const bool ends_toml = path.size() >= 5 && path.compare(path.size() - 5, 5, ".toml") == 0;
   const bool is_json = ends_json || (!ends_toml && !t.empty() && t[0] == '{');
   return parse_outro_config(text, path, is_json, base, keep_strategy);
+}
+
+ModelSinkThresholds read_model_thresholds(const std::string& model_dir) {
+  ModelSinkThresholds t;
+  const std::string path = model_dir + "/sink_thresholds.json";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return t;
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json obj;
+  try {
+    obj = json::parse(ss.str());
+  } catch (const json::exception& e) {
+    fail(path, ": not valid JSON: ", e.what());
+  }
+  if (!obj.is_object()) fail(path, ": expected an object {\"abs_thr\": ..., \"med_mul\": ..., \"note\": ...}");
+  for (auto it = obj.begin(); it != obj.end(); ++it)
+    if (it.key() != "abs_thr" && it.key() != "med_mul" && it.key() != "note")
+      fail(path, ": unknown key '", it.key(), "' (known keys: abs_thr, med_mul, note)");
+  auto number = [&](const char* key) {
+    if (!obj.contains(key)) fail(path, ": key '", key, "' is missing (expected a number >= 0)");
+    const json& v = obj.at(key);
+    if (!v.is_number() || !std::isfinite(v.get<double>()) || v.get<double>() < 0)
+      fail(path, ": key '", key, "': expected a number >= 0, found ", v.dump());
+    return v.get<double>();
+  };
+  t.abs_thr = number("abs_thr"), t.med_mul = number("med_mul");
+  if (obj.contains("note")) {
+    if (!obj.at("note").is_string()) fail(path, ": key 'note': expected a string, found ", obj.at("note").dump());
+    t.note = obj.at("note").get<std::string>();
+  }
+  t.present = true;
+  t.file = path;
+  return t;
+}
+
+void apply_model_thresholds(OutroParams& p, const ModelSinkThresholds& t) {
+  if (!t.present || !p.thresholds_from.empty()) return;
+  p.abs_thr = t.abs_thr, p.med_mul = t.med_mul;
+  p.thresholds_from = t.file;
 }
 
 }  // namespace outro

@@ -277,7 +277,9 @@ std::string OutRo::explain() const {
   os << "\n  layers [" << lo_ << ", " << hi_ << ") of " << layers_ << "; enhancement every " << interval_
      << " layers" << (p_.apply_once ? ", each position once" : "") << "; sinks by "
      << (p_.override_sinks.empty() ? "Φ_LLM: max|h| >= tau = max(abs_thr " + fmt(p_.abs_thr) + ", med_mul " +
-                                         fmt(p_.med_mul) + " x median|h|)"
+                                         fmt(p_.med_mul) + " x median|h|; thresholds from " +
+                                         (p_.thresholds_from.empty() ? std::string("the release's defaults")
+                                                                     : p_.thresholds_from) + ")"
                                    : "override_sinks " + list(p_.override_sinks) + " (research override, not Φ_LLM)");
   const auto& ls = layers();
   bool any = false;

@@ -49,6 +49,9 @@ struct OutroParams {
   // Research override, not the method: these prompt positions are the sinks of every layer in the
   // range instead of what Φ_LLM finds. Empty: detection.
   std::vector<int> override_sinks;
+  // Where abs_thr and med_mul came from, for --explain: empty for the release's defaults, else the
+  // config file (or the model folder's sink_thresholds.json) that set them.
+  std::string thresholds_from;
 
   // Resolved for a model of `layers` layers.
   int end(int layers) const { return end_layer >= 0 ? end_layer : layers - 2; }
@@ -75,6 +78,20 @@ OutroParams load_outro_config(const std::string& path, const OutroParams& base, 
 // Same, from text (`source` names it in messages; `json` picks the syntax).
 OutroParams parse_outro_config(const std::string& text, const std::string& source, bool json,
                                const OutroParams& base, bool keep_strategy);
+
+// Sink thresholds a model folder carries, `<dir>/sink_thresholds.json` = {"abs_thr": x, "med_mul": y,
+// "note": "why"}: for a model whose massive activations fall short of the release's 100 and
+// 1000 x median (a small demo model), calibrated on it and documented beside it. OutRo and
+// analyze's Φ_LLM use them unless the user sets thresholds. No file: present is false. A file with
+// an unknown key, a missing or bad value, or not JSON: Error naming the file and the key.
+struct ModelSinkThresholds {
+  bool present = false;
+  double abs_thr = 100.0, med_mul = 1000.0;
+  std::string file, note;
+};
+ModelSinkThresholds read_model_thresholds(const std::string& model_dir);
+// Takes the model's thresholds into p when nothing else set them (p.thresholds_from empty).
+void apply_model_thresholds(OutroParams& p, const ModelSinkThresholds& t);
 
 // Checks the parameters against a model (layer range, interval, temp); throws Error naming `where`.
 void validate_outro(const OutroParams& p, const ModelConfig& c, const std::string& where);

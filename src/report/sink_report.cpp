@@ -105,7 +105,8 @@ std::string sink_report_html(const json& r) {
     for (const auto& w : r.value("warnings", json::array())) page.raw("<p class=\"warn\">⚠ " + xml_escape(w.get<std::string>()) + "</p>");
     const json& p = r.at("params");
     page.paragraph("Criteria: Φ_LLM (max|h| ≥ " + num(p["phi_llm"]["tau_abs"]) + " and ≥ " + num(p["phi_llm"]["tau_rel"]) +
-                   " × median|h|, on hook_resid_pre of each layer); Φ_VLM (max over D_sink of |h[c]|/rms(h) ≥ " +
+                   " × median|h|, on hook_resid_pre of each layer; thresholds from " +
+                   p["phi_llm"].value("from", std::string("the command")) + "); Φ_VLM (max over D_sink of |h[c]|/rms(h) ≥ " +
                    num(p["phi_vlm"]["tau"]) + "; D_sink = channels where token 0 has |h[c]|/rms ≥ " +
                    num(p["phi_vlm"]["dim_tau"]) + " at some layer); attention criterion (mean incoming attention > " +
                    num(p["attention"]["eps"]) + " in some head of the layer).");

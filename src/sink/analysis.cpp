@@ -431,7 +431,8 @@ json run_analysis(const Model& m, Backend& be, const std::vector<TaskItem>& item
                 {"heads", H},              {"kv_heads", c.kv_heads},         {"head_dim", c.head_dim},
                 {"hidden_size", c.hidden}, {"vocab_size", c.vocab}};
   const Metric metric = choose_metric(p.metric, items);
-  j["params"] = {{"phi_llm", {{"tau_abs", p.sinks.llm.tau_abs}, {"tau_rel", p.sinks.llm.tau_rel}}},
+  j["params"] = {{"phi_llm", {{"tau_abs", p.sinks.llm.tau_abs}, {"tau_rel", p.sinks.llm.tau_rel},
+                              {"from", p.sinks.llm.from.empty() ? "the release's defaults or the command's flags" : p.sinks.llm.from}}},
                  {"phi_vlm", {{"tau", p.sinks.vlm.tau}, {"dim_tau", p.sinks.vlm.dim_tau}, {"fallback_top", p.sinks.vlm.fallback_top}}},
                  {"attention", {{"eps", p.sinks.attn.eps}}},
                  {"score_sinks", score_sinks_name(p.sinks.score_sinks)},

@@ -17,6 +17,7 @@ namespace outro::sink {
 struct LlmCriterion {
   double tau_abs = 100.0;
   double tau_rel = 1000.0;
+  std::string from;  // where the thresholds came from, for the report: empty for the defaults or flags
 };
 
 struct VlmCriterion {

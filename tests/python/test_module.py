@@ -100,6 +100,26 @@ def test_sinks_per_layer_equal_the_reference_on_planted_sinks():
     assert base.sinks is None and not np.array_equal(base.logits, r.logits)
 
 
+def test_model_folder_thresholds_apply_to_outro_and_prompt_sinks(tmp_path):
+    # A folder's sink_thresholds.json replaces the release's thresholds unless the call sets its own.
+    src = FIXTURES.parent / "outro_release" / "q14_gqa"
+    meta = json.loads((src / "ref.json").read_text())
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    (tmp_path / "sink_thresholds.json").write_text('{"abs_thr": 1e9, "med_mul": 0, "note": "test"}')
+    m = outro.Model(str(tmp_path), device="cpu")
+    r = m.forward(meta["ids"], strategy="outro")
+    assert all(s == [] for s in r.sinks)
+    assert np.array_equal(r.logits, m.forward(meta["ids"]).logits)  # no sink: the plain model
+    assert all(s["phi_llm"] == [] for s in m.prompt_sinks(meta["ids"]))
+    assert any(s["phi_llm"] for s in m.prompt_sinks(meta["ids"], tau_abs=100.0, tau_rel=1000.0))
+    r = m.forward(meta["ids"], strategy="outro", config={"abs_thr": 100})
+    assert r.sinks == meta["presets"]["outro"]["sinks"]
+    (tmp_path / "sink_thresholds.json").write_text('{"abs_thr": 1, "med_mul": 1, "gamma": 2}')
+    with pytest.raises(ValueError, match="sink_thresholds.json: unknown key 'gamma'"):
+        m.forward(meta["ids"], strategy="outro")
+
+
 def test_hook_layout():
     m = model("outro-demo")
     c = m.config
