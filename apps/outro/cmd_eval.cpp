@@ -587,6 +587,8 @@ int cmd_eval_run(int argc, char** argv) {
         o.prefill_embeds = prepared.prefill.embeds.data();
         o.prefill_modality = prepared.prefill.modality.data();
         o.prefill_positions = prepared.prefill.positions.data();
+        o.prefill_deepstack = &prepared.prefill.deepstack;
+        o.prefill_deepstack_rows = &prepared.prefill.deepstack_rows;
       }
       GenerateResult r = generate(*session, with_media ? prepared.prefill.ids : prompts[j.item], o, l.tokenizer.get(), {});
       eval::Record rec;

@@ -1,0 +1,272 @@
+// Qwen3-Omni's media path against transformers 5.17 (tools/qwen3_omni_fixtures.py, towers_a/b:
+// tiny random thinkers with both towers): the vision tower and its DeepStack features, the audio
+// tower (clips batched as the thinker runs them), the processor's placeholder expansion, the
+// thinker's 3-D positions and the logits of image + video-with-its-audio + audio + text prompts.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "kernels/backend.h"
+#include "models/model.h"
+#include "models/multimodal.h"
+#include "runtime/session.h"
+#include "test_util.h"
+
+namespace outro {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using test::rel_err;
+
+std::string dir_of(const std::string& name) { return test::fixture("qwen3_omni/" + name); }
+
+struct Fx {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Backend> be;
+  std::unique_ptr<MultimodalModel> mm;
+  std::unique_ptr<WeightStore> ref;
+  json meta;
+  explicit Fx(const std::string& name, const std::string& dir = "") {
+    model = Model::load(dir.empty() ? dir_of(name) : dir);
+    be = make_cpu_backend();
+    mm = std::make_unique<MultimodalModel>(*model, *be);
+    ref = WeightStore::open(dir_of(name) + "/ref.safetensors");
+    meta = json::parse(std::ifstream(dir_of(name) + "/ref.json"));
+  }
+  std::vector<float> f(const std::string& n) const { return read_f32(ref->get(n)); }
+  Grid grid(const char* key, double spg) const {
+    return {meta[key][0].get<int>(), meta[key][1].get<int>(), meta[key][2].get<int>(), spg};
+  }
+  media::MelFeatures mel(const std::string& n) const {
+    const TensorInfo& t = ref->get(n);
+    media::MelFeatures m;
+    m.n_mels = int(t.shape[0]);
+    m.n_frames = int(t.shape[1]);
+    m.data = read_f32(t);
+    return m;
+  }
+  std::vector<float> rows(const std::string& n, size_t from, size_t count) const {
+    auto v = f(n);
+    const size_t D = size_t(model->config().hidden);
+    return std::vector<float>(v.begin() + long(from * D), v.begin() + long((from + count) * D));
+  }
+};
+
+std::vector<int32_t> ints(const json& j) { return j.get<std::vector<int32_t>>(); }
+
+const char* kFixtures[] = {"towers_a", "towers_b"};
+
+TEST(Qwen3OmniTowers, ConfigNamesTheTowers) {
+  MultimodalConfig c = load_multimodal_config(dir_of("towers_a"));
+  EXPECT_EQ(c.family, MmFamily::Qwen3Omni);
+  EXPECT_TRUE(c.has_vision && c.has_audio);
+  EXPECT_EQ(c.vision.deepstack, (std::vector<int>{0, 2}));
+  EXPECT_EQ(c.vision.num_position_embeddings, 16);
+  EXPECT_EQ(c.vision.act, "gelu_pytorch_tanh");
+  EXPECT_EQ(c.audio.downsample_hidden, 8);
+  EXPECT_EQ(c.audio.n_window, 50);
+  EXPECT_EQ(c.audio.n_window_infer, 200);
+  EXPECT_EQ(c.image_token, 151);
+  EXPECT_EQ(c.vision_start, 153);
+  EXPECT_EQ(c.audio_end, 156);
+  EXPECT_EQ(c.position_id_per_seconds, 13);
+}
+
+TEST(Qwen3OmniTowers, VisionAndDeepStackMatchReference) {
+  for (const char* name : kFixtures) {
+    Fx x(name);
+    const int nds = int(x.mm->config().vision.deepstack.size());
+    for (const char* kind : {"image", "video"}) {
+      const std::string k = kind;
+      Grid g = x.grid(k == "image" ? "image_grid" : "video_grid", 0);
+      EncodedMedia e = x.mm->encode_vision(x.f(k + ".pixels").data(), g.t, g.h, g.w,
+                                           k == "image" ? Modality::Image : Modality::Video);
+      const double err = rel_err(e.embeds, x.f(k + ".embeds"));
+      EXPECT_LT(err, 1e-4) << name << " " << kind;
+      ASSERT_EQ(int(e.deepstack.size()), nds);
+      double ds_err = 0;
+      for (int j = 0; j < nds; ++j) ds_err = std::max(ds_err, rel_err(e.deepstack[size_t(j)], x.f(k + ".deepstack." + std::to_string(j))));
+      EXPECT_LT(ds_err, 1e-4) << name << " " << kind;
+      std::printf("[ qwen3_omni ] %s %s tower: merged rel err %.3g, DeepStack (%d) %.3g\n", name, kind, err, nds, ds_err);
+    }
+  }
+}
+
+TEST(Qwen3OmniTowers, AudioMatchesReference) {
+  for (const char* name : kFixtures) {
+    Fx x(name);
+    media::MelFeatures a = x.mel("audio.0.mel"), b = x.mel("audio.1.mel"), s = x.mel("short.mel");
+    auto out = x.mm->encode_audio({&a, &b});
+    ASSERT_EQ(out.size(), 2u);
+    EXPECT_EQ(out[0].tokens, x.meta["audio_tokens"][0].get<int>());
+    EXPECT_EQ(out[1].tokens, x.meta["audio_tokens"][1].get<int>());
+    EXPECT_EQ(qwen3_audio_tokens(a.n_frames, 50), out[0].tokens);
+    std::vector<float> both = out[0].embeds;
+    both.insert(both.end(), out[1].embeds.begin(), out[1].embeds.end());
+    const double err = rel_err(both, x.f("audio.embeds"));
+    EXPECT_LT(err, 1e-4) << name;
+    // A clip shorter than a chunk, alone: its chunk is padded to its own length only.
+    auto one = x.mm->encode_audio({&s});
+    const double err1 = rel_err(one[0].embeds, x.f("short.embeds"));
+    EXPECT_LT(err1, 1e-4) << name;
+    std::printf("[ qwen3_omni ] %s audio tower: two clips rel err %.3g, short clip %.3g\n", name, err, err1);
+  }
+}
+
+struct PromptCase {
+  std::string prompt;
+};
+
+MediaSet media_of(const Fx& x, bool aiv) {
+  MediaSet m;
+  m.images.push_back(x.grid("image_grid", 0));
+  m.videos.push_back(x.grid("video_grid", x.meta["video_second_per_grid"].get<double>()));
+  if (aiv) m.audio_frames.push_back(x.meta["audio_frames"][0].get<int>());
+  m.audio_frames.push_back(x.meta["audio_frames"][1].get<int>());
+  m.use_audio_in_video = aiv;
+  return m;
+}
+
+TEST(Qwen3OmniPrompt, ExpansionPositionsAndLogitsMatchReference) {
+  for (const char* name : kFixtures)
+    for (const char* prompt : {"mixed", "plain"}) {
+      Fx x(name);
+      const json& p = x.meta[prompt];
+      const bool aiv = p["use_audio_in_video"].get<bool>();
+      MediaSet media = media_of(x, aiv);
+      const MultimodalConfig& c = x.mm->config();
+      const int merge = c.vision.merge;
+      ExpandedPrompt e = expand_placeholders(ints(p["template_ids"]), c, media, merge);
+      EXPECT_EQ(e.ids, ints(p["ids"])) << name << " " << prompt;
+      auto pos = multimodal_positions(e.ids, c, media, merge);
+      auto want = x.f(std::string(prompt) + ".positions");
+      std::vector<int32_t> wanti(want.begin(), want.end());
+      EXPECT_EQ(pos, wanti) << name << " " << prompt;
+      // The rope delta (decode continues at max + 1).
+      const int mx = *std::max_element(pos.begin(), pos.end());
+      EXPECT_EQ(double(mx + 1 - int(e.ids.size())), p["rope_delta"].get<double>());
+
+      // The towers, the splice and the decoder with DeepStack.
+      std::vector<EncodedMedia> images, videos, audios;
+      Grid ig = media.images[0], vg = media.videos[0];
+      images.push_back(x.mm->encode_vision(x.f("image.pixels").data(), ig.t, ig.h, ig.w, Modality::Image));
+      videos.push_back(x.mm->encode_vision(x.f("video.pixels").data(), vg.t, vg.h, vg.w, Modality::Video));
+      media::MelFeatures a = x.mel("audio.0.mel"), b = x.mel("audio.1.mel");
+      if (aiv)
+        audios = x.mm->encode_audio({&a, &b});
+      else
+        audios = x.mm->encode_audio({&b});
+      MultimodalPrefill pf = x.mm->assemble(ints(p["template_ids"]), media, images, videos, audios);
+      ASSERT_EQ(pf.ids, ints(p["ids"]));
+      const std::string P = prompt;
+      // The spliced media rows (the text rows of pf.embeds are unused: the session embeds those ids).
+      {
+        auto want_e = x.f(P + ".embeds");
+        const size_t D = size_t(x.model->config().hidden);
+        std::vector<float> got_m, want_m;
+        for (size_t i = 0; i < pf.ids.size(); ++i)
+          if (pf.modality[i] != 0) {
+            got_m.insert(got_m.end(), pf.embeds.begin() + long(i * D), pf.embeds.begin() + long((i + 1) * D));
+            want_m.insert(want_m.end(), want_e.begin() + long(i * D), want_e.begin() + long((i + 1) * D));
+          }
+        EXPECT_GT(got_m.size(), 0u);
+        EXPECT_LT(rel_err(got_m, want_m), 1e-4) << name << " " << prompt;
+      }
+      auto vis = x.f(P + ".visual");
+      std::vector<int32_t> vis_rows;
+      for (size_t i = 0; i < vis.size(); ++i)
+        if (vis[i] > 0.5f) vis_rows.push_back(int32_t(i));
+      EXPECT_EQ(pf.deepstack_rows, vis_rows);
+      auto ds = x.f(P + ".deepstack");
+      std::vector<float> got;
+      for (auto& d : pf.deepstack) got.insert(got.end(), d.begin(), d.end());
+      EXPECT_LT(rel_err(got, ds), 1e-4) << name << " " << prompt;
+
+      Session s(*x.model, *x.be, int(pf.ids.size()) + 4);
+      std::vector<float> logits;
+      feed_prefill(s, pf, &logits, true);
+      const double err = rel_err(logits, x.f(P + ".logits"));
+      EXPECT_LT(err, 1e-4) << name << " " << prompt;
+      std::printf("[ qwen3_omni ] %s %s prompt (%zu tokens): logits rel err %.3g\n", name, prompt, pf.ids.size(), err);
+    }
+}
+
+// ------------------------------------------------------------------------------ bad input
+
+std::string copy_fixture(const std::string& name, const std::string& tag) {
+  const std::string d = test::tmp_dir("q3m_" + tag);
+  for (const char* f : {"config.json", "model.safetensors"}) fs::copy_file(dir_of(name) + "/" + f, d + "/" + f);
+  return d;
+}
+
+std::string load_error(const std::string& d) {
+  return test::error_of([&] {
+    auto m = Model::load(d);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*m, *be);
+  });
+}
+
+TEST(Qwen3OmniTowerErrors, GridTheMergeSizeContradicts) {
+  Fx x("towers_a");
+  std::vector<float> px(size_t(1 * 3 * 4) * 96, 0.f);
+  const std::string e = test::error_of([&] { x.mm->encode_vision(px.data(), 1, 3, 4, Modality::Image); });
+  EXPECT_NE(e.find("grid 1x3x4"), std::string::npos) << e;
+  EXPECT_NE(e.find("spatial_merge_size 2"), std::string::npos) << e;
+}
+
+TEST(Qwen3OmniTowerErrors, VisionWidthTheTensorsContradict) {
+  const std::string d = copy_fixture("towers_a", "vwidth");
+  json j = json::parse(std::ifstream(d + "/config.json"));
+  j["vision_config"]["intermediate_size"] = 48;
+  std::ofstream(d + "/config.json") << j.dump(1);
+  const std::string e = load_error(d);
+  EXPECT_NE(e.find("visual.blocks.0.mlp.linear_fc1.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("[48, 16]"), std::string::npos) << e;
+}
+
+TEST(Qwen3OmniTowerErrors, DeepStackMergerMissing) {
+  const std::string d = copy_fixture("towers_a", "ds");
+  json j = json::parse(std::ifstream(d + "/config.json"));
+  j["vision_config"]["deepstack_visual_indexes"] = {0, 1, 2};
+  std::ofstream(d + "/config.json") << j.dump(1);
+  const std::string e = load_error(d);
+  EXPECT_NE(e.find("visual.merger_list.2.ln_q.weight"), std::string::npos) << e;
+}
+
+TEST(Qwen3OmniTowerErrors, AudioChannelsTheTensorsContradict) {
+  const std::string d = copy_fixture("towers_a", "achan");
+  json j = json::parse(std::ifstream(d + "/config.json"));
+  j["audio_config"]["downsample_hidden_size"] = 4;
+  std::ofstream(d + "/config.json") << j.dump(1);
+  const std::string e = load_error(d);
+  EXPECT_NE(e.find("audio_tower.conv2d1.weight"), std::string::npos) << e;
+  EXPECT_NE(e.find("[4, 1, 3, 3]"), std::string::npos) << e;
+}
+
+TEST(Qwen3OmniTowerErrors, MissingAudioField) {
+  const std::string d = copy_fixture("towers_a", "afield");
+  json j = json::parse(std::ifstream(d + "/config.json"));
+  j["audio_config"].erase("downsample_hidden_size");
+  std::ofstream(d + "/config.json") << j.dump(1);
+  const std::string e = load_error(d);
+  EXPECT_NE(e.find("audio_config.downsample_hidden_size is missing"), std::string::npos) << e;
+}
+
+TEST(Qwen3OmniTowerErrors, PlaceholdersAndMediaDisagree) {
+  Fx x("towers_a");
+  MediaSet m = media_of(x, false);
+  m.images.clear();
+  const std::string e = test::error_of([&] {
+    expand_placeholders(ints(x.meta["plain"]["template_ids"]), x.mm->config(), m, 2);
+  });
+  EXPECT_NE(e.find("more image placeholders than images (0)"), std::string::npos) << e;
+}
+
+}  // namespace
+}  // namespace outro
