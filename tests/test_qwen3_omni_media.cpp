@@ -13,6 +13,7 @@
 #include "kernels/backend.h"
 #include "models/model.h"
 #include "models/multimodal.h"
+#include "models/multimodal_input.h"
 #include "runtime/session.h"
 #include "test_util.h"
 
@@ -63,6 +64,7 @@ const char* kFixtures[] = {"towers_a", "towers_b"};
 
 TEST(Qwen3OmniTowers, ConfigNamesTheTowers) {
   MultimodalConfig c = load_multimodal_config(dir_of("towers_a"));
+  EXPECT_EQ(default_multimodal_system(c), "");  // no system turn unless one is given
   EXPECT_EQ(c.family, MmFamily::Qwen3Omni);
   EXPECT_TRUE(c.has_vision && c.has_audio);
   EXPECT_EQ(c.vision.deepstack, (std::vector<int>{0, 2}));
@@ -193,6 +195,25 @@ TEST(Qwen3OmniPrompt, ExpansionPositionsAndLogitsMatchReference) {
       const double err = rel_err(logits, x.f(P + ".logits"));
       EXPECT_LT(err, 1e-4) << name << " " << prompt;
       std::printf("[ qwen3_omni ] %s %s prompt (%zu tokens): logits rel err %.3g\n", name, prompt, pf.ids.size(), err);
+      // A cached decode step continues at max(position) + 1 (transformers' rope delta): the same
+      // logits as a prefill of n + 1 rows (DeepStack on the same rows) with that last position.
+      int next = 7;
+      std::vector<float> step;
+      s.forward(&next, 1, &step, false);
+      MultimodalPrefill p2 = pf;
+      const size_t n = pf.ids.size(), D = size_t(x.model->config().hidden);
+      p2.ids.push_back(next);
+      p2.modality.push_back(0);
+      p2.embeds.resize(p2.embeds.size() + D, 0.f);
+      p2.positions.clear();
+      for (int r = 0; r < 3; ++r) {
+        p2.positions.insert(p2.positions.end(), pf.positions.begin() + long(r * n), pf.positions.begin() + long((r + 1) * n));
+        p2.positions.push_back(mx + 1);
+      }
+      Session s2(*x.model, *x.be, int(n) + 4);
+      std::vector<float> full;
+      feed_prefill(s2, p2, &full, false);
+      EXPECT_LT(rel_err(step, full), 1e-5) << name << " " << prompt;
     }
 }
 
@@ -266,6 +287,96 @@ TEST(Qwen3OmniTowerErrors, PlaceholdersAndMediaDisagree) {
     expand_placeholders(ints(x.meta["plain"]["template_ids"]), x.mm->config(), m, 2);
   });
   EXPECT_NE(e.find("more image placeholders than images (0)"), std::string::npos) << e;
+}
+
+// ------------------------------------------------------------------------------ the CLI
+
+// towers_a with Whisper's 128 mel bins (conv_out widened; deterministic weights) and a context and
+// pixel budget that fit real media files: the CLI's decoding, towers and prefill end to end.
+std::string cli_model(const std::string& dir) {
+  const std::string d = dir + "/model";
+  fs::create_directories(d);
+  json j = json::parse(std::ifstream(dir_of("towers_a") + "/config.json"));
+  j["audio_config"]["num_mel_bins"] = 128;
+  j["text_config"]["max_position_embeddings"] = 4096;
+  std::ofstream(d + "/config.json") << j.dump(1);
+  for (const char* f : {"preprocessor_config.json", "video_preprocessor_config.json"})
+    std::ofstream(d + "/" + f) << R"({"min_pixels": 1024, "max_pixels": 3072, "max_frames": 4})";
+  auto st = WeightStore::open(dir_of("towers_a") + "/model.safetensors");
+  std::vector<TensorOut> out;
+  for (const auto& [name, t] : st->tensors()) {
+    std::vector<float> v = read_f32(t);
+    std::vector<int64_t> shape = t.shape;
+    if (name == "audio_tower.conv_out.weight") {
+      shape = {16, 8 * 16};  // 128 mels -> 16 after three stride-2 convolutions
+      v.resize(size_t(16 * 8 * 16));
+      for (size_t i = 0; i < v.size(); ++i) v[i] = 0.05f * float(int(i * 37 % 17) - 8);
+    }
+    out.push_back(tensor_f32(name, shape, v.data()));
+  }
+  write_safetensors(d + "/model.safetensors", out);
+  return d;
+}
+
+TEST(Qwen3OmniCli, GenerateAndForwardWithMedia) {
+  const std::string dir = test::tmp_dir("q3m_cli");
+  fs::create_directories(dir);
+  auto ff = [](const std::string& args) {
+    return std::system(("ffmpeg -nostdin -v error -y " + args + " >/dev/null 2>&1").c_str()) == 0;
+  };
+  if (!ff("-f lavfi -i testsrc=size=112x84:rate=10 -f lavfi -i sine=frequency=440:sample_rate=44100 -t 2 -c:v mpeg4 "
+          "-c:a aac -shortest " + dir + "/av.mp4") ||
+      !ff("-f lavfi -i color=c=blue:size=64x48 -frames:v 1 " + dir + "/b.png"))
+    GTEST_SKIP() << "ffmpeg could not make the test media";
+  const std::string m = cli_model(dir);
+  // Image, the video with its own audio (interleaved), text.
+  auto r = test::run_cli("generate --model " + m + " --tokens 5,153,151,154,153,152,154,6 --image " + dir +
+                         "/b.png --video " + dir + "/av.mp4 --use-audio-in-video --max-new-tokens 3 --greedy");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("video"), std::string::npos) << r.out;
+  // forward: the video alone and the same track as an audio clip; its logits are the library's own
+  // pipeline's (media decoding, towers, DeepStack, positions), and DeepStack changes them.
+  const std::vector<int32_t> ids = {5, 153, 152, 154, 155, 150, 156, 6};
+  r = test::run_cli("forward --model " + m + " --tokens 5,153,152,154,155,150,156,6 --video " + dir +
+                    "/av.mp4 --audio " + dir + "/av.mp4 --out " + dir + "/f.safetensors");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto st = WeightStore::open(dir + "/f.safetensors");
+  auto mod = read_i64(st->get("token_modality"));
+  auto got_ids = read_i64(st->get("input_ids"));
+  int counts[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < got_ids.size(); ++i) {
+    ++counts[mod[i]];
+    EXPECT_EQ(mod[i] == 2, got_ids[i] == 152);
+    EXPECT_EQ(mod[i] == 3, got_ids[i] == 150);
+  }
+  EXPECT_GT(counts[2], 0);
+  EXPECT_GT(counts[3], 0);
+  EXPECT_EQ(counts[0], 6);
+  {
+    auto model = Model::load(m);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    MediaRequest req;
+    req.video = dir + "/av.mp4";
+    req.audio = dir + "/av.mp4";
+    PreparedPrompt pp = prepare_multimodal(mm, req, ids);
+    ASSERT_FALSE(pp.prefill.deepstack.empty());
+    EXPECT_EQ(pp.prefill.deepstack_rows.size(), size_t(counts[2]));
+    Session s(*model, *be, int(pp.prefill.ids.size()));
+    std::vector<float> logits, plain;
+    feed_prefill(s, pp.prefill, &logits, true);
+    EXPECT_LT(rel_err(logits, read_f32(st->get("logits"))), 1e-6);
+    MultimodalPrefill no_ds = pp.prefill;
+    no_ds.deepstack.clear();
+    Session s2(*model, *be, int(pp.prefill.ids.size()));
+    feed_prefill(s2, no_ds, &plain, true);
+    EXPECT_GT(rel_err(plain, logits), 1e-3);
+  }
+  // The tiny fixture's tower takes 16 mel bins, not Whisper's 128: said, not misread.
+  r = test::run_cli("generate --model " + dir_of("towers_a") + " --tokens 5,155,150,156 --audio " + dir + "/av.mp4");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("has 128 mel bins, the tower takes audio_config.num_mel_bins = 16"), std::string::npos) << r.out;
+  fs::remove_all(dir);
 }
 
 }  // namespace

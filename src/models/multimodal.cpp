@@ -354,12 +354,19 @@ std::vector<EncodedMedia> MultimodalModel::encode_audio(const std::vector<const 
   };
   if (audio3_) {
     std::vector<Qwen3AudioEncoder::Clip> cl;
-    for (const auto* m : clips) cl.push_back({m->data.data(), m->n_frames});
+    for (const auto* m : clips) cl.push_back({m->data.data(), m->n_frames, m->n_mels});
     for (auto& v : audio3_->encode(cl)) add(std::move(v));
   } else {
     for (const auto* m : clips) add(audio().encode(m->data.data(), m->n_frames));
   }
   return out;
+}
+
+bool has_media_towers(const Model& m) {
+  for (const char* p : {"", "model.", "thinker."})
+    for (const char* t : {"visual.patch_embed.proj.weight", "audio_tower.conv1.weight", "audio_tower.conv2d1.weight"})
+      if (m.store().has(std::string(p) + t)) return true;
+  return false;
 }
 
 void feed_prefill(Session& s, const MultimodalPrefill& p, std::vector<float>* logits, bool all_rows) {

@@ -1,4 +1,4 @@
-// Multimodal prompts for Qwen2.5-Omni thinker and Qwen2.5-VL: placeholder expansion (one
+// Multimodal prompts for the Qwen2.5-Omni and Qwen3-Omni thinkers and Qwen2.5-VL: placeholder expansion (one
 // <|IMAGE|> / <|VIDEO|> / <|AUDIO|> per item in, the right number of copies out, with the
 // video's own audio interleaved in time chunks when asked), the 3-D rotary positions (M-RoPE for
 // Qwen2.5-VL, TMRoPE for Qwen2.5-Omni) and the embeddings of the prefill (token embeddings with
@@ -76,6 +76,9 @@ struct MultimodalPrefill {
   std::vector<std::vector<float>> deepstack;
   std::vector<int32_t> deepstack_rows;
 };
+
+// Whether m's weights hold a vision or audio tower (a Qwen3-Omni decoder saved alone has neither).
+bool has_media_towers(const Model& m);
 
 class Session;
 // The prefill of p on s (set_deepstack when p has DeepStack features, then forward_embeds).

@@ -1,4 +1,4 @@
-// The non-text parts of a Qwen2.5-Omni thinker / Qwen2.5-VL config.json: the vision tower, the
+// The non-text parts of a Qwen2.5-Omni / Qwen3-Omni thinker or Qwen2.5-VL config.json: the vision tower, the
 // audio tower (Omni) and the special token ids that mark media in a prompt.
 #pragma once
 #include <string>

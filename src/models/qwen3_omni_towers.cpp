@@ -305,6 +305,9 @@ std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip
   int tmax = 0;
   for (size_t a = 0; a < clips.size(); ++a) {
     if (clips[a].n_frames <= 0) fail("Qwen3-Omni audio encoder: clip ", a, " has no mel frames");
+    if (clips[a].n_mels != M)
+      fail("Qwen3-Omni audio encoder: clip ", a, " has ", clips[a].n_mels, " mel bins, the tower takes ",
+           "audio_config.num_mel_bins = ", M);
     for (int b = 0; b < clips[a].n_frames; b += chunk) {
       chunks.push_back({int(a), b, std::min(chunk, clips[a].n_frames - b)});
       tmax = std::max(tmax, chunks.back().len);

@@ -55,8 +55,9 @@ class Qwen3AudioEncoder {
  public:
   Qwen3AudioEncoder(const AudioConfig& c, const WeightStore& store, Backend& be);
   struct Clip {
-    const float* mel;  // [mel_bins, n_frames]
+    const float* mel;  // [n_mels, n_frames]
     int n_frames;
+    int n_mels;  // must be audio_config.num_mel_bins
   };
   // The clips of one prompt together, as the thinker's forward runs them (every chunk padded to
   // the longest chunk of all clips; the attention window follows that longest chunk too) ->
