@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -293,12 +294,64 @@ TEST(Qwen3OmniTowerErrors, PlaceholdersAndMediaDisagree) {
 
 // towers_a with Whisper's 128 mel bins (conv_out widened; deterministic weights) and a context and
 // pixel budget that fit real media files: the CLI's decoding, towers and prefill end to end.
-std::string cli_model(const std::string& dir) {
+// With a tokenizer: a byte-level vocabulary (bytes 0..255, no merges) and the ChatML and media
+// tokens after it (the vocabulary widened to 272, the token ids in config.json moved to them).
+const char* kSpecial[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_pad|>", "<|image_pad|>",
+                          "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|audio_start|>", "<|audio_end|>"};
+const int kVocab = 272;
+
+void write_tokenizer(const std::string& d) {
+  // GPT-2's bytes_to_unicode: printable bytes stand for themselves, the rest map past 255.
+  std::vector<int> bs;
+  for (int b = '!'; b <= '~'; ++b) bs.push_back(b);
+  for (int b = 0xA1; b <= 0xAC; ++b) bs.push_back(b);
+  for (int b = 0xAE; b <= 0xFF; ++b) bs.push_back(b);
+  std::vector<int> cp(256, -1);
+  for (int b : bs) cp[size_t(b)] = b;
+  int extra = 0;
+  for (int b = 0; b < 256; ++b)
+    if (cp[size_t(b)] < 0) cp[size_t(b)] = 256 + extra++;
+  auto utf8 = [](int c) {
+    std::string o;
+    if (c < 0x80) {
+      o += char(c);
+    } else {
+      o += char(0xC0 | (c >> 6));
+      o += char(0x80 | (c & 0x3F));
+    }
+    return o;
+  };
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[utf8(cp[size_t(b)])] = b;
+  json added = json::array();
+  for (int i = 0; i < 10; ++i)
+    added.push_back({{"id", 256 + i}, {"content", kSpecial[i]}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  json t = {{"version", "1.0"}, {"truncation", nullptr}, {"padding", nullptr}, {"added_tokens", added},
+            {"normalizer", nullptr},
+            {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+            {"post_processor", nullptr},
+            {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+            {"model", {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                       {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false},
+                       {"ignore_merges", false}, {"vocab", vocab}, {"merges", json::array()}}}};
+  std::ofstream(d + "/tokenizer.json") << t.dump(1);
+}
+
+std::string cli_model(const std::string& dir, bool tokenizer = false) {
   const std::string d = dir + "/model";
   fs::create_directories(d);
   json j = json::parse(std::ifstream(dir_of("towers_a") + "/config.json"));
   j["audio_config"]["num_mel_bins"] = 128;
   j["text_config"]["max_position_embeddings"] = 4096;
+  if (tokenizer) {
+    j["text_config"]["vocab_size"] = kVocab;
+    const char* keys[] = {"audio_token_id", "image_token_id", "video_token_id", "vision_start_token_id",
+                          "vision_end_token_id", "audio_start_token_id", "audio_end_token_id"};
+    for (int i = 0; i < 7; ++i) j[keys[i]] = 259 + i;
+    j["text_config"]["eos_token_id"] = 258;
+    write_tokenizer(d);
+  }
   std::ofstream(d + "/config.json") << j.dump(1);
   for (const char* f : {"preprocessor_config.json", "video_preprocessor_config.json"})
     std::ofstream(d + "/" + f) << R"({"min_pixels": 1024, "max_pixels": 3072, "max_frames": 4})";
@@ -311,6 +364,14 @@ std::string cli_model(const std::string& dir) {
       shape = {16, 8 * 16};  // 128 mels -> 16 after three stride-2 convolutions
       v.resize(size_t(16 * 8 * 16));
       for (size_t i = 0; i < v.size(); ++i) v[i] = 0.05f * float(int(i * 37 % 17) - 8);
+    }
+    if (tokenizer && (name == "model.embed_tokens.weight" || name == "lm_head.weight")) {
+      const size_t D = size_t(shape[1]), rows = size_t(shape[0]);
+      std::vector<float> w(size_t(kVocab) * D);
+      for (size_t r = 0; r < size_t(kVocab); ++r)
+        for (size_t c = 0; c < D; ++c) w[r * D + c] = v[(r % rows) * D + c] * (r < rows ? 1.f : -0.7f);
+      v = std::move(w);
+      shape[0] = kVocab;
     }
     out.push_back(tensor_f32(name, shape, v.data()));
   }
@@ -361,6 +422,9 @@ TEST(Qwen3OmniCli, GenerateAndForwardWithMedia) {
     req.audio = dir + "/av.mp4";
     PreparedPrompt pp = prepare_multimodal(mm, req, ids);
     ASSERT_FALSE(pp.prefill.deepstack.empty());
+    // transformers' Qwen3-Omni processor without an fps: temporal_patch_size / 1.0 seconds per grid.
+    ASSERT_EQ(pp.media.videos.size(), 1u);
+    EXPECT_EQ(pp.media.videos[0].second_per_grid, 2.0);
     EXPECT_EQ(pp.prefill.deepstack_rows.size(), size_t(counts[2]));
     Session s(*model, *be, int(pp.prefill.ids.size()));
     std::vector<float> logits, plain;
@@ -376,6 +440,42 @@ TEST(Qwen3OmniCli, GenerateAndForwardWithMedia) {
   r = test::run_cli("generate --model " + dir_of("towers_a") + " --tokens 5,155,150,156 --audio " + dir + "/av.mp4");
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("has 128 mel bins, the tower takes audio_config.num_mel_bins = 16"), std::string::npos) << r.out;
+  fs::remove_all(dir);
+}
+
+TEST(Qwen3OmniCli, AnalyzeAndEvalWithMedia) {
+  const std::string dir = test::tmp_dir("q3m_ae");
+  fs::create_directories(dir);
+  const std::string m = cli_model(dir, true);
+  // analyze: the demo's clips (a video with an AAC track: its own audio by default) and a picture.
+  {
+    std::ofstream f(dir + "/prompts.jsonl");
+    f << R"({"id": "clip", "prompt": "What colour is it?", "video": "clips/h0000.mp4"})" << "\n";
+    f << R"({"id": "two", "prompt": "How many beeps?", "video": "clips/h0002.mp4"})" << "\n";
+  }
+  auto r = test::run_cli("analyze --model " + m + " --prompts " + dir + "/prompts.jsonl --media-root " +
+                         test::fixture("omni_demo") + " --out " + dir + "/out --no-tsne --no-pruning --device cpu --threads 1");
+  ASSERT_EQ(r.code, 0) << r.out;
+  json j = json::parse(std::ifstream(dir + "/out/report.json"));
+  ASSERT_EQ(j["per_prompt"].size(), 2u);
+  for (const auto& p : j["per_prompt"]) {
+    std::map<int, int> count;
+    for (int k : p["modality"]) ++count[k];
+    EXPECT_GT(count[2], 0) << p["id"];  // video tokens
+    EXPECT_GT(count[3], 0) << p["id"];  // its audio, interleaved
+    EXPECT_EQ(int(p["modality"].size()), p["n_tokens"].get<int>());
+  }
+  // eval: the synthetic bench's clips through the towers, baseline and OutRo.
+  const std::string sy = dir + "/synth", out = dir + "/eval";
+  auto g = test::run_cli("eval synth --out " + sy + " --n 2 --seed 3");
+  ASSERT_EQ(g.code, 0) << g.out;
+  auto e = test::run_cli("eval --model " + m + " --bench " + sy + "/bench.jsonl --media-root " + sy +
+                         "/media --strategies baseline,outro --out " + out + " --threads 1 --no-progress");
+  ASSERT_EQ(e.code, 0) << e.out;
+  const json s = json::parse(std::ifstream(out + "/summary.json"));
+  EXPECT_EQ(s["n_items"], 2);
+  EXPECT_TRUE(s["accuracy"].contains("outro"));
+  EXPECT_NE(s.dump().find("encoded"), std::string::npos) << s.dump().substr(0, 2000);
   fs::remove_all(dir);
 }
 

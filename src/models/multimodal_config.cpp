@@ -157,6 +157,7 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
     c.audio_end = token_id(r, tc, {"audio_end_token_id"}, 151648);
     R t{r, source + ": field " + sec};
     c.position_id_per_seconds = t.i("position_id_per_seconds", omni3 ? 13 : 25, 1);
+    if (omni3) c.processor_default_fps = 1.0;
     if (const json* s = t.get("seconds_per_chunk")) {
       if (!s->is_number() || s->get<double>() <= 0) fail(t.where, "seconds_per_chunk: expected a number > 0, found ", s->dump());
       c.seconds_per_chunk = s->get<double>();

@@ -42,6 +42,10 @@ struct MultimodalConfig {
   // Qwen3-Omni's processor orders a video's tokens against its audio's with its own default (13),
   // apart from the thinker config's position_id_per_seconds that get_rope_index uses.
   double processor_position_id_per_seconds = 13.0;
+  // > 0: the fps the processor assumes for a video's second_per_grid (temporal_patch_size / fps)
+  // when the caller gives none. Qwen3-Omni's processor: 1.0 (its `fps` default; the Qwen cookbook
+  // calls it without fps), so 2 s per grid. 0: the rate the frames were sampled at (Qwen2.5).
+  double processor_default_fps = 0;
   double seconds_per_chunk = 2.0;
   std::string source;
   std::string section;  // where the towers' configs are: "thinker_config." in a released Omni config.json, else ""

@@ -94,7 +94,9 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
     media::VideoInput v = media::process_video(r.video, vp);
     d.timings.decode_video += since(t0);
     d.has_video = true;
-    d.video_second_per_grid = r.video_second_per_grid > 0 ? r.video_second_per_grid : v.second_per_grid;
+    d.video_second_per_grid = r.video_second_per_grid > 0     ? r.video_second_per_grid
+                              : c.processor_default_fps > 0 ? double(c.vision.temporal) / c.processor_default_fps
+                                                            : v.second_per_grid;
     d.video = std::move(v.pixels);
     if (r.use_audio_in_video) audio_of(r.video, true);
   }
