@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -15,6 +16,7 @@
 #include "models/model.h"
 #include "models/multimodal.h"
 #include "models/multimodal_input.h"
+#include "runtime/hooks.h"
 #include "runtime/session.h"
 #include "test_util.h"
 
@@ -216,6 +218,101 @@ TEST(Qwen3OmniPrompt, ExpansionPositionsAndLogitsMatchReference) {
       feed_prefill(s2, p2, &full, false);
       EXPECT_LT(rel_err(step, full), 1e-5) << name << " " << prompt;
     }
+}
+
+// The towers and the decoder from bf16 weights (as the released checkpoints are): near the float32
+// reference.
+TEST(Qwen3OmniPrompt, Bf16TowersStayCloseToTheReference) {
+  const std::string d = test::tmp_dir("q3m_bf16");
+  fs::copy_file(dir_of("towers_a") + "/config.json", d + "/config.json");
+  auto store = WeightStore::open(dir_of("towers_a") + "/model.safetensors");
+  std::vector<TensorOut> out;
+  for (const auto& [tn, t] : store->tensors()) {
+    auto v = read_f32(t);
+    TensorOut o;
+    o.name = tn;
+    o.dtype = DType::BF16;
+    o.shape = t.shape;
+    o.bytes.resize(v.size() * 2);
+    for (size_t i = 0; i < v.size(); ++i) {
+      uint32_t u;
+      std::memcpy(&u, &v[i], 4);
+      const uint16_t h = uint16_t((u + 0x7FFF + ((u >> 16) & 1)) >> 16);  // round to nearest even
+      std::memcpy(o.bytes.data() + 2 * i, &h, 2);
+    }
+    out.push_back(std::move(o));
+  }
+  write_safetensors(d + "/model.safetensors", out);
+  Fx x("towers_a", d);
+  const json& p = x.meta["mixed"];
+  MediaSet media = media_of(x, true);
+  std::vector<EncodedMedia> images, videos;
+  Grid ig = media.images[0], vg = media.videos[0];
+  images.push_back(x.mm->encode_vision(x.f("image.pixels").data(), ig.t, ig.h, ig.w, Modality::Image));
+  videos.push_back(x.mm->encode_vision(x.f("video.pixels").data(), vg.t, vg.h, vg.w, Modality::Video));
+  media::MelFeatures a = x.mel("audio.0.mel"), b = x.mel("audio.1.mel");
+  auto audios = x.mm->encode_audio({&a, &b});
+  MultimodalPrefill pf = x.mm->assemble(ints(p["template_ids"]), media, images, videos, audios);
+  const int L = x.model->config().layers;
+  std::vector<std::string> hooks;
+  for (int l = 0; l < L; ++l) hooks.push_back("blocks." + std::to_string(l) + ".mlp.hook_experts");
+  Recorder rec(hooks);
+  Session s(*x.model, *x.be, int(pf.ids.size()));
+  s.add_observer(&rec);
+  std::vector<float> logits;
+  feed_prefill(s, pf, &logits, true);
+  // The same prompt in float32 (its logits are the reference's to 1e-6): which rows chose other experts.
+  Recorder rec32(hooks);
+  {
+    Fx y("towers_a");
+    std::vector<EncodedMedia> i32, v32;
+    i32.push_back(y.mm->encode_vision(y.f("image.pixels").data(), ig.t, ig.h, ig.w, Modality::Image));
+    v32.push_back(y.mm->encode_vision(y.f("video.pixels").data(), vg.t, vg.h, vg.w, Modality::Video));
+    MultimodalPrefill p32 = y.mm->assemble(ints(p["template_ids"]), media, i32, v32, y.mm->encode_audio({&a, &b}));
+    Session s32(*y.model, *y.be, int(p32.ids.size()));
+    s32.add_observer(&rec32);
+    std::vector<float> l32;
+    feed_prefill(s32, p32, &l32, true);
+  }
+  int flipped = 0;
+  for (size_t i = 0; i < pf.ids.size(); ++i) {
+    bool f = false;
+    for (const auto& h : hooks) {
+      const auto& e16 = rec.get(h)->data;
+      const auto& e32 = rec32.get(h)->data;
+      const size_t k = e16.size() / pf.ids.size();
+      std::vector<float> a16(e16.begin() + long(i * k), e16.begin() + long((i + 1) * k));
+      std::vector<float> a32(e32.begin() + long(i * k), e32.begin() + long((i + 1) * k));
+      std::sort(a16.begin(), a16.end());
+      std::sort(a32.begin(), a32.end());
+      f |= a16 != a32;
+    }
+    flipped += f;
+  }
+  const double ev = rel_err(images[0].embeds, x.f("image.embeds")), el = rel_err(logits, x.f("mixed.logits"));
+  EXPECT_LT(ev, 3e-2);
+  EXPECT_GT(el, 1e-6);  // the weights really are bf16
+  // Per prompt row: the rows stay close but for a few, after some rows' top-k expert choice changed
+  // under bf16 rounding (counted against the float32 run's choices).
+  const size_t V = size_t(x.model->config().vocab), n = pf.ids.size();
+  auto ref = x.f("mixed.logits");
+  std::vector<double> row_err;
+  for (size_t i = 0; i < n; ++i)
+    row_err.push_back(rel_err(std::vector<float>(logits.begin() + long(i * V), logits.begin() + long((i + 1) * V)),
+                              std::vector<float>(ref.begin() + long(i * V), ref.begin() + long((i + 1) * V))));
+  std::vector<double> sorted = row_err;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[n / 2], p90 = sorted[n * 9 / 10];
+  EXPECT_LT(median, 3e-2);
+  if (sorted.back() > 5e-2) EXPECT_GT(flipped, 0) << "a large row error without any changed expert choice";
+  std::printf("[ qwen3_omni ] towers_a in bf16: per-row logits rel err median %.3g, 90th percentile %.3g, max %.3g; "
+              "%d of %zu rows chose other experts on some layer\n",
+              median, p90, sorted.back(), flipped, n);
+  std::vector<float> both = audios[0].embeds;
+  both.insert(both.end(), audios[1].embeds.begin(), audios[1].embeds.end());
+  const double ea = rel_err(both, x.f("audio.embeds")), evv = rel_err(videos[0].embeds, x.f("video.embeds"));
+  std::printf("[ qwen3_omni ] towers_a in bf16: image tower rel err %.3g, video %.3g, audio %.3g, mixed prompt logits %.3g vs float32\n", ev, evv, ea, el);
+  fs::remove_all(d);
 }
 
 // ------------------------------------------------------------------------------ bad input

@@ -347,15 +347,15 @@ std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip
               }
             }
         }
-    Buf in = S.get(cols.size()), out = S.get(rows * C);
-    be_.upload(in, 0, cols.data(), cols.size());
-    be_.matmul(out, in, int(rows), conv_[i], &convb_[i]);
-    be_.gelu(out, out, rows * C, false);
     std::vector<float> y(rows * C);  // [b, oh, ow, C]
-    be_.download(out, 0, y.data(), y.size());
-    be_.release(in);
-    be_.release(out);
-    S.bufs.resize(S.bufs.size() - 2);
+    {
+      Scratch L{be_, {}};  // this convolution's buffers only
+      Buf in = L.get(cols.size()), out = L.get(rows * C);
+      be_.upload(in, 0, cols.data(), cols.size());
+      be_.matmul(out, in, int(rows), conv_[i], &convb_[i]);
+      be_.gelu(out, out, rows * C, false);
+      be_.download(out, 0, y.data(), y.size());
+    }
     act.assign(size_t(B) * C * oh * ow, 0.f);  // back to [b, C, oh, ow]
     for (int b = 0; b < B; ++b)
       for (int p = 0; p < oh * ow; ++p)
