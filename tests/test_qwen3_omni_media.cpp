@@ -315,6 +315,43 @@ TEST(Qwen3OmniPrompt, Bf16TowersStayCloseToTheReference) {
   fs::remove_all(d);
 }
 
+// The released layout (Qwen3OmniMoeForConditionalGeneration: thinker_config, thinker.* tensors,
+// a talker beside them): the same towers and logits as the thinker folder.
+TEST(Qwen3OmniPrompt, ReleasedLayoutGivesTheSameMediaLogits) {
+  const std::string d = test::tmp_dir("q3m_released");
+  json cfg = json::parse(std::ifstream(dir_of("towers_a") + "/config.json"));
+  json top = {{"architectures", {"Qwen3OmniMoeForConditionalGeneration"}}, {"model_type", "qwen3_omni_moe"},
+              {"thinker_config", cfg}, {"talker_config", json::object()}, {"enable_audio_output", true}};
+  std::ofstream(d + "/config.json") << top.dump(1);
+  auto store = WeightStore::open(dir_of("towers_a") + "/model.safetensors");
+  std::vector<TensorOut> out;
+  for (const auto& [tn, t] : store->tensors()) {
+    auto v = read_f32(t);
+    out.push_back(tensor_f32("thinker." + tn, t.shape, v.data()));
+  }
+  std::vector<float> talker(64, 0.5f);
+  out.push_back(tensor_f32("talker.model.codec_embedding.weight", {8, 8}, talker.data()));
+  write_safetensors(d + "/model.safetensors", out);
+  Fx x("towers_a", d);
+  EXPECT_EQ(x.mm->config().section, "thinker_config.");
+  const json& p = x.meta["mixed"];
+  MediaSet media = media_of(x, true);
+  std::vector<EncodedMedia> images, videos;
+  Grid ig = media.images[0], vg = media.videos[0];
+  images.push_back(x.mm->encode_vision(x.f("image.pixels").data(), ig.t, ig.h, ig.w, Modality::Image));
+  videos.push_back(x.mm->encode_vision(x.f("video.pixels").data(), vg.t, vg.h, vg.w, Modality::Video));
+  media::MelFeatures a = x.mel("audio.0.mel"), b = x.mel("audio.1.mel");
+  MultimodalPrefill pf = x.mm->assemble(ints(p["template_ids"]), media, images, videos, x.mm->encode_audio({&a, &b}));
+  EXPECT_EQ(pf.ids, ints(p["ids"]));
+  Session s(*x.model, *x.be, int(pf.ids.size()));
+  std::vector<float> logits;
+  feed_prefill(s, pf, &logits, true);
+  const double err = rel_err(logits, x.f("mixed.logits"));
+  EXPECT_LT(err, 1e-4);
+  std::printf("[ qwen3_omni ] towers_a as released (thinker.*): mixed prompt logits rel err %.3g\n", err);
+  fs::remove_all(d);
+}
+
 // ------------------------------------------------------------------------------ bad input
 
 std::string copy_fixture(const std::string& name, const std::string& tag) {
