@@ -651,7 +651,7 @@ TEST(AnalyzeCli, MediaPromptsRunOnTheOmniDemo) {
   auto bad = test::run_cli("analyze --model " + test::source_dir() + "/models/outro-demo --prompts " + d + "/prompts.jsonl --media-root " +
                            fixture("omni_demo") + " --out " + d + "/o2");
   EXPECT_NE(bad.code, 0);
-  EXPECT_NE(bad.out.find("need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint"), std::string::npos) << bad.out;
+  EXPECT_NE(bad.out.find("need a Qwen2.5-Omni or Qwen3-Omni thinker or Qwen2.5-VL checkpoint"), std::string::npos) << bad.out;
 }
 
 TEST(AnalyzeCli, BadInputIsOneErrorLine) {

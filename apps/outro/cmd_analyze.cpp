@@ -82,8 +82,8 @@ int cmd_analyze(int argc, char** argv) {
     o.media_root = a.str("media-root", "");
     items = sink::load_tasks(a.str("prompts"), l.tokenizer.get(), c.vocab, o);
     if (sink::any_media(items)) {
-      if (c.arch != Arch::Qwen2_5OmniThinker && c.arch != Arch::Qwen2_5_VL)
-        fail(a.str("prompts"), ": items with video/audio/image need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, ",
+      if (c.arch != Arch::Qwen2_5OmniThinker && c.arch != Arch::Qwen2_5_VL && c.arch != Arch::Qwen3OmniMoeThinker)
+        fail(a.str("prompts"), ": items with video/audio/image need a Qwen2.5-Omni or Qwen3-Omni thinker or Qwen2.5-VL checkpoint, ",
              l.dir, " is ", arch_name(c.arch));
       MultimodalModel mm(*l.model, *l.backend);
       sink::attach_media(items, mm, *l.tokenizer, a.str("system", ""), c.max_positions, a.str("prompts"));

@@ -431,7 +431,9 @@ int cmd_eval_run(int argc, char** argv) {
   // Media: a Qwen2.5-Omni / Qwen2.5-VL checkpoint sees each item's video (with its own audio track
   // on Omni when the item gives no separate audio), audio and image, decoded and encoded as
   // `outro generate --video ...` does. --text-only (or a text-only model) keeps the text prompt.
-  const bool media_input = (cfg.arch == Arch::Qwen2_5OmniThinker || cfg.arch == Arch::Qwen2_5_VL) &&
+  // Qwen3-Omni too, when its folder has the towers (a decoder saved alone is fed text).
+  const bool media_input = (cfg.arch == Arch::Qwen2_5OmniThinker || cfg.arch == Arch::Qwen2_5_VL ||
+                            (cfg.arch == Arch::Qwen3OmniMoeThinker && has_media_towers(*l.model))) &&
                            l.tokenizer && !a.flag("text-only");
   std::unique_ptr<MultimodalModel> mmodel;
   if (media_input) mmodel = std::make_unique<MultimodalModel>(*l.model, *l.backend);
@@ -587,6 +589,8 @@ int cmd_eval_run(int argc, char** argv) {
         o.prefill_embeds = prepared.prefill.embeds.data();
         o.prefill_modality = prepared.prefill.modality.data();
         o.prefill_positions = prepared.prefill.positions.data();
+        o.prefill_deepstack = &prepared.prefill.deepstack;
+        o.prefill_deepstack_rows = &prepared.prefill.deepstack_rows;
       }
       GenerateResult r = generate(*session, with_media ? prepared.prefill.ids : prompts[j.item], o, l.tokenizer.get(), {});
       eval::Record rec;

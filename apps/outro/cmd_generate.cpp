@@ -40,6 +40,8 @@ int cmd_generate(int argc, char** argv) {
     o.prefill_embeds = media.p.prefill.embeds.data();
     o.prefill_modality = media.p.prefill.modality.data();
     o.prefill_positions = media.p.prefill.positions.data();
+    o.prefill_deepstack = &media.p.prefill.deepstack;
+    o.prefill_deepstack_rows = &media.p.prefill.deepstack_rows;
     if (!a.flag("json")) std::fprintf(stderr, "%s\n", media_summary(media).c_str());
   }
 

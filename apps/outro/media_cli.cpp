@@ -17,11 +17,8 @@ bool media_prompt(const Args& a, const Loaded& l, MediaPrompt* out) {
   r.use_audio_in_video = a.flag("use-audio-in-video");
   if (!r.any() && !r.use_audio_in_video) return false;
   const ModelConfig& c = l.model->config();
-  if (c.arch == Arch::Qwen3OmniMoeThinker)
-    fail(c.source, ": --video/--audio/--image: Qwen3-Omni's audio and vision encoders are not supported yet (its "
-                   "thinker runs text prompts; docs/qwen3-omni.md)");
-  if (c.arch != Arch::Qwen2_5OmniThinker && c.arch != Arch::Qwen2_5_VL)
-    fail(c.source, ": --video/--audio/--image need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, found ",
+  if (c.arch != Arch::Qwen2_5OmniThinker && c.arch != Arch::Qwen2_5_VL && c.arch != Arch::Qwen3OmniMoeThinker)
+    fail(c.source, ": --video/--audio/--image need a Qwen2.5-Omni or Qwen3-Omni thinker or Qwen2.5-VL checkpoint, found ",
          arch_name(c.arch));
   out->mm = std::make_unique<MultimodalModel>(*l.model, *l.backend);
   std::vector<int32_t> ids;

@@ -118,6 +118,7 @@ RecordedForward record_forward(const Model& m, Backend& be, const std::vector<in
   Recorder rec(hooks);
   if (!hooks.empty()) s.add_observer(&rec);
   RecordedForward out;
+  if (prefill && !prefill->deepstack.empty()) s.set_deepstack(prefill->deepstack, prefill->deepstack_rows);
   if (prefill)
     s.forward_embeds(ids.data(), int(ids.size()), prefill->embeds.data(), prefill->modality.data(),
                      prefill->positions.data(), &out.logits, true);

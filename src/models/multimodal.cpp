@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "runtime/session.h"
 
 namespace outro {
 
@@ -53,6 +54,7 @@ std::vector<double> video_time(const Grid& g, int merge, double per_second) {
 
 ExpandedPrompt expand_placeholders(const std::vector<int32_t>& ids, const MultimodalConfig& c, const MediaSet& m,
                                    int merge) {
+  if (c.family == MmFamily::Qwen3Omni) return qwen3_expand_placeholders(ids, c, m, merge);
   ExpandedPrompt out;
   size_t ii = 0, vi = 0, ai = 0;
   auto push = [&](int32_t id, Modality k, int count) {
@@ -145,6 +147,7 @@ long long find_from(const std::vector<int32_t>& ids, int32_t tok, long long st) 
 
 std::vector<int32_t> multimodal_positions(const std::vector<int32_t>& ids, const MultimodalConfig& c, const MediaSet& m,
                                           int merge) {
+  if (c.family == MmFamily::Qwen3Omni) return qwen3_positions(ids, c, m, merge);
   const long long n = (long long)ids.size();
   Pos P;
   long long st = 0;
@@ -306,20 +309,79 @@ MultimodalModel::MultimodalModel(const Model& m, Backend& be) : model_(m) {
     if (c_.vision.out_hidden != D)
       fail(c_.source, ": field ", c_.section, "vision_config.out_hidden_size: expected the decoder's hidden_size ", D, ", found ",
            c_.vision.out_hidden);
-    vision_ = std::make_unique<VisionEncoder>(c_.vision, m.store(), be);
+    if (c_.family == MmFamily::Qwen3Omni) {
+      if (c_.vision.deepstack.size() > size_t(m.config().layers))
+        fail(c_.source, ": field ", c_.section, "vision_config.deepstack_visual_indexes: ", c_.vision.deepstack.size(),
+             " DeepStack features but the decoder has ", m.config().layers, " layers");
+      vision3_ = std::make_unique<Qwen3VisionEncoder>(c_.vision, m.store(), be);
+    } else {
+      vision_ = std::make_unique<VisionEncoder>(c_.vision, m.store(), be);
+    }
   }
   if (c_.has_audio) {
     if (c_.audio.out_dim != D)
       fail(c_.source, ": field ", c_.section, "audio_config.output_dim: expected the decoder's hidden_size ", D, ", found ", c_.audio.out_dim);
-    audio_ = std::make_unique<AudioEncoder>(c_.audio, m.store(), be);
+    if (c_.family == MmFamily::Qwen3Omni)
+      audio3_ = std::make_unique<Qwen3AudioEncoder>(c_.audio, m.store(), be);
+    else
+      audio_ = std::make_unique<AudioEncoder>(c_.audio, m.store(), be);
   }
 }
 
+EncodedMedia MultimodalModel::encode_vision(const float* px, int t, int h, int w, Modality kind) {
+  EncodedMedia e;
+  e.kind = kind;
+  if (vision3_) {
+    Qwen3VisionOut o = vision3_->encode(px, t, h, w);
+    e.embeds = std::move(o.embeds);
+    e.deepstack = std::move(o.deepstack);
+  } else {
+    e.embeds = vision().encode(px, t, h, w);
+  }
+  e.tokens = int(e.embeds.size() / size_t(model_.config().hidden));
+  return e;
+}
+
+std::vector<EncodedMedia> MultimodalModel::encode_audio(const std::vector<const media::MelFeatures*>& clips) {
+  std::vector<EncodedMedia> out;
+  const size_t D = size_t(model_.config().hidden);
+  auto add = [&](std::vector<float> v) {
+    EncodedMedia e;
+    e.kind = Modality::Audio;
+    e.tokens = int(v.size() / D);
+    e.embeds = std::move(v);
+    out.push_back(std::move(e));
+  };
+  if (audio3_) {
+    std::vector<Qwen3AudioEncoder::Clip> cl;
+    for (const auto* m : clips) cl.push_back({m->data.data(), m->n_frames, m->n_mels});
+    for (auto& v : audio3_->encode(cl)) add(std::move(v));
+  } else {
+    for (const auto* m : clips) add(audio().encode(m->data.data(), m->n_frames));
+  }
+  return out;
+}
+
+bool has_media_towers(const Model& m) {
+  for (const char* p : {"", "model.", "thinker."})
+    for (const char* t : {"visual.patch_embed.proj.weight", "audio_tower.conv1.weight", "audio_tower.conv2d1.weight"})
+      if (m.store().has(std::string(p) + t)) return true;
+  return false;
+}
+
+void feed_prefill(Session& s, const MultimodalPrefill& p, std::vector<float>* logits, bool all_rows) {
+  if (!p.deepstack.empty()) s.set_deepstack(p.deepstack, p.deepstack_rows);
+  s.forward_embeds(p.ids.data(), int(p.ids.size()), p.embeds.data(), p.modality.data(), p.positions.data(), logits,
+                   all_rows);
+}
+
 VisionEncoder& MultimodalModel::vision() {
+  if (vision3_) fail(model_.dir(), ": Qwen3-Omni's vision tower is not the Qwen2.5 one (use encode_vision)");
   if (!vision_) fail(model_.dir(), ": this model has no vision tower (config.json has no vision_config)");
   return *vision_;
 }
 AudioEncoder& MultimodalModel::audio() {
+  if (audio3_) fail(model_.dir(), ": Qwen3-Omni's audio tower is not the Qwen2.5 one (use encode_audio)");
   if (!audio_) fail(model_.dir(), ": this model has no audio tower (Qwen2.5-Omni thinker checkpoints have one)");
   return *audio_;
 }
@@ -436,6 +498,16 @@ MultimodalPrefill MultimodalModel::assemble(const std::vector<int32_t>& prompt_i
       fail("prompt: more ", modality_name(Modality(k)), " tokens than the encoders produced");
     const auto& em = L[item[k]];
     std::copy_n(em.embeds.begin() + long(row[k]) * D, D, p.embeds.begin() + long(i) * D);
+    // DeepStack: the image and video rows, in order, take their item's features of each merger.
+    if (!em.deepstack.empty() && (k == int(Modality::Image) || k == int(Modality::Video))) {
+      if (p.deepstack.empty()) p.deepstack.resize(em.deepstack.size());
+      if (em.deepstack.size() != p.deepstack.size())
+        fail("prompt: media items with different DeepStack depths (", em.deepstack.size(), " and ", p.deepstack.size(), ")");
+      for (size_t j = 0; j < em.deepstack.size(); ++j)
+        p.deepstack[j].insert(p.deepstack[j].end(), em.deepstack[j].begin() + long(row[k]) * D,
+                              em.deepstack[j].begin() + long(row[k] + 1) * D);
+      p.deepstack_rows.push_back(int32_t(i));
+    }
     ++row[k];
   }
   for (int k = 1; k < 4; ++k) {

@@ -62,14 +62,18 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
   std::string mt = top.contains("model_type") && top["model_type"].is_string() ? top["model_type"].get<std::string>() : "";
   const json* root = &top;
   std::string sec;
-  if (arch.rfind("Qwen2_5Omni", 0) == 0 || mt.rfind("qwen2_5_omni", 0) == 0) {
+  const bool omni3 = arch.rfind("Qwen3OmniMoe", 0) == 0 || mt.rfind("qwen3_omni_moe", 0) == 0;
+  if (omni3 || arch.rfind("Qwen2_5Omni", 0) == 0 || mt.rfind("qwen2_5_omni", 0) == 0) {
     c.omni = true;
+    c.family = omni3 ? MmFamily::Qwen3Omni : MmFamily::Qwen2_5Omni;
     if (top.contains("thinker_config") && top["thinker_config"].is_object()) {
       root = &top["thinker_config"];
       sec = "thinker_config.";
     }
   } else if (!(arch == "Qwen2_5_VLForConditionalGeneration" || mt == "qwen2_5_vl")) {
     return c;  // a text-only model
+  } else {
+    c.family = MmFamily::Qwen2_5VL;
   }
   c.section = sec;
   const json& r = *root;
@@ -88,8 +92,21 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
     vc.window = v.i("window_size", 112, 1);
     vc.in_channels = v.i("in_channels", v.i("in_chans", 3, 1), 1);
     vc.tokens_per_second = v.i("tokens_per_second", 2, 0);
-    vc.act = v.s("hidden_act", "silu");
-    if (vc.act != "silu" && vc.act != "swish") fail(v.where, "hidden_act: expected silu, found ", vc.act);
+    vc.act = v.s("hidden_act", omni3 ? "gelu_pytorch_tanh" : "silu");
+    if (omni3) {
+      if (vc.act != "gelu_pytorch_tanh" && vc.act != "gelu")
+        fail(v.where, "hidden_act: expected gelu_pytorch_tanh, found ", vc.act);
+      vc.num_position_embeddings = v.i("num_position_embeddings", -999, 1);
+      const json* ds = v.get("deepstack_visual_indexes");
+      if (ds && !ds->is_array()) fail(v.where, "deepstack_visual_indexes: expected a list of integers");
+      if (ds)
+        for (const auto& x : *ds) {
+          if (!x.is_number_integer()) fail(v.where, "deepstack_visual_indexes: expected integers, found ", x.dump());
+          vc.deepstack.push_back(x.get<int>());
+        }
+    } else if (vc.act != "silu" && vc.act != "swish") {
+      fail(v.where, "hidden_act: expected silu, found ", vc.act);
+    }
     if (vc.in_channels != 3) fail(v.where, "in_channels: expected 3 (RGB), found ", vc.in_channels);
     if (vc.hidden % vc.heads) fail(v.where, "hidden_size ", vc.hidden, " is not divisible by num_heads ", vc.heads);
     if ((vc.hidden / vc.heads) % 4) fail(v.where, "num_heads: head size ", vc.hidden / vc.heads, " is not a multiple of 4 (2-D rotary)");
@@ -117,6 +134,13 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
     ac.max_positions = a.i("max_source_positions", 1500, 1);
     ac.n_window = a.i("n_window", 100, 1);
     ac.act = a.s("activation_function", "gelu");
+    if (omni3) {
+      ac.downsample_hidden = a.i("downsample_hidden_size", -999, 1);
+      ac.n_window = a.i("n_window", 50, 1);
+      ac.n_window_infer = a.i("n_window_infer", 800, 1);
+      if (ac.n_window_infer < 2 * ac.n_window)
+        fail(a.where, "n_window_infer: expected at least 2 * n_window = ", 2 * ac.n_window, ", found ", ac.n_window_infer);
+    }
     if (ac.act != "gelu" && ac.act != "gelu_new" && ac.act != "gelu_pytorch_tanh")
       fail(a.where, "activation_function: expected gelu, found ", ac.act);
     if (ac.d_model % ac.heads) fail(a.where, "d_model ", ac.d_model, " is not divisible by encoder_attention_heads ", ac.heads);
@@ -132,7 +156,8 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
     c.audio_start = token_id(r, tc, {"audio_start_token_id"}, 151647);
     c.audio_end = token_id(r, tc, {"audio_end_token_id"}, 151648);
     R t{r, source + ": field " + sec};
-    c.position_id_per_seconds = t.i("position_id_per_seconds", 25, 1);
+    c.position_id_per_seconds = t.i("position_id_per_seconds", omni3 ? 13 : 25, 1);
+    if (omni3) c.processor_default_fps = 1.0;
     if (const json* s = t.get("seconds_per_chunk")) {
       if (!s->is_number() || s->get<double>() <= 0) fail(t.where, "seconds_per_chunk: expected a number > 0, found ", s->dump());
       c.seconds_per_chunk = s->get<double>();

@@ -18,16 +18,11 @@ PreparedPrompt encode_media(MultimodalModel& mm, const DecodedMedia& d, const st
   p.timings = d.timings;
   p.media.use_audio_in_video = d.request.use_audio_in_video;
   std::vector<EncodedMedia> images, videos, audios;
-  const int D = mm.config().vision.out_hidden > 0 ? mm.config().vision.out_hidden : mm.config().audio.out_dim;
   using clock = std::chrono::steady_clock;
   auto encode_vision = [&](const media::PixelValues& px, Modality k, std::vector<EncodedMedia>* out) {
     auto t0 = clock::now();
-    EncodedMedia e;
-    e.kind = k;
-    e.embeds = mm.vision().encode(px.data.data(), px.grid_t, px.grid_h, px.grid_w);
-    e.tokens = int(e.embeds.size()) / D;
+    out->push_back(mm.encode_vision(px.data.data(), px.grid_t, px.grid_h, px.grid_w, k));
     p.timings.vision += since(t0);
-    out->push_back(std::move(e));
   };
   // Items in placeholder order: video (with its audio), image, audio.
   if (d.has_video) {
@@ -38,15 +33,15 @@ PreparedPrompt encode_media(MultimodalModel& mm, const DecodedMedia& d, const st
     p.media.images.push_back({d.image.grid_t, d.image.grid_h, d.image.grid_w, 0});
     encode_vision(d.image, Modality::Image, &images);
   }
-  for (const media::MelFeatures& mel : d.audio) {
+  if (!d.audio.empty()) {
     auto t1 = clock::now();
-    EncodedMedia e;
-    e.kind = Modality::Audio;
-    e.embeds = mm.audio().encode(mel.data.data(), mel.n_frames);
-    e.tokens = int(e.embeds.size()) / D;
+    std::vector<const media::MelFeatures*> clips;
+    for (const media::MelFeatures& mel : d.audio) {
+      clips.push_back(&mel);
+      p.media.audio_frames.push_back(mel.n_frames);
+    }
+    audios = mm.encode_audio(clips);
     p.timings.audio += since(t1);
-    p.media.audio_frames.push_back(mel.n_frames);
-    audios.push_back(std::move(e));
   }
   p.prefill = mm.assemble(prompt_ids, p.media, images, videos, audios);
   return p;

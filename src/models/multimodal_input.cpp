@@ -15,6 +15,7 @@ double since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 std::string default_multimodal_system(const MultimodalConfig& c) {
+  if (c.family == MmFamily::Qwen3Omni) return "";  // Qwen3-Omni's template adds no system turn of its own
   return c.omni ? "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
                   "of perceiving auditory and visual inputs, as well as generating text and speech."
                 : "You are a helpful assistant.";
@@ -23,7 +24,7 @@ std::string default_multimodal_system(const MultimodalConfig& c) {
 std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
                                  const std::string& text, const std::string& system) {
   const std::string sys = !system.empty() ? system : default_multimodal_system(c);
-  std::string s = "<|im_start|>system\n" + sys + "<|im_end|>\n<|im_start|>user\n";
+  std::string s = (sys.empty() ? "" : "<|im_start|>system\n" + sys + "<|im_end|>\n") + "<|im_start|>user\n";
   auto slot = [&](int a, int b, int z) { s += tok.token_bytes(a) + tok.token_bytes(b) + tok.token_bytes(z); };
   if (!r.video.empty()) slot(c.vision_start, c.video_token, c.vision_end);
   if (!r.image.empty()) slot(c.vision_start, c.image_token, c.vision_end);
@@ -38,7 +39,7 @@ std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokeni
   auto add_text = [&](const std::string& s) {
     for (int id : tok.encode(s, true)) ids.push_back(id);
   };
-  add_text("<|im_start|>system\n" + sys + "<|im_end|>\n<|im_start|>user\n");
+  add_text((sys.empty() ? "" : "<|im_start|>system\n" + sys + "<|im_end|>\n") + "<|im_start|>user\n");
   if (!r.video.empty()) ids.insert(ids.end(), {c.vision_start, c.video_token, c.vision_end});
   if (!r.image.empty()) ids.insert(ids.end(), {c.vision_start, c.image_token, c.vision_end});
   if (!r.audio.empty()) ids.insert(ids.end(), {c.audio_start, c.audio_token, c.audio_end});
@@ -55,7 +56,7 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
   if (!r.audio.empty() && r.use_audio_in_video) fail("give either --audio FILE or --use-audio-in-video, not both");
   if (r.use_audio_in_video && r.video.empty()) fail("--use-audio-in-video needs --video FILE");
   if ((!r.audio.empty() || r.use_audio_in_video) && !mm.has_audio())
-    fail(c.source, ": this model has no audio tower (audio input needs a Qwen2.5-Omni thinker checkpoint)");
+    fail(c.source, ": this model has no audio tower (audio input needs a Qwen2.5-Omni or Qwen3-Omni thinker checkpoint)");
   if ((!r.video.empty() || !r.image.empty()) && !mm.has_vision())
     fail(c.source, ": this model has no vision tower (config.json has no vision_config)");
   DecodedMedia d;
@@ -93,7 +94,9 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
     media::VideoInput v = media::process_video(r.video, vp);
     d.timings.decode_video += since(t0);
     d.has_video = true;
-    d.video_second_per_grid = r.video_second_per_grid > 0 ? r.video_second_per_grid : v.second_per_grid;
+    d.video_second_per_grid = r.video_second_per_grid > 0     ? r.video_second_per_grid
+                              : c.processor_default_fps > 0 ? double(c.vision.temporal) / c.processor_default_fps
+                                                            : v.second_per_grid;
     d.video = std::move(v.pixels);
     if (r.use_audio_in_video) audio_of(r.video, true);
   }

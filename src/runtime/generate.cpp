@@ -73,6 +73,8 @@ GenerateResult generate(Session& s, const std::vector<int32_t>& prompt, const Ge
   std::vector<float> logits;
   auto t0 = clock::now();
   s.reset();
+  if (o.prefill_deepstack && !o.prefill_deepstack->empty() && o.prefill_deepstack_rows)
+    s.set_deepstack(*o.prefill_deepstack, *o.prefill_deepstack_rows);
   if (o.prefill_embeds || o.prefill_positions)
     s.forward_embeds(prompt.data(), int(prompt.size()), o.prefill_embeds, o.prefill_modality, o.prefill_positions,
                      &logits, false);

@@ -22,6 +22,9 @@ struct GenerateOptions {
   const float* prefill_embeds = nullptr;
   const uint8_t* prefill_modality = nullptr;
   const int32_t* prefill_positions = nullptr;
+  // Qwen3-Omni's DeepStack features of the prefill (Session::set_deepstack); null or empty: none.
+  const std::vector<std::vector<float>>* prefill_deepstack = nullptr;
+  const std::vector<int32_t>* prefill_deepstack_rows = nullptr;
 };
 
 struct GenerateResult {

@@ -246,6 +246,7 @@ void feed_prompt(Session& s, const TaskItem& it, std::vector<float>* logits, boo
     return;
   }
   const MultimodalPrefill& p = *it.prefill;
+  if (!p.deepstack.empty()) s.set_deepstack(p.deepstack, p.deepstack_rows);
   s.forward_embeds(p.ids.data(), int(p.ids.size()), p.embeds.data(), p.modality.data(), p.positions.data(), logits,
                    all_rows);
 }
