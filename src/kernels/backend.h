@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -152,6 +153,22 @@ class Backend {
   virtual int32_t argmax(const Buf& x, size_t off, int n);
 
   virtual void synchronize() {}
+};
+
+// Buffers allocated for one computation and released together when it goes out of scope.
+struct ScopedBufs {
+  Backend& be;
+  std::vector<Buf> bufs;
+  explicit ScopedBufs(Backend& b) : be(b) {}
+  ScopedBufs(const ScopedBufs&) = delete;
+  ScopedBufs& operator=(const ScopedBufs&) = delete;
+  Buf get(size_t n) {
+    bufs.push_back(be.alloc(n));
+    return bufs.back();
+  }
+  ~ScopedBufs() {
+    for (auto& b : bufs) be.release(b);
+  }
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

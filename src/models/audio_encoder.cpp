@@ -74,18 +74,8 @@ std::vector<float> AudioEncoder::encode(const float* mel, int nf) {
     if (seg2[s] - seg2[s - 1] > c.max_positions)
       fail("audio encoder: chunk of ", seg2[s] - seg2[s - 1], " positions exceeds max_source_positions ", c.max_positions);
   const bool tanh_gelu = c.act == "gelu_new" || c.act == "gelu_pytorch_tanh";
-  std::vector<Buf> bufs;
-  auto get = [&](size_t n) {
-    bufs.push_back(be_.alloc(n));
-    return bufs.back();
-  };
-  struct Rel {
-    Backend& be;
-    std::vector<Buf>& b;
-    ~Rel() {
-      for (auto& x : b) be.release(x);
-    }
-  } rel{be_, bufs};
+  ScopedBufs bufs(be_);
+  auto get = [&](size_t n) { return bufs.get(n); };
   std::vector<float> tm(size_t(nf) * C);  // time-major [nf, C]
   for (int m = 0; m < C; ++m)
     for (int f = 0; f < nf; ++f) tm[size_t(f) * C + m] = mel[size_t(m) * nf + f];

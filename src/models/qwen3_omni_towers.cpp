@@ -10,18 +10,6 @@
 namespace outro {
 
 namespace {
-struct Scratch {
-  Backend& be;
-  std::vector<Buf> bufs;
-  Buf get(size_t n) {
-    bufs.push_back(be.alloc(n));
-    return bufs.back();
-  }
-  ~Scratch() {
-    for (auto& b : bufs) be.release(b);
-  }
-};
-
 // A row slice [k * rows, (k + 1) * rows) of a fused [3 * rows, ...] tensor, as its own tensor.
 TensorInfo slice_rows(const TensorInfo& t, int k, int parts, const std::vector<int64_t>& shape) {
   TensorInfo s = t;
@@ -122,7 +110,7 @@ Qwen3VisionEncoder::Merger Qwen3VisionEncoder::merger(const WeightStore& s, cons
 
 void Qwen3VisionEncoder::run_merger(const Merger& m, Buf out, const Buf& x, int N, bool post) {
   const int unit = c_.merge * c_.merge, U = N / unit, M2 = c_.hidden * unit;
-  Scratch S{be_, {}};
+  ScopedBufs S(be_);
   Buf xn = S.get(size_t(N) * c_.hidden), h1 = S.get(size_t(U) * M2), h2 = S.get(size_t(U) * M2);
   // Post-shuffle (DeepStack): LayerNorm over the merged unit's 4 patches side by side; else per patch.
   if (post)
@@ -142,7 +130,7 @@ Qwen3VisionOut Qwen3VisionEncoder::encode(const float* pixels, int gt, int gh, i
          "vision_config.spatial_merge_size ", m, " in h and w");
   const int N = gt * gh * gw, D = c.hidden, H = c.heads, hd = D / H, I = c.intermediate;
   const int64_t cols = patch_.cols;
-  Scratch S{be_, {}};
+  ScopedBufs S(be_);
   Buf px = S.get(size_t(N) * cols);
   be_.upload(px, 0, pixels, size_t(N) * cols);
   Buf x = S.get(size_t(N) * D), xn = S.get(size_t(N) * D), q = S.get(size_t(N) * D), k = S.get(size_t(N) * D);
@@ -327,7 +315,7 @@ std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip
       for (int t = 0; t < ch.len; ++t)
         act[(size_t(b) * fh + mm) * tw + t] = cl.mel[size_t(mm) * cl.n_frames + ch.start + t];
   }
-  Scratch S{be_, {}};
+  ScopedBufs S(be_);
   for (int i = 0; i < 3; ++i) {
     const int oh = conv_len(fh), ow = conv_len(tw), K = cin * 9;
     const size_t rows = size_t(B) * oh * ow;
@@ -349,7 +337,7 @@ std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip
         }
     std::vector<float> y(rows * C);  // [b, oh, ow, C]
     {
-      Scratch L{be_, {}};  // this convolution's buffers only
+      ScopedBufs L(be_);  // this convolution's buffers only
       Buf in = L.get(cols.size()), out = L.get(rows * C);
       be_.upload(in, 0, cols.data(), cols.size());
       be_.matmul(out, in, int(rows), conv_[i], &convb_[i]);

@@ -8,20 +8,6 @@
 
 namespace outro {
 
-namespace {
-struct Scratch {
-  Backend& be;
-  std::vector<Buf> bufs;
-  Buf get(size_t n) {
-    bufs.push_back(be.alloc(n));
-    return bufs.back();
-  }
-  ~Scratch() {
-    for (auto& b : bufs) be.release(b);
-  }
-};
-}  // namespace
-
 VisionEncoder::VisionEncoder(const VisionConfig& c, const WeightStore& s, Backend& be) : c_(c), be_(be) {
   for (const char* p : {"visual.", "model.visual.", "thinker.visual."})
     if (s.has(std::string(p) + "patch_embed.proj.weight")) {
@@ -120,7 +106,7 @@ std::vector<float> VisionEncoder::encode(const float* pixels, int gt, int gh, in
     fail("vision encoder: grid ", gt, "x", gh, "x", gw, " is not a positive multiple of the merge size ", m);
   const int N = gt * gh * gw, D = c.hidden, H = c.heads, hd = D / H, I = c.intermediate;
   const int64_t cols = patch_.cols;
-  Scratch S{be_, {}};
+  ScopedBufs S(be_);
   Buf px = S.get(size_t(N) * cols);
   be_.upload(px, 0, pixels, size_t(N) * cols);
   Buf x0 = S.get(size_t(N) * D), x = S.get(size_t(N) * D), xn = S.get(size_t(N) * D);
