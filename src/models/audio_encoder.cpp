@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/encoder_layers.h"
 
 namespace outro {
 
@@ -22,7 +23,7 @@ AudioEncoder::AudioEncoder(const AudioConfig& c, const WeightStore& s, Backend& 
   conv2b_ = get("conv2.bias", {D});
   for (int l = 0; l < c.layers; ++l) {
     const std::string L = "layers." + std::to_string(l) + ".";
-    Layer t;
+    EncoderLayer t;
     t.ln1 = get(L + "self_attn_layer_norm.weight", {D});
     t.ln1b = get(L + "self_attn_layer_norm.bias", {D});
     t.q = get(L + "self_attn.q_proj.weight", {D, D});
@@ -60,7 +61,7 @@ AudioEncoder::AudioEncoder(const AudioConfig& c, const WeightStore& s, Backend& 
 std::vector<float> AudioEncoder::encode(const float* mel, int nf) {
   const AudioConfig& c = c_;
   if (nf <= 0) fail("audio encoder: zero-length audio (no mel frames)");
-  const int D = c.d_model, H = c.heads, hd = D / H, F = c.ffn, C = c.mel_bins;
+  const int D = c.d_model, H = c.heads, F = c.ffn, C = c.mel_bins;
   // Chunks of 2 * n_window frames, each convolved and attended on its own.
   const int chunk = 2 * c.n_window;
   std::vector<int> seg{0}, seg2{0};
@@ -98,31 +99,7 @@ std::vector<float> AudioEncoder::encode(const float* mel, int nf) {
     be_.upload(pb, 0, pe.data(), pe.size());
     be_.add(x, pb, pe.size());
   }
-  Buf xn = get(size_t(n2) * D), q = get(size_t(n2) * D), k = get(size_t(n2) * D), v = get(size_t(n2) * D);
-  Buf z = get(size_t(n2) * D), o = get(size_t(n2) * D), f1 = get(size_t(n2) * F);
-  for (auto& L : layers_) {
-    be_.layernorm(xn, x, n2, L.ln1, &L.ln1b, 1e-5f);
-    be_.matmul(q, xn, n2, L.q, &L.qb);
-    be_.matmul(k, xn, n2, L.k, nullptr);
-    be_.matmul(v, xn, n2, L.v, &L.vb);
-    AttnParams p;
-    p.n_heads = H;
-    p.n_kv = H;
-    p.head_dim = hd;
-    p.scale = 1.f / std::sqrt(float(hd));
-    p.n_new = n2;
-    p.causal = false;
-    p.segments = seg2.data();
-    p.n_segments = int(seg2.size()) - 1;
-    be_.attention(z, q, k, v, p);
-    be_.matmul(o, z, n2, L.o, &L.ob);
-    be_.add(x, o, size_t(n2) * D);
-    be_.layernorm(xn, x, n2, L.ln2, &L.ln2b, 1e-5f);
-    be_.matmul(f1, xn, n2, L.fc1, &L.fc1b);
-    be_.gelu(f1, f1, size_t(n2) * F, tanh_gelu);
-    be_.matmul(o, f1, n2, L.fc2, &L.fc2b);
-    be_.add(x, o, size_t(n2) * D);
-  }
+  run_encoder_layers(be_, layers_, x, n2, D, F, H, seg2, tanh_gelu, bufs);
   const int n3 = n2 / 2;
   if (n3 <= 0) fail("audio encoder: audio too short (", nf, " mel frames give no token)");
   Buf pooled = get(size_t(n3) * D), pn = get(size_t(n3) * D), out = get(size_t(n3) * c.out_dim);

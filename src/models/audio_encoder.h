@@ -5,6 +5,7 @@
 #pragma once
 #include <vector>
 
+#include "models/encoder_layers.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "models/multimodal_config.h"
@@ -22,14 +23,11 @@ class AudioEncoder {
   const AudioConfig& config() const { return c_; }
 
  private:
-  struct Layer {
-    Weight ln1, ln1b, q, qb, k, v, vb, o, ob, ln2, ln2b, fc1, fc1b, fc2, fc2b;
-  };
   AudioConfig c_;
   Backend& be_;
   std::string prefix_;
   Weight conv1_, conv1b_, conv2_, conv2b_, ln_post_, ln_postb_, proj_, projb_;
-  std::vector<Layer> layers_;
+  std::vector<EncoderLayer> layers_;
   std::vector<float> pos_;  // sinusoids [max_positions, d_model]
 };
 

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "models/encoder_layers.h"
 
 namespace outro {
 
@@ -246,7 +247,7 @@ Qwen3AudioEncoder::Qwen3AudioEncoder(const AudioConfig& c, const WeightStore& s,
   conv_out_ = get("conv_out.weight", {D, C * f3_});
   for (int l = 0; l < c.layers; ++l) {
     const std::string L = "layers." + std::to_string(l) + ".";
-    Layer t;
+    EncoderLayer t;
     t.ln1 = get(L + "self_attn_layer_norm.weight", {D});
     t.ln1b = get(L + "self_attn_layer_norm.bias", {D});
     t.q = get(L + "self_attn.q_proj.weight", {D, D});
@@ -284,7 +285,7 @@ Qwen3AudioEncoder::Qwen3AudioEncoder(const AudioConfig& c, const WeightStore& s,
 
 std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip>& clips) {
   const AudioConfig& c = c_;
-  const int D = c.d_model, H = c.heads, hd = D / H, F = c.ffn, C = c.downsample_hidden, M = c.mel_bins;
+  const int D = c.d_model, H = c.heads, F = c.ffn, C = c.downsample_hidden, M = c.mel_bins;
   const int chunk = 2 * c.n_window;
   struct Chunk {
     int clip, start, len;
@@ -393,32 +394,9 @@ std::vector<std::vector<float>> Qwen3AudioEncoder::encode(const std::vector<Clip
     for (int k = 0; k < len / window; ++k) seg.push_back(seg.back() + window);
     if (len % window) seg.push_back(seg.back() + len % window);
   }
-  Buf xn = S.get(size_t(n) * D), q = S.get(size_t(n) * D), k = S.get(size_t(n) * D), v = S.get(size_t(n) * D);
-  Buf z = S.get(size_t(n) * D), o = S.get(size_t(n) * D), f1 = S.get(size_t(n) * F);
   const bool tanh_gelu = c.act == "gelu_new" || c.act == "gelu_pytorch_tanh";
-  for (auto& L : layers_) {
-    be_.layernorm(xn, x, n, L.ln1, &L.ln1b, 1e-5f);
-    be_.matmul(q, xn, n, L.q, &L.qb);
-    be_.matmul(k, xn, n, L.k, &L.kb);
-    be_.matmul(v, xn, n, L.v, &L.vb);
-    AttnParams p;
-    p.n_heads = H;
-    p.n_kv = H;
-    p.head_dim = hd;
-    p.scale = 1.f / std::sqrt(float(hd));
-    p.n_new = n;
-    p.causal = false;
-    p.segments = seg.data();
-    p.n_segments = int(seg.size()) - 1;
-    be_.attention(z, q, k, v, p);
-    be_.matmul(o, z, n, L.o, &L.ob);
-    be_.add(x, o, size_t(n) * D);
-    be_.layernorm(xn, x, n, L.ln2, &L.ln2b, 1e-5f);
-    be_.matmul(f1, xn, n, L.fc1, &L.fc1b);
-    be_.gelu(f1, f1, size_t(n) * F, tanh_gelu);
-    be_.matmul(o, f1, n, L.fc2, &L.fc2b);
-    be_.add(x, o, size_t(n) * D);
-  }
+  run_encoder_layers(be_, layers_, x, n, D, F, H, seg, tanh_gelu, S);
+  Buf xn = S.get(size_t(n) * D), o = S.get(size_t(n) * D);
   Buf out = S.get(size_t(n) * c.out_dim);
   be_.layernorm(xn, x, n, ln_post_, &ln_postb_, 1e-5f);
   be_.matmul(o, xn, n, proj1_, &proj1b_);

@@ -7,6 +7,7 @@
 #include <deque>
 #include <vector>
 
+#include "models/encoder_layers.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
 #include "models/multimodal_config.h"
@@ -66,14 +67,11 @@ class Qwen3AudioEncoder {
   const AudioConfig& config() const { return c_; }
 
  private:
-  struct Layer {
-    Weight ln1, ln1b, q, qb, k, kb, v, vb, o, ob, ln2, ln2b, fc1, fc1b, fc2, fc2b;
-  };
   AudioConfig c_;
   Backend& be_;
   std::string prefix_;
   Weight conv_[3], convb_[3], conv_out_, ln_post_, ln_postb_, proj1_, proj1b_, proj2_, proj2b_;
-  std::vector<Layer> layers_;
+  std::vector<EncoderLayer> layers_;
   std::vector<float> pos_;
   int f3_ = 0;  // mel bins after the three convolutions
 };
