@@ -4,6 +4,30 @@
 
 namespace outro {
 
+EncoderLayer bind_encoder_layer(Backend& be, const WeightStore& s, const std::string& prefix, int l, int64_t D,
+                                int64_t F, bool k_bias) {
+  const std::string L = prefix + "layers." + std::to_string(l) + ".";
+  auto get = [&](const std::string& n, std::vector<int64_t> shape) { return be.weight(s.get(L + n, shape)); };
+  EncoderLayer t;
+  t.ln1 = get("self_attn_layer_norm.weight", {D});
+  t.ln1b = get("self_attn_layer_norm.bias", {D});
+  t.q = get("self_attn.q_proj.weight", {D, D});
+  t.qb = get("self_attn.q_proj.bias", {D});
+  t.k = get("self_attn.k_proj.weight", {D, D});
+  if (k_bias) t.kb = get("self_attn.k_proj.bias", {D});
+  t.v = get("self_attn.v_proj.weight", {D, D});
+  t.vb = get("self_attn.v_proj.bias", {D});
+  t.o = get("self_attn.out_proj.weight", {D, D});
+  t.ob = get("self_attn.out_proj.bias", {D});
+  t.ln2 = get("final_layer_norm.weight", {D});
+  t.ln2b = get("final_layer_norm.bias", {D});
+  t.fc1 = get("fc1.weight", {F, D});
+  t.fc1b = get("fc1.bias", {F});
+  t.fc2 = get("fc2.weight", {D, F});
+  t.fc2b = get("fc2.bias", {D});
+  return t;
+}
+
 void run_encoder_layers(Backend& be, const std::vector<EncoderLayer>& layers, Buf x, int n, int D, int F, int heads,
                         const std::vector<int>& segments, bool tanh_gelu, ScopedBufs& S) {
   const size_t nd = size_t(n) * D;

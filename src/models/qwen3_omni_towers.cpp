@@ -245,27 +245,7 @@ Qwen3AudioEncoder::Qwen3AudioEncoder(const AudioConfig& c, const WeightStore& s,
   }
   f3_ = conv_len(conv_len(conv_len(c.mel_bins)));
   conv_out_ = get("conv_out.weight", {D, C * f3_});
-  for (int l = 0; l < c.layers; ++l) {
-    const std::string L = "layers." + std::to_string(l) + ".";
-    EncoderLayer t;
-    t.ln1 = get(L + "self_attn_layer_norm.weight", {D});
-    t.ln1b = get(L + "self_attn_layer_norm.bias", {D});
-    t.q = get(L + "self_attn.q_proj.weight", {D, D});
-    t.qb = get(L + "self_attn.q_proj.bias", {D});
-    t.k = get(L + "self_attn.k_proj.weight", {D, D});
-    t.kb = get(L + "self_attn.k_proj.bias", {D});
-    t.v = get(L + "self_attn.v_proj.weight", {D, D});
-    t.vb = get(L + "self_attn.v_proj.bias", {D});
-    t.o = get(L + "self_attn.out_proj.weight", {D, D});
-    t.ob = get(L + "self_attn.out_proj.bias", {D});
-    t.ln2 = get(L + "final_layer_norm.weight", {D});
-    t.ln2b = get(L + "final_layer_norm.bias", {D});
-    t.fc1 = get(L + "fc1.weight", {F, D});
-    t.fc1b = get(L + "fc1.bias", {F});
-    t.fc2 = get(L + "fc2.weight", {D, F});
-    t.fc2b = get(L + "fc2.bias", {D});
-    layers_.push_back(t);
-  }
+  for (int l = 0; l < c.layers; ++l) layers_.push_back(bind_encoder_layer(be, s, prefix_, l, D, F, true));
   ln_post_ = get("ln_post.weight", {D});
   ln_postb_ = get("ln_post.bias", {D});
   proj1_ = get("proj1.weight", {D, D});

@@ -221,15 +221,17 @@ class CpuBackend final : public Backend {
     if (!p.causal) return attention_segments(z, q, kc, vc, p);
     const int H = p.n_heads, KV = p.n_kv, hd = p.head_dim, group = H / KV;
     const int total = p.past + p.n_new;
+    // Keys [0, keys(r)) for new row r: causal, or to sinkout_end for a flagged sink-out row.
+    auto keys = [&](int r) {
+      const int nk = p.past + r + 1;
+      if (p.sinkout_mask && static_cast<const float*>(p.sinkout_mask)[r] != 0.f)
+        return std::max(nk, std::min(p.sinkout_end, total));
+      return nk;
+    };
     // Prefill-sized calls on the blocked kernel; decode steps row by row.
     if (p.n_new >= 16) {
       std::vector<int> k0(size_t(p.n_new), 0), k1(size_t(p.n_new));
-      for (int r = 0; r < p.n_new; ++r) {
-        int nk = p.past + r + 1;
-        if (p.sinkout_mask && static_cast<const float*>(p.sinkout_mask)[r] != 0.f)
-          nk = std::max(nk, std::min(p.sinkout_end, total));
-        k1[size_t(r)] = nk;
-      }
+      for (int r = 0; r < p.n_new; ++r) k1[size_t(r)] = keys(r);
       return attention_blocked(z, q, kc, vc, p, total, k0, k1);
     }
     const size_t tasks = size_t(H) * size_t(p.n_new);
@@ -239,10 +241,7 @@ class CpuBackend final : public Backend {
       for (size_t t = t0; t < t1; ++t) {
         const int h = int(t / size_t(p.n_new)), r = int(t % size_t(p.n_new));
         const int kvh = h / group;
-        const int pos = p.past + r;
-        int nk = pos + 1;
-        if (p.sinkout_mask && static_cast<const float*>(p.sinkout_mask)[r] != 0.f)
-          nk = std::max(nk, std::min(p.sinkout_end, total));
+        const int nk = keys(r);
         const float* qr = F(q) + (size_t(r) * H + h) * hd;
         float mx = -INFINITY;
         for (int j = 0; j < nk; ++j) {
