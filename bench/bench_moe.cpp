@@ -3,7 +3,8 @@
 // token, every layer sparse, q/k norm, vocab 151936) and a few of its 48 layers, loads it and times a
 // prefill and decode steps through Session on the CPU or the GPU. A decode step reads the attention
 // matrices, the router and only the 8 chosen experts of each layer, so its speed is also given as
-// the bandwidth those bytes imply; per-layer times give the whole model's estimate.
+// the bandwidth those bytes imply; per-layer times give the whole model's estimate. On a GPU it also
+// prints that bandwidth as a fraction of the measured copy bandwidth, and whether all 48 layers fit in bf16.
 //
 //   bench_moe [--device cpu|cuda] [--layers N] [--experts E] [--top-k K] [--dtype bf16|f16|f32]
 //             [--prefill N] [--decode N] [--reps N] [--vocab V] [--keep DIR]
@@ -26,6 +27,9 @@
 #include "kernels/backend.h"
 #include "models/model.h"
 #include "runtime/session.h"
+#ifdef OUTRO_HAVE_CUDA
+#include "kernels/cuda/cuda_api.h"
+#endif
 
 using namespace outro;
 namespace fs = std::filesystem;
@@ -176,7 +180,7 @@ int main(int argc, char** argv) {
     if (!fs::exists(dir + "/model.safetensors")) write_model(dir, s, dt);
     std::printf("random Qwen3-Omni thinker: %s (%d of %d layers, %d experts, top-%d, %s) ready in %.1f s\n",
                 dir.c_str(), s.layers, s.full_layers, s.experts, s.top_k, dtype_name(dt), since(t));
-    double best_p = 1e30, best_d = 1e30, layer_bytes = 0, head_bytes = 0;
+    double best_p = 1e30, best_d = 1e30, layer_bytes = 0, head_bytes = 0, device_bytes = 0, layer_all = 0;
     {
       auto model = Model::load(dir);
       const ModelConfig& c = model->config();
@@ -186,6 +190,10 @@ int main(int argc, char** argv) {
       layer_bytes = double(l0.q->nbytes + l0.k->nbytes + l0.v->nbytes + l0.o->nbytes + l0.router->nbytes) +
                     double(c.experts_per_tok) * 3.0 * double(c.hidden) * double(c.moe_intermediate) * esz;
       head_bytes = double(model->lm_head->nbytes);
+      // Every tensor of one layer (all its experts): the whole model's size is the loaded one's plus
+      // the missing layers'.
+      for (const auto& [name, t] : WeightStore::open(dir + "/model.safetensors")->tensors())
+        if (name.rfind("model.layers.0.", 0) == 0) layer_all += double(t.nbytes);
       Session sess(*model, *be, prefill + decode + 1);
       std::vector<int32_t> prompt(static_cast<size_t>(prefill)), next(static_cast<size_t>(decode));
       for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = int32_t(mix(i + 7) % uint64_t(c.vocab));
@@ -205,6 +213,9 @@ int main(int argc, char** argv) {
         best_p = std::min(best_p, tp);
         best_d = std::min(best_d, td);
       }
+#ifdef OUTRO_HAVE_CUDA
+      if (device == "cuda") device_bytes = double(cuda_api::weight_bytes(*be));
+#endif
     }
     if (keep.empty()) fs::remove_all(dir);
     const double dstep = best_d / decode, bytes = layer_bytes * s.layers + head_bytes;
@@ -217,6 +228,24 @@ int main(int argc, char** argv) {
     const double per_layer = dstep * (layer_bytes * s.layers) / bytes / s.layers;
     std::printf("estimate for all %d layers: decode %.2f tok/s (%.2f ms per layer, the lm_head's share counted once)\n",
                 s.full_layers, 1.0 / (per_layer * s.full_layers + dstep - per_layer * s.layers), per_layer * 1e3);
+#ifdef OUTRO_HAVE_CUDA
+    if (device == "cuda") {
+      // The decode's weight stream against the device's copy rate (read + written bytes per second,
+      // as cudaMemcpy moves them), and whether the whole thinker's decoder fits in bf16.
+      const double copy = cuda_api::copy_bandwidth(0, size_t(1) << 30, 5);
+      cuda_api::DeviceInfo info;
+      std::string why;
+      cuda_api::device_info(0, &info, &why);
+      std::printf("%s: copy bandwidth %.0f GB/s; decode streams %.2f GB/s of weights = %.1f%% of it\n",
+                  info.name.c_str(), copy / 1e9, bytes / dstep / 1e9, 100.0 * bytes / dstep / copy);
+      const double full = device_bytes + layer_all * (s.full_layers - s.layers) * 2.0 / double(dtype_size(dt));
+      std::printf("all %d layers in bf16: %.1f GB of decoder weights on the device (measured %.2f GB for %d layers, "
+                  "+ %d x %.2f GB); device memory %.1f GB: %s (vision and audio towers not counted)\n",
+                  s.full_layers, full / 1e9, device_bytes / 1e9, s.layers, s.full_layers - s.layers,
+                  layer_all * 2.0 / double(dtype_size(dt)) / 1e9, double(info.mem_total) / 1e9,
+                  full < double(info.mem_total) ? "fits" : "does NOT fit");
+    }
+#endif
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_moe: %s\n", e.what());
     return 1;

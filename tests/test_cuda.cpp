@@ -21,6 +21,8 @@
 #include "core/error.h"
 #include "io/safetensors.h"
 #include "kernels/backend.h"
+#include "kernels/host_ops.h"
+#include "models/decoder.h"
 #include "models/model.h"
 #include "models/random_model.h"
 #include "outro/outro.h"
@@ -805,6 +807,100 @@ TEST_F(Pair, EncoderOps) {
   }
 }
 
+// Mixture of experts: the device routing and experts (moe.cu) against the CPU backend's.
+TEST_F(Pair, MoeRouteEqualsHost) {
+  for (int E : {128, 5, 37})
+    for (int k : {1, 3, 8})
+      for (bool norm : {true, false}) {
+        if (k > E) continue;
+        const int n = 23;
+        auto z = randn(size_t(n) * E, uint64_t(70 + E + k), 2.f);
+        // Planted ties: the lower index wins.
+        z[0] = z[1] = z[2] = 9.f;
+        if (E > 4) z[size_t(E) + 4] = z[size_t(E) + 2] = 7.f;
+        std::vector<float> out[2];
+        int b = 0;
+        for (Backend* be : {cpu.get(), gpu.get()}) {
+          Buf zl = put(*be, z), r = put(*be, std::vector<float>(size_t(n) * 2 * k, NAN));
+          be->moe_route(r, zl, n, E, k, norm);
+          out[b++] = get(*be, r);
+        }
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < 2 * k; ++j) {
+            const size_t at = size_t(i) * 2 * k + size_t(j);
+            if (j < k)
+              ASSERT_EQ(out[1][at], out[0][at]) << "E " << E << " k " << k << " row " << i << " slot " << j;
+            else
+              ASSERT_NEAR(out[1][at], out[0][at], 2e-6) << "E " << E << " k " << k << " row " << i << " weight " << j;
+          }
+        EXPECT_EQ(out[0][0], 0.f);
+        if (k > 1) EXPECT_EQ(out[0][1], 1.f);
+      }
+  Buf zl = put(*gpu, randn(12, 79)), r = put(*gpu, std::vector<float>(24));
+  EXPECT_THROW(gpu->moe_route(r, zl, 2, 6, 7, true), Error);
+}
+
+TEST_F(Pair, MoeExpertsMatchCpuDecodeAndPrefill) {
+  struct Case {
+    int E, k, D, I;
+    DType dt;
+    bool fused;
+  };
+  // bf16 with dimensions in multiples of 8: the device kernels (GEMV up to 8 rows, tensor-core GEMMs
+  // past that, tails of the 64-column tiles included); float32 or odd shapes: the default path.
+  for (const Case& c : {Case{16, 4, 64, 48, DType::BF16, false}, Case{128, 8, 256, 96, DType::BF16, true},
+                        Case{6, 2, 40, 24, DType::BF16, true}, Case{5, 3, 36, 20, DType::BF16, false},
+                        Case{4, 2, 32, 16, DType::F32, false}}) {
+    std::vector<HostTensor> hts;
+    if (c.fused) {
+      hts.push_back(tensor("gu", c.dt, {c.E, 2 * c.I, c.D}, 81, 0.2f));
+      hts.push_back(tensor("dn", c.dt, {c.E, c.D, c.I}, 82, 0.2f));
+    } else {
+      for (int e = 0; e < c.E; ++e) {
+        hts.push_back(tensor("g" + std::to_string(e), c.dt, {c.I, c.D}, 100 + 3 * uint64_t(e), 0.2f));
+        hts.push_back(tensor("u" + std::to_string(e), c.dt, {c.I, c.D}, 101 + 3 * uint64_t(e), 0.2f));
+        hts.push_back(tensor("d" + std::to_string(e), c.dt, {c.D, c.I}, 102 + 3 * uint64_t(e), 0.2f));
+      }
+    }
+    for (int n : {1, 3, 8, 9, 77}) {
+      auto x = randn(size_t(n) * c.D, 90 + uint64_t(n));
+      auto z = randn(size_t(n) * c.E, 91 + uint64_t(n), 2.f);
+      std::vector<float> out[2];
+      int b = 0;
+      for (Backend* be : {cpu.get(), gpu.get()}) {
+        ExpertSet ex;
+        const int64_t D = c.D, I = c.I;
+        if (c.fused) {
+          const Weight gu = be->weight(hts[0].info), dn = be->weight(hts[1].info);
+          for (int64_t e = 0; e < c.E; ++e) {
+            ex.gate.push_back(weight_slice(gu, e * 2 * I * D, I, D));
+            ex.up.push_back(weight_slice(gu, e * 2 * I * D + I * D, I, D));
+            ex.down.push_back(weight_slice(dn, e * D * I, D, I));
+          }
+        } else {
+          for (int e = 0; e < c.E; ++e) {
+            ex.gate.push_back(be->weight(hts[size_t(3 * e)].info));
+            ex.up.push_back(be->weight(hts[size_t(3 * e + 1)].info));
+            ex.down.push_back(be->weight(hts[size_t(3 * e + 2)].info));
+          }
+        }
+        // The same route on both (the CPU's), so that the products alone are compared.
+        std::vector<float> route(size_t(n) * 2 * c.k);
+        host::moe_route(route.data(), z.data(), n, c.E, c.k, true);
+        Buf xb = put(*be, x), rb = put(*be, route), yb = put(*be, std::vector<float>(size_t(n) * c.D, NAN));
+        be->moe_experts(yb, xb, n, rb, c.k, ex);
+        out[b++] = get(*be, yb);
+      }
+      // Decode keeps x and h in float32; the prefill's GEMMs round them to bf16 as the dense products do.
+      const bool device_gemm = c.dt == DType::BF16 && c.D % 8 == 0 && c.I % 8 == 0 && n > 8;
+      const double tol = c.dt == DType::F32 ? 1e-5 : device_gemm ? 2e-2 : 1e-4;
+      const double e = rel(out[1], out[0]);
+      std::printf("  moe E %d k %d D %d I %d %s n %d: rel err %.2e\n", c.E, c.k, c.D, c.I, dtype_name(c.dt), n, e);
+      EXPECT_LT(e, tol) << "E " << c.E << " k " << c.k << " D " << c.D << " I " << c.I << " n " << n;
+    }
+  }
+}
+
 // ---- whole forward passes ----
 
 struct TmpModel {
@@ -1012,6 +1108,58 @@ TEST(CudaForward, Qwen3OmniMoeFixtures) {
     s.forward(ids, &lg, true);
     EXPECT_LT(rel(lg, read_f32(ref->get(preset + ".prompt"))), 1e-4) << "outro_q3 " << preset;
   }
+}
+
+// A bf16 copy of a tiny Qwen3-Omni thinker: its experts take the device kernels (the float32 fixtures
+// above take the default path); prefill and decode logits against the CPU's.
+TEST(CudaForward, Qwen3OmniMoeBf16DeviceExpertsMatchCpu) {
+  NEED_GPU();
+  std::string why;
+  auto gpu = make_cuda_backend(0, &why);
+  ASSERT_TRUE(gpu) << why;
+  auto cpu = make_cpu_backend();
+  const std::string src = test::fixture("qwen3_omni/e4k2_mha"), dir = test::tmp_dir("cuda_q3_bf16");
+  {
+    fs::copy_file(src + "/config.json", dir + "/config.json", fs::copy_options::overwrite_existing);
+    auto st = WeightStore::open(src + "/model.safetensors");
+    std::vector<TensorOut> ts;
+    for (const auto& [name, t] : st->tensors()) {
+      TensorOut o;
+      o.name = name;
+      o.dtype = DType::BF16;
+      o.shape = t.shape;
+      size_t n = 1;
+      for (auto d : t.shape) n *= size_t(d);
+      std::vector<float> f(n);
+      to_f32(t.dtype, t.data, f.data(), n);
+      o.bytes.resize(2 * n);
+      for (size_t i = 0; i < n; ++i) {
+        const uint16_t h = f32_to_bf16(f[i]);
+        std::memcpy(o.bytes.data() + 2 * i, &h, 2);
+      }
+      ts.push_back(std::move(o));
+    }
+    write_safetensors(dir + "/model.safetensors", ts);
+  }
+  auto m = Model::load(dir);
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 40; ++i) ids.push_back(int32_t((i * 37 + 11) % m->config().vocab));
+  std::vector<float> res[2];
+  int b = 0;
+  for (Backend* be : {cpu.get(), gpu.get()}) {
+    Session s(*m, *be, int(ids.size()));
+    std::vector<float> lg, step;
+    s.forward(ids.data(), 33, &lg, true);
+    for (size_t i = 33; i < ids.size(); ++i) {
+      s.forward(&ids[i], 1, &step);
+      lg.insert(lg.end(), step.begin(), step.end());
+    }
+    res[b++] = lg;
+  }
+  const double e = rel(res[1], res[0]);
+  std::printf("  qwen3_omni e4k2_mha bf16: cpu vs cuda logits rel err %.2e\n", e);
+  EXPECT_LT(e, 5e-2);
+  fs::remove_all(dir);
 }
 
 TEST(CudaForward, TooLargeCacheIsAnErrorNotACrash) {

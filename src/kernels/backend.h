@@ -61,6 +61,14 @@ struct AttnParams {
   int n_segments = 0;
 };
 
+// One mixture-of-experts layer's experts as a backend keeps them: expert e is the SwiGLU MLP
+// down[e] · (silu(gate[e] · x) * (up[e] · x)), gate and up [I, D], down [D, I]. `state` is the
+// backend's own view of the set (the CUDA backend's device pointer table), made on first use.
+struct ExpertSet {
+  std::vector<Weight> gate, up, down;
+  std::shared_ptr<void> state;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -147,6 +155,17 @@ class Backend {
   virtual void scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx, const float* scale, int n);
   // y[i, :] = mean of x[k i .. k i + k) for i < n / k (average pooling over rows; a tail is dropped).
   virtual void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k);
+  // Mixture of experts. route[n, 2k] receives, for each row i of logits[n, experts]: the k experts of
+  // largest softmax (float32) probability in descending order, the lower index first among equals,
+  // as floats (route[i, 0 .. k)), then their weights (route[i, k .. 2k)): the probabilities,
+  // divided by their sum when `norm`. The default downloads, routes on the host and uploads.
+  virtual void moe_route(Buf route, const Buf& logits, int n, int experts, int k, bool norm);
+  // y[i, :] = the sum over the k experts of row i in ascending expert index of weight · expert(x[i]),
+  // with route as moe_route writes it and x [n, D]. Only the chosen experts' weights are read. The
+  // default downloads route and runs each chosen expert once over the rows that chose it through
+  // the other ops (gather_rows, matmul, swiglu, scatter_add_rows).
+  virtual void moe_experts(Buf y, const Buf& x, int n, const Buf& route, int k, ExpertSet& experts);
+
   // Index of the largest of x[off .. off + n): the first one scanning up, as the greedy sampler
   // picks it (for rows without NaN). Greedy decoding on a GPU copies back this index instead of
   // the vocabulary's logits. The default downloads the row.

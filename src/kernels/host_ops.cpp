@@ -119,6 +119,30 @@ void scatter_add_rows(float* y, const float* x, int dim, const int32_t* idx, con
   }
 }
 
+void moe_route(float* route, const float* logits, int n, int E, int k, bool norm) {
+  std::vector<float> p(static_cast<size_t>(E));
+  std::vector<int32_t> order(static_cast<size_t>(E));
+  for (int i = 0; i < n; ++i) {
+    const float* z = logits + size_t(i) * E;
+    const float mx = *std::max_element(z, z + E);
+    float sum = 0.f;
+    for (int e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(z[e] - mx));
+    for (int e = 0; e < E; ++e) p[size_t(e)] /= sum;
+    for (int e = 0; e < E; ++e) order[size_t(e)] = e;
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
+    });
+    float tot = 0.f;
+    for (int j = 0; j < k; ++j) tot += p[size_t(order[size_t(j)])];
+    float* r = route + size_t(i) * 2 * k;
+    for (int j = 0; j < k; ++j) {
+      const float pj = p[size_t(order[size_t(j)])];
+      r[j] = float(order[size_t(j)]);
+      r[k + j] = norm ? pj / tot : pj;
+    }
+  }
+}
+
 void avgpool_rows(float* y, const float* x, int n, int dim, int k) {
   const int m = n / k;
   for (int i = 0; i < m; ++i) {
@@ -459,6 +483,59 @@ void Backend::scatter_add_rows(Buf y, const Buf& x, int dim, const int32_t* idx,
   auto hx = down(*this, x, size_t(n) * dim);
   host::scatter_add_rows(hy.data(), hx.data(), dim, idx, scale, n);
   upload(y, 0, hy.data(), hy.size());
+}
+
+void Backend::moe_route(Buf route, const Buf& logits, int n, int experts, int k, bool norm) {
+  if (n <= 0) return;
+  if (k < 1 || k > experts) fail("moe_route: expected 1 <= k <= experts (", experts, "), found k ", k);
+  auto hl = down(*this, logits, size_t(n) * experts);
+  std::vector<float> hr(size_t(n) * 2 * k);
+  host::moe_route(hr.data(), hl.data(), n, experts, k, norm);
+  upload(route, 0, hr.data(), hr.size());
+}
+
+void Backend::moe_experts(Buf y, const Buf& x, int n, const Buf& route, int k, ExpertSet& ex) {
+  if (n <= 0) return;
+  const int E = int(ex.gate.size());
+  if (E == 0 || ex.up.size() != size_t(E) || ex.down.size() != size_t(E))
+    fail("moe_experts: expected as many gate, up and down matrices, found ", ex.gate.size(), ", ", ex.up.size(),
+         ", ", ex.down.size());
+  const int D = int(ex.gate[0].cols), I = int(ex.gate[0].rows);
+  auto hr = down(*this, route, size_t(n) * 2 * k);
+  // Rows grouped by expert (a counting sort: rows ascending within each expert), experts in index
+  // order: every row's outputs are then added in ascending expert index.
+  std::vector<int32_t> start(size_t(E) + 1, 0), rows(size_t(n) * k);
+  std::vector<float> scale(size_t(n) * k);
+  for (size_t j = 0; j < size_t(n) * k; ++j) {
+    const float f = hr[j / k * 2 * k + j % k];
+    if (!(f >= 0.f && f < float(E)))
+      fail("moe_experts: route names expert ", f, ", expected 0 .. ", E - 1);
+    ++start[size_t(f) + 1];
+  }
+  for (int e = 0; e < E; ++e) start[size_t(e) + 1] += start[size_t(e)];
+  std::vector<int32_t> next(start.begin(), start.end() - 1);
+  for (int i = 0; i < n; ++i)
+    for (int j = 0; j < k; ++j) {
+      const size_t at = size_t(i) * 2 * k;
+      const int32_t slot = next[size_t(hr[at + size_t(j)])]++;
+      rows[size_t(slot)] = i;
+      scale[size_t(slot)] = hr[at + size_t(k + j)];
+    }
+  ScopedBufs tmp(*this);
+  const size_t most = size_t(n);
+  Buf xg = tmp.get(most * size_t(D)), g = tmp.get(most * size_t(I)), u = tmp.get(most * size_t(I)),
+      o = tmp.get(most * size_t(D));
+  fill(y, 0, size_t(n) * size_t(D), 0.f);
+  for (int e = 0; e < E; ++e) {
+    const int32_t a = start[size_t(e)], m = start[size_t(e) + 1] - a;
+    if (!m) continue;
+    gather_rows(xg, x, D, rows.data() + a, m);
+    matmul(g, xg, m, ex.gate[size_t(e)], nullptr);
+    matmul(u, xg, m, ex.up[size_t(e)], nullptr);
+    swiglu(g, g, u, size_t(m) * size_t(I));
+    matmul(o, g, m, ex.down[size_t(e)], nullptr);
+    scatter_add_rows(y, o, D, rows.data() + a, scale.data() + a, m);
+  }
 }
 
 int32_t Backend::argmax(const Buf& x, size_t off, int n) {

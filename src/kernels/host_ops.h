@@ -19,6 +19,8 @@ void im2col1d(float* cols, const float* x, int channels, int kernel, int stride,
               int n_segments);
 void gather_rows(float* y, const float* x, int dim, const int32_t* idx, int n);
 void scatter_add_rows(float* y, const float* x, int dim, const int32_t* idx, const float* scale, int n);
+// Backend::moe_route's contract on host arrays: route[n, 2k] from logits[n, experts].
+void moe_route(float* route, const float* logits, int n, int experts, int k, bool norm);
 void avgpool_rows(float* y, const float* x, int n, int dim, int k);
 // Φ_LLM's statistics of h[n, dim]: row_max[i] = max_c |h[i,c]|, and the ((n·dim − 1) / 2)-th
 // smallest |h| (the lower median), found exactly by counting, returned.

@@ -3,11 +3,8 @@
 // mixture of experts in place of the MLP on the layers the config makes sparse: a linear router,
 // softmax over the experts in float32, the top k chosen (weights renormalised to sum to one when
 // norm_topk_prob), each chosen expert a SwiGLU MLP, their outputs summed with the router's weights.
-// No shared expert. Only the chosen experts' weights are read: a decode step streams k of them.
-#include <algorithm>
-#include <cmath>
-#include <numeric>
-
+// No shared expert. Routing and experts are Backend ops (moe_route, moe_experts): only the chosen
+// experts' weights are read, a decode step streams k of them.
 #include "core/error.h"
 #include "io/config.h"
 #include "io/safetensors.h"
@@ -85,9 +82,9 @@ void bind(const ModelConfig& c, const TensorLookup& t, const std::string& P, int
 
 struct LayerW {
   Weight attn_norm, q, k, v, o, qb, kb, vb, ob, q_norm, k_norm, mlp_norm;
-  Weight gate, up, down;                    // dense layers
-  Weight router;                            // sparse layers: [E, D]
-  std::vector<Weight> egate, eup, edown;    // per expert: [I, D], [I, D], [D, I]
+  Weight gate, up, down;  // dense layers
+  Weight router;          // sparse layers: [E, D]
+  ExpertSet experts;      // sparse layers: per expert [I, D], [I, D], [D, I]
   bool sparse = false;
 };
 
@@ -112,15 +109,15 @@ class Qwen3MoeDecoder final : public Decoder {
           // One upload of each fused tensor; the experts are views into it, gate rows before up rows.
           const Weight gu = w(t.experts_gate_up), dn = w(t.experts_down);
           for (int64_t e = 0; e < c_.experts; ++e) {
-            lw.egate.push_back(weight_slice(gu, e * 2 * I * D, I, D));
-            lw.eup.push_back(weight_slice(gu, e * 2 * I * D + I * D, I, D));
-            lw.edown.push_back(weight_slice(dn, e * D * I, D, I));
+            lw.experts.gate.push_back(weight_slice(gu, e * 2 * I * D, I, D));
+            lw.experts.up.push_back(weight_slice(gu, e * 2 * I * D + I * D, I, D));
+            lw.experts.down.push_back(weight_slice(dn, e * D * I, D, I));
           }
         } else {
           for (int64_t e = 0; e < c_.experts; ++e) {
-            lw.egate.push_back(w(t.expert_gate[size_t(e)]));
-            lw.eup.push_back(w(t.expert_up[size_t(e)]));
-            lw.edown.push_back(w(t.expert_down[size_t(e)]));
+            lw.experts.gate.push_back(w(t.expert_gate[size_t(e)]));
+            lw.experts.up.push_back(w(t.expert_up[size_t(e)]));
+            lw.experts.down.push_back(w(t.expert_down[size_t(e)]));
           }
         }
       }
@@ -128,28 +125,24 @@ class Qwen3MoeDecoder final : public Decoder {
     }
   }
   ~Qwen3MoeDecoder() override {
-    for (Buf* b : {&gate_, &up_, &router_, &xg_, &eg_, &eu_, &eo_}) be_.release(*b);
+    for (Buf* b : {&gate_, &up_, &router_, &route_}) be_.release(*b);
   }
 
   void reserve(int n) override {
     if (n <= rows_) return;
-    for (Buf* b : {&gate_, &up_, &router_, &xg_, &eg_, &eu_, &eo_}) be_.release(*b);
-    const size_t N = size_t(n), D = size_t(c_.hidden), I = size_t(c_.intermediate);
-    const size_t EI = size_t(std::max(c_.moe_intermediate, 1));
+    for (Buf* b : {&gate_, &up_, &router_, &route_}) be_.release(*b);
+    const size_t N = size_t(n), I = size_t(c_.intermediate);
     gate_ = be_.alloc(N * I);
     up_ = be_.alloc(N * I);
     if (c_.experts > 0) {
       router_ = be_.alloc(N * size_t(c_.experts));
-      xg_ = be_.alloc(N * D);
-      eg_ = be_.alloc(N * EI);
-      eu_ = be_.alloc(N * EI);
-      eo_ = be_.alloc(N * D);
+      route_ = be_.alloc(N * 2 * size_t(c_.experts_per_tok));
     }
     rows_ = n;
   }
 
   void layer(int l, int n, Buf x, Scratch& s, LayerRun& run) override {
-    const LayerW& w = layers_[size_t(l)];
+    LayerW& w = layers_[size_t(l)];
     const int D = c_.hidden, H = c_.heads, KV = c_.kv_heads;
     run.resid_pre(x);
 
@@ -171,7 +164,7 @@ class Qwen3MoeDecoder final : public Decoder {
 
     be_.rmsnorm(s.xn, x, n, w.mlp_norm, c_.rms_eps);
     if (w.sparse) {
-      experts(w, n, s, run);
+      experts(layers_[size_t(l)], n, s, run);
     } else {
       be_.matmul(gate_, s.xn, n, w.gate, nullptr);
       be_.matmul(up_, s.xn, n, w.up, nullptr);
@@ -184,80 +177,28 @@ class Qwen3MoeDecoder final : public Decoder {
   }
 
  private:
-  // The sparse block: route every row on the host, then run each chosen expert once over the rows
-  // that chose it (a decode step: k experts of one row) and add its weighted output to theirs.
-  void experts(const LayerW& w, int n, Scratch& s, LayerRun& run) {
-    const int D = c_.hidden, E = c_.experts, K = c_.experts_per_tok, I = c_.moe_intermediate;
+  // The sparse block: the router's logits, the k experts of each row and their weights (on the
+  // backend: the host sees the choice only when a hook asks for it), then the chosen experts.
+  void experts(LayerW& w, int n, Scratch& s, LayerRun& run) {
+    const int E = c_.experts, K = c_.experts_per_tok;
     be_.matmul(router_, s.xn, n, w.router, nullptr);
     run.emit(Hook::Router, router_, {n, E});
-    logits_.resize(size_t(n) * E);
-    be_.download(router_, 0, logits_.data(), logits_.size());
-    route(n);
+    be_.moe_route(route_, router_, n, E, K, c_.norm_topk);
     if (run.wants(Hook::Experts)) {
-      std::vector<float> f(choice_.begin(), choice_.end());
+      std::vector<float> r(size_t(n) * 2 * K), f(size_t(n) * K);
+      be_.download(route_, 0, r.data(), r.size());
+      for (int i = 0; i < n; ++i)
+        for (int j = 0; j < K; ++j) f[size_t(i) * K + j] = r[size_t(i) * 2 * K + j];
       run.emit_host(Hook::Experts, f.data(), {n, K});
     }
-    // Rows grouped by expert (a counting sort: rows ascending within each expert), experts in index
-    // order: the reference's order of summation.
-    start_.assign(size_t(E) + 1, 0);
-    for (int32_t e : choice_) ++start_[size_t(e) + 1];
-    for (int e = 0; e < E; ++e) start_[size_t(e) + 1] += start_[size_t(e)];
-    grouped_.resize(choice_.size());
-    scales_.resize(choice_.size());
-    fill_ = start_;
-    for (int i = 0; i < n; ++i)
-      for (int j = 0; j < K; ++j) {
-        const int32_t slot = fill_[size_t(choice_[size_t(i) * K + j])]++;
-        grouped_[size_t(slot)] = i;
-        scales_[size_t(slot)] = weight_[size_t(i) * K + j];
-      }
-    be_.fill(s.mlp_out, 0, size_t(n) * D, 0.f);
-    for (int e = 0; e < E; ++e) {
-      const int32_t a = start_[size_t(e)], m = start_[size_t(e) + 1] - a;
-      if (!m) continue;
-      be_.gather_rows(xg_, s.xn, D, grouped_.data() + a, m);
-      be_.matmul(eg_, xg_, m, w.egate[size_t(e)], nullptr);
-      be_.matmul(eu_, xg_, m, w.eup[size_t(e)], nullptr);
-      be_.swiglu(eg_, eg_, eu_, size_t(m) * I);
-      be_.matmul(eo_, eg_, m, w.edown[size_t(e)], nullptr);
-      be_.scatter_add_rows(s.mlp_out, eo_, D, grouped_.data() + a, scales_.data() + a, m);
-    }
-  }
-
-  // softmax over the experts (float32), the k largest in descending order (the lower index first
-  // among equals), renormalised when norm_topk_prob.
-  void route(int n) {
-    const int E = c_.experts, K = c_.experts_per_tok;
-    choice_.resize(size_t(n) * K);
-    weight_.resize(size_t(n) * K);
-    std::vector<float> p(static_cast<size_t>(E));
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    for (int i = 0; i < n; ++i) {
-      const float* z = logits_.data() + size_t(i) * E;
-      const float mx = *std::max_element(z, z + E);
-      float sum = 0.f;
-      for (int e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(z[e] - mx));
-      for (int e = 0; e < E; ++e) p[size_t(e)] /= sum;
-      std::iota(order.begin(), order.end(), 0);
-      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
-        return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
-      });
-      float tot = 0.f;
-      for (int j = 0; j < K; ++j) tot += p[size_t(order[size_t(j)])];
-      for (int j = 0; j < K; ++j) {
-        choice_[size_t(i) * K + j] = order[size_t(j)];
-        weight_[size_t(i) * K + j] = c_.norm_topk ? p[size_t(order[size_t(j)])] / tot : p[size_t(order[size_t(j)])];
-      }
-    }
+    be_.moe_experts(s.mlp_out, s.xn, n, route_, K, w.experts);
   }
 
   const ModelConfig& c_;
   Backend& be_;
   std::vector<LayerW> layers_;
   int rows_ = 0;
-  Buf gate_, up_, router_, xg_, eg_, eu_, eo_;
-  std::vector<float> logits_, weight_, scales_;
-  std::vector<int32_t> choice_, start_, fill_, grouped_;  // grouped_: rows by expert
+  Buf gate_, up_, router_, route_;  // route_: [n, 2k], Backend::moe_route's layout
 };
 
 std::unique_ptr<Decoder> make(const Model& m, Backend& be) { return std::make_unique<Qwen3MoeDecoder>(m, be); }

@@ -115,6 +115,14 @@ void add_bias(cudaStream_t s, float* y, const float* bias, int n, int64_t rows);
 // float32 -> bf16 copy
 void to_bf16(cudaStream_t s, __nv_bfloat16* y, const float* x, size_t n);
 
+// moe.cu: Backend::moe_route and moe_experts (bf16 experts, D and I multiples of 8).
+constexpr int kMoeMaxExperts = 2048, kMoeMaxK = 64, kMoeGemvMaxRows = 8;
+void moe_route(cudaStream_t s, float* route, const float* logits, int n, int E, int k, bool norm);
+// Scratch moe_experts needs for n rows (the GEMV path up to kMoeGemvMaxRows rows, then the GEMMs).
+size_t moe_scratch_bytes(int n, int k, int E, int D, int I);
+// table: 3E device pointers (gate of every expert, then up, then down), each 16-byte aligned.
+void moe_experts(cudaStream_t s, float* y, const float* x, int n, int k, const float* route, const void* const* table,
+                 int E, int D, int I, void* scratch);
 // attention.cu
 struct AttnDev {
   int n_heads, n_kv, head_dim, n_new, past;

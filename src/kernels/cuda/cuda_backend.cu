@@ -79,6 +79,7 @@ class CudaBackend final : public Backend {
     if (const char* e = std::getenv("OUTRO_CUDA_LT")) use_lt_ = e[0] == '1';
     if (const char* e = std::getenv("OUTRO_CUDA_LT_TUNE")) lt_tune_ = e[0] == '1';
     if (const char* e = std::getenv("OUTRO_CUDA_GROUP")) group_ = e[0] == '1';
+    if (const char* e = std::getenv("OUTRO_CUDA_MOE")) moe_device_ = e[0] != '0';
   }
   ~CudaBackend() override {
     try {
@@ -97,7 +98,7 @@ class CudaBackend final : public Backend {
     for (auto& [key, plan] : lt_plans_) plan.destroy();
     if (lt_ws_) cudaFree(lt_ws_);
     if (lt_) cublasLtDestroy(lt_);
-    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_), static_cast<void*>(argmax_dev_)})
+    for (void* p : {attn_scratch_, static_cast<void*>(xb_), static_cast<void*>(pattern_dev_), static_cast<void*>(invf_dev_), static_cast<void*>(tmp_), phi_scratch_, static_cast<void*>(attn_ctr_), static_cast<void*>(argmax_dev_), moe_scratch_})
       if (p) cudaFree(p);
     cublasDestroy(blas_);
     cudaStreamDestroy(s_);
@@ -607,6 +608,33 @@ class CudaBackend final : public Backend {
     cuda::scatter_add_rows(s_, F(y), F(x), dim, reinterpret_cast<const int32_t*>(d),
                            reinterpret_cast<const float*>(d + size_t(n) * 4), n);
   }
+  void moe_route(Buf route, const Buf& logits, int n, int experts, int k, bool norm) override {
+    flush();
+    if (n <= 0) return;
+    if (k < 1 || k > experts || experts > cuda::kMoeMaxExperts || k > cuda::kMoeMaxK)
+      return Backend::moe_route(route, logits, n, experts, k, norm);  // fails for k outside 1 .. experts
+    cuda::moe_route(s_, F(route), F(logits), n, experts, k, norm);
+  }
+  // The experts' products on the device (moe.cu) when every expert is bf16 with dimensions that are
+  // multiples of 8; otherwise (float32 checkpoints, odd shapes) Backend's default, which downloads the route.
+  void moe_experts(Buf y, const Buf& x, int n, const Buf& route, int k, ExpertSet& ex) override {
+    flush();
+    if (n <= 0) return;
+    const void* const* table = moe_table(ex);
+    if (!moe_device_ || !table || k < 1 || k > cuda::kMoeMaxK) return Backend::moe_experts(y, x, n, route, k, ex);
+    const int E = int(ex.gate.size()), D = int(ex.gate[0].cols), I = int(ex.gate[0].rows);
+    const size_t need = cuda::moe_scratch_bytes(n, k, E, D, I);
+    if (need > moe_bytes_) {
+      if (moe_scratch_) {
+        OUTRO_CK(cudaStreamSynchronize(s_));
+        cudaFree(moe_scratch_);
+        moe_scratch_ = nullptr;
+      }
+      moe_scratch_ = dmalloc(need, "mixture-of-experts scratch");
+      moe_bytes_ = need;
+    }
+    cuda::moe_experts(s_, F(y), F(x), n, k, F(route), table, E, D, I, moe_scratch_);
+  }
   void avgpool_rows(Buf y, const Buf& x, int n, int dim, int k) override {
     flush();
     if (k <= 0) fail("avgpool_rows: k must be positive, found ", k);
@@ -884,6 +912,42 @@ class CudaBackend final : public Backend {
     return s;
   }
 
+  // The device table of an expert set's weight pointers (gate of each expert, then up, then down),
+  // uploaded on first use; null when the set does not suit the kernels of moe.cu.
+  const void* const* moe_table(ExpertSet& ex) {
+    struct Table {
+      void* dev = nullptr;
+      bool usable = false;
+      ~Table() {
+        if (dev) cudaFree(dev);
+      }
+    };
+    if (!ex.state) {
+      auto t = std::make_shared<Table>();
+      const size_t E = ex.gate.size();
+      bool ok = E > 0 && E <= size_t(cuda::kMoeMaxExperts) && ex.up.size() == E && ex.down.size() == E;
+      const int64_t I = ok ? ex.gate[0].rows : 0, D = ok ? ex.gate[0].cols : 0;
+      ok = ok && D % 8 == 0 && I % 8 == 0 && D > 0 && I > 0;
+      std::vector<const void*> ptrs;
+      for (size_t e = 0; ok && e < E; ++e)
+        for (const Weight* w : {&ex.gate[e], &ex.up[e], &ex.down[e]}) {
+          const bool down = w == &ex.down[e];
+          ok = ok && w->dtype == DType::BF16 && w->rows == (down ? D : I) && w->cols == (down ? I : D) &&
+               reinterpret_cast<uintptr_t>(w->data) % 16 == 0;
+        }
+      if (ok) {
+        for (const auto* v : {&ex.gate, &ex.up, &ex.down})
+          for (const Weight& w : *v) ptrs.push_back(w.data);
+        t->dev = dmalloc(ptrs.size() * sizeof(void*), "expert pointer table");
+        OUTRO_CK(cudaMemcpy(t->dev, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
+        t->usable = true;
+      }
+      ex.state = t;
+    }
+    const Table* t = static_cast<const Table*>(ex.state.get());
+    return t->usable ? static_cast<const void* const*>(t->dev) : nullptr;
+  }
+
   static WType wt(const Weight& w) { return w.dtype == DType::BF16 ? WType::BF16 : WType::F32; }
   static const float* vec_ptr(const Weight& w) {
     if (w.dtype != DType::F32) fail("CUDA backend: vector weight ", w.src ? w.src->name : "", " is not float32");
@@ -985,6 +1049,9 @@ class CudaBackend final : public Backend {
   float* tmp_ = nullptr;
   size_t tmp_n_ = 0;
   void* phi_scratch_ = nullptr;
+  void* moe_scratch_ = nullptr;
+  size_t moe_bytes_ = 0;
+  bool moe_device_ = true;  // OUTRO_CUDA_MOE=0: every MoE layer through Backend's default (for comparison)
   size_t phi_bytes_ = 0;
   // Downloads of kDlMin .. kDlMax bytes go through dl_pin_ in chunks of at least kDlChunk, one event
   // each (OUTRO_CUDA_PINNED_DL=0: straight to the destination).
