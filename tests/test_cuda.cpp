@@ -24,6 +24,7 @@
 #include "kernels/host_ops.h"
 #include "models/decoder.h"
 #include "models/model.h"
+#include "models/multimodal.h"
 #include "models/random_model.h"
 #include "outro/outro.h"
 #include "runtime/hooks.h"
@@ -1160,6 +1161,62 @@ TEST(CudaForward, Qwen3OmniMoeBf16DeviceExpertsMatchCpu) {
   std::printf("  qwen3_omni e4k2_mha bf16: cpu vs cuda logits rel err %.2e\n", e);
   EXPECT_LT(e, 5e-2);
   fs::remove_all(dir);
+}
+
+// Qwen3-Omni's vision and audio towers on the GPU (float32 fixtures: the ops' float32 paths): the
+// mixed video + audio + image + text prompt's tower outputs, DeepStack features and logits against
+// transformers' reference, as tests/test_qwen3_omni_media.cpp checks them on the CPU.
+TEST(CudaForward, Qwen3OmniTowersMatchReference) {
+  NEED_GPU();
+  std::string why;
+  auto gpu = make_cuda_backend(0, &why);
+  ASSERT_TRUE(gpu) << why;
+  for (const char* name : {"towers_a", "towers_b"}) {
+    const std::string dir = test::fixture(std::string("qwen3_omni/") + name);
+    auto m = Model::load(dir);
+    MultimodalModel mm(*m, *gpu);
+    auto ref = WeightStore::open(dir + "/ref.safetensors");
+    const auto meta = nlohmann::json::parse(std::ifstream(dir + "/ref.json"));
+    auto f = [&](const std::string& k) { return read_f32(ref->get(k)); };
+    auto mel = [&](const std::string& k) {
+      const TensorInfo& t = ref->get(k);
+      media::MelFeatures ml;
+      ml.n_mels = int(t.shape[0]);
+      ml.n_frames = int(t.shape[1]);
+      ml.data = read_f32(t);
+      return ml;
+    };
+    auto grid = [&](const char* k, double spg) {
+      return Grid{meta[k][0].get<int>(), meta[k][1].get<int>(), meta[k][2].get<int>(), spg};
+    };
+    const auto& p = meta["mixed"];
+    MediaSet media;
+    media.images.push_back(grid("image_grid", 0));
+    media.videos.push_back(grid("video_grid", meta["video_second_per_grid"].get<double>()));
+    media.use_audio_in_video = p["use_audio_in_video"].get<bool>();
+    if (media.use_audio_in_video) media.audio_frames.push_back(meta["audio_frames"][0].get<int>());
+    media.audio_frames.push_back(meta["audio_frames"][1].get<int>());
+    const Grid ig = media.images[0], vg = media.videos[0];
+    std::vector<EncodedMedia> images, videos, audios;
+    images.push_back(mm.encode_vision(f("image.pixels").data(), ig.t, ig.h, ig.w, Modality::Image));
+    videos.push_back(mm.encode_vision(f("video.pixels").data(), vg.t, vg.h, vg.w, Modality::Video));
+    media::MelFeatures a = mel("audio.0.mel"), b = mel("audio.1.mel");
+    audios = media.use_audio_in_video ? mm.encode_audio({&a, &b}) : mm.encode_audio({&b});
+    MultimodalPrefill pf =
+        mm.assemble(p["template_ids"].get<std::vector<int32_t>>(), media, images, videos, audios);
+    ASSERT_EQ(pf.ids, p["ids"].get<std::vector<int32_t>>()) << name;
+    std::vector<float> ds;
+    for (auto& d : pf.deepstack) ds.insert(ds.end(), d.begin(), d.end());
+    const double eds = rel(ds, f("mixed.deepstack"));
+    Session s(*m, *gpu, int(pf.ids.size()) + 2);
+    std::vector<float> logits;
+    feed_prefill(s, pf, &logits, true);
+    const double el = rel(logits, f("mixed.logits"));
+    std::printf("  qwen3_omni %s on cuda: deepstack rel err %.2e, mixed prompt (%zu tokens) logits rel err %.2e\n",
+                name, eds, pf.ids.size(), el);
+    EXPECT_LT(eds, 1e-4) << name;
+    EXPECT_LT(el, 1e-4) << name;
+  }
 }
 
 TEST(CudaForward, TooLargeCacheIsAnErrorNotACrash) {
