@@ -650,6 +650,7 @@ TEST(Qwen3OmniCli, ChatPromptHasNoDefaultSystemTurnAndThinkModes) {
   const std::string m = cli_model(dir, true), f = dir + "/f.safetensors";
   const auto gen = cat({257}, byte_ids("assistant\n"));
   const auto user = turn("user", "Hi");
+  test::RunResult r;
   // No system turn unless --system gives one (Qwen2's default "You are a helpful assistant." is not Qwen3-Omni's).
   EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi", f), cat(user, gen));
   EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --system S", f), cat(cat(turn("system", "S"), user), gen));
@@ -670,12 +671,20 @@ TEST(Qwen3OmniCli, ChatPromptHasNoDefaultSystemTurnAndThinkModes) {
   EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi", f), cat(cat(user, gen), byte_ids("<think>\n")));
   EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --think off", f),
             cat(cat(user, gen), byte_ids("<think>\n\n</think>\n\n")));
+  // eval builds the same prompt (its --print-prompts shows it): no system turn, --think off's empty block.
+  ASSERT_EQ(test::run_cli("eval synth --out " + dir + "/sy --n 1 --seed 1 --no-media").code, 0);
+  r = test::run_cli("eval --model " + m + " --bench " + dir + "/sy/bench.jsonl --print-prompts --text-only --think off");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string text = json::parse(r.out.substr(r.out.find('{')))["text"];
+  EXPECT_EQ(text.rfind("<|im_start|>user\n", 0), 0u) << text;
+  const std::string end = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
+  EXPECT_EQ(text.substr(text.size() - end.size()), end) << text;
   info = test::run_cli("info --model " + m);
   j = json::parse(info.out.substr(info.out.find('{')));
   EXPECT_EQ(j["chat"]["template"], m + "/chat_template.json");
   EXPECT_NE(j["chat"]["think_auto"].get<std::string>().find("on:"), std::string::npos) << j["chat"];
   // Errors: a bad mode; --think on for a Qwen2 checkpoint names its model type.
-  auto r = test::run_cli("forward --model " + m + " --prompt Hi --think maybe --out " + f);
+  r = test::run_cli("forward --model " + m + " --prompt Hi --think maybe --out " + f);
   EXPECT_NE(r.code, 0);
   EXPECT_NE(r.out.find("--think: expected auto, on or off, found 'maybe'"), std::string::npos) << r.out;
   r = test::run_cli("generate --model " + test::fixture("models/qwen2_gqa_f32") + " --tokens 1,2 --think on");
