@@ -18,6 +18,7 @@
 
 #include "core/error.h"
 #include "frontend/frontend.h"
+#include "models/chat_prompt.h"
 #include "models/multimodal_input.h"
 #include "outro/outro.h"
 #include "report/sink_report.h"
@@ -203,6 +204,7 @@ class PyModel {
     model_ = Model::load(path);
     be_ = make_backend(device, "device");
     if (fs::exists(fs::path(path) / "tokenizer.json")) tok_ = Tokenizer::load(path);
+    chat_ = chat_prompt(model_->config(), path);  // the folder's chat template decides the thinking block
   }
   ~PyModel() {
     mm_.reset();  // the encoders' buffers live in the backend
@@ -220,7 +222,7 @@ class PyModel {
 
   std::vector<int> tokenize(const std::string& text, bool chat, std::optional<std::string> system) const {
     need_tokenizer("tokenize");
-    std::vector<int32_t> ids = chat ? text_prompt_ids(*tok_, text, system, false) : [&] {
+    std::vector<int32_t> ids = chat ? text_prompt_ids(*tok_, text, system, false, chat_.text) : [&] {
       auto v = tok_->encode(text, true, false);
       return std::vector<int32_t>(v.begin(), v.end());
     }();
@@ -337,6 +339,7 @@ class PyModel {
       o.max_items = max_prompts;
       o.max_positions = cfg().max_positions;
       o.media_root = media_root;
+      o.chat_format = chat_.text;
       py::gil_scoped_release nogil;
       EngineLock lock(*this);
       items = sink::load_tasks(file, tok_.get(), cfg().vocab, o);
@@ -345,7 +348,7 @@ class PyModel {
           fail(file, ": items with video/audio/image need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, ", dir_,
                " is ", arch_name(cfg().arch));
         if (!tok_) fail(file, ": items with media need a tokenizer.json in ", dir_);
-        sink::attach_media(items, encoders(), *tok_, system, cfg().max_positions, file);
+        sink::attach_media(items, encoders(), *tok_, system, chat_.media, cfg().max_positions, file);
       }
     } else {
       sink::TaskItem it;
@@ -476,7 +479,7 @@ class PyModel {
     if (!r.any() && !r.use_audio_in_video) {
       if (tokens.is_none()) {
         need_tokenizer("prompt");
-        p.ids = text_prompt_ids(*tok_, py::cast<std::string>(text), sys, raw);
+        p.ids = text_prompt_ids(*tok_, py::cast<std::string>(text), sys, raw, chat_.text);
       }
       return p;
     }
@@ -489,7 +492,7 @@ class PyModel {
     py::gil_scoped_release nogil;
     EngineLock lock(*this);
     MultimodalModel& mm = encoders();
-    if (tokens.is_none()) p.ids = multimodal_chat_ids(mm.config(), *tok_, r, t, sys.value_or(""));
+    if (tokens.is_none()) p.ids = multimodal_chat_ids(mm.config(), *tok_, r, t, sys.value_or(""), chat_.media);
     p.media = prepare_multimodal(mm, r, p.ids);
     p.ids = p.media->prefill.ids;
     return p;
@@ -569,6 +572,7 @@ class PyModel {
   std::unique_ptr<Model> model_;
   std::unique_ptr<Backend> be_;
   std::unique_ptr<Tokenizer> tok_;
+  ChatPrompt chat_;
   std::unique_ptr<MultimodalModel> mm_;
   // One engine call at a time per model (the GIL is released while it runs). An edit callback
   // that calls its own model again would wait for itself: that is an error instead.

@@ -18,6 +18,7 @@
 #include "eval/extract.h"
 #include "eval/prompt.h"
 #include "kernels/backend.h"
+#include "models/chat_prompt.h"
 #include "models/model.h"
 #include "models/multimodal.h"
 #include "models/multimodal_config.h"
@@ -440,8 +441,8 @@ TEST(EvalProtocol, PromptTextIsTheAuthorsConversation) {
   req.video = "v.mp4";
   req.use_audio_in_video = true;
   const std::string user = "Is the circle visible in the video? Answer yes or no.";
-  auto ids = tok->encode(multimodal_chat_text(mc, *tok, req, user, kSystem), true, false);
-  EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.end()), multimodal_chat_ids(mc, *tok, req, user, kSystem));
+  auto ids = tok->encode(multimodal_chat_text(mc, *tok, req, user, kSystem, chat_prompt(load_config(kDemo), kDemo).media), true, false);
+  EXPECT_EQ(std::vector<int32_t>(ids.begin(), ids.end()), multimodal_chat_ids(mc, *tok, req, user, kSystem, chat_prompt(load_config(kDemo), kDemo).media));
 }
 
 // The protocol's time step reaches the positions: 1 s per video group instead of the sampled fps's.
@@ -455,7 +456,8 @@ TEST(EvalProtocol, VideoSecondPerGridSetsTheTimeStep) {
   req.video = b.dir + "/media/clips/synth-000.mp4";
   req.use_audio_in_video = true;
   req.qwen_utils_video_budget = true;
-  auto ids = multimodal_chat_ids(mm.config(), *tok, req, "Is it red? Answer yes or no.", kSystem);
+  auto ids = multimodal_chat_ids(mm.config(), *tok, req, "Is it red? Answer yes or no.", kSystem,
+                                 chat_prompt(model->config(), kDemo).media);
   PreparedPrompt sampled = prepare_multimodal(mm, req, ids);
   req.video_second_per_grid = 1.0;
   PreparedPrompt fixed = prepare_multimodal(mm, req, ids);

@@ -21,6 +21,7 @@
 #include "media/audio_features.h"
 #include "media/media.h"
 #include "media/vision_process.h"
+#include "models/chat_prompt.h"
 #include "models/model.h"
 #include "models/multimodal.h"
 #include "models/multimodal_input.h"
@@ -69,11 +70,13 @@ struct Demo {
   std::unique_ptr<Backend> be;
   std::unique_ptr<MultimodalModel> mm;
   std::unique_ptr<Tokenizer> tok;
+  ChatPrompt chat;
   Demo() {
     model = Model::load(model_dir());
     be = make_cpu_backend();
     mm = std::make_unique<MultimodalModel>(*model, *be);
     tok = Tokenizer::load(model_dir());
+    chat = chat_prompt(model->config(), model_dir());
   }
 };
 
@@ -132,7 +135,7 @@ TEST(OmniDemo, ClipItemsMatchReference) {
     MediaRequest req;
     req.video = fixture("omni_demo/" + item.media[0].path);
     req.use_audio_in_video = true;
-    auto prompt = multimodal_chat_ids(d.mm->config(), *d.tok, req, text, kSystem);
+    auto prompt = multimodal_chat_ids(d.mm->config(), *d.tok, req, text, kSystem, d.chat.media);
 
     auto grid = f.i(key + "video_grid_thw");
     ASSERT_EQ(grid.size(), 3u);
@@ -202,7 +205,7 @@ TEST(OmniDemo, ClipItemsThroughTheMediaPath) {
     req.video = fixture("omni_demo/" + item.media[0].path);
     req.use_audio_in_video = true;
     const std::string text = eval::render_text_only(eval::build_prompt(item));
-    auto prompt = multimodal_chat_ids(d.mm->config(), *d.tok, req, text, kSystem);
+    auto prompt = multimodal_chat_ids(d.mm->config(), *d.tok, req, text, kSystem, d.chat.media);
     PreparedPrompt p = prepare_multimodal(*d.mm, req, prompt);
     ASSERT_EQ(p.media.videos.size(), 1u);
     auto grid = f.i(key + "video_grid_thw");

@@ -13,9 +13,12 @@
 
 #include "core/error.h"
 #include "kernels/backend.h"
+#include "models/chat_prompt.h"
 #include "models/model.h"
 #include "models/multimodal.h"
+#include "media/audio_features.h"
 #include "models/multimodal_input.h"
+#include "models/qwen3_omni_towers.h"
 #include "runtime/hooks.h"
 #include "runtime/session.h"
 #include "test_util.h"
@@ -67,7 +70,6 @@ const char* kFixtures[] = {"towers_a", "towers_b"};
 
 TEST(Qwen3OmniTowers, ConfigNamesTheTowers) {
   MultimodalConfig c = load_multimodal_config(dir_of("towers_a"));
-  EXPECT_EQ(default_multimodal_system(c), "");  // no system turn unless one is given
   EXPECT_EQ(c.family, MmFamily::Qwen3Omni);
   EXPECT_TRUE(c.has_vision && c.has_audio);
   EXPECT_EQ(c.vision.deepstack, (std::vector<int>{0, 2}));
@@ -617,6 +619,153 @@ TEST(Qwen3OmniCli, AnalyzeAndEvalWithMedia) {
   EXPECT_EQ(s["n_items"], 2);
   EXPECT_TRUE(s["accuracy"].contains("outro"));
   EXPECT_NE(s.dump().find("encoded"), std::string::npos) << s.dump().substr(0, 2000);
+  fs::remove_all(dir);
+}
+
+// --------------------------------------------------------- chat prompt and long audio (issue 20)
+
+// The byte-level tokenizer of cli_model: a byte's id is its value, <|im_start|> 257, <|im_end|> 258.
+std::vector<int64_t> byte_ids(const std::string& s) {
+  std::vector<int64_t> v;
+  for (unsigned char ch : s) v.push_back(ch);
+  return v;
+}
+std::vector<int64_t> cat(std::vector<int64_t> a, const std::vector<int64_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+// ChatML's turn: <|im_start|>role\ncontent<|im_end|>\n
+std::vector<int64_t> turn(const std::string& role, const std::string& content) {
+  return cat(cat(cat({257}, byte_ids(role + "\n" + content)), {258}), byte_ids("\n"));
+}
+std::vector<int64_t> forward_ids(const std::string& args, const std::string& out) {
+  auto r = test::run_cli("forward " + args + " --out " + out + " --device cpu --threads 1");
+  EXPECT_EQ(r.code, 0) << r.out;
+  if (r.code != 0) return {};
+  return read_i64(WeightStore::open(out)->get("input_ids"));
+}
+
+TEST(Qwen3OmniCli, ChatPromptHasNoDefaultSystemTurnAndThinkModes) {
+  const std::string dir = test::tmp_dir("q3m_chat");
+  const std::string m = cli_model(dir, true), f = dir + "/f.safetensors";
+  const auto gen = cat({257}, byte_ids("assistant\n"));
+  const auto user = turn("user", "Hi");
+  test::RunResult r;
+  // No system turn unless --system gives one (Qwen2's default "You are a helpful assistant." is not Qwen3-Omni's).
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi", f), cat(user, gen));
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --system S", f), cat(cat(turn("system", "S"), user), gen));
+  // --think: on opens the block, off writes it empty; auto follows the folder's template (none yet).
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --think on", f), cat(cat(user, gen), byte_ids("<think>\n")));
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --think off", f),
+            cat(cat(user, gen), byte_ids("<think>\n\n</think>\n\n")));
+  auto info = test::run_cli("info --model " + m);
+  ASSERT_EQ(info.code, 0) << info.out;
+  json j = json::parse(info.out.substr(info.out.find('{')));
+  EXPECT_TRUE(j["chat"]["default_system"].is_null());
+  EXPECT_TRUE(j["chat"]["template"].is_null());
+  EXPECT_NE(j["chat"]["think_auto"].get<std::string>().find("off: no chat template"), std::string::npos);
+  // A Thinking checkpoint's template: auto opens the block, in text and media prompts alike.
+  std::ofstream(m + "/chat_template.json")
+      << json{{"chat_template", "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n<think>\\n' }}{%- endif %}"}}
+             .dump();
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi", f), cat(cat(user, gen), byte_ids("<think>\n")));
+  EXPECT_EQ(forward_ids("--model " + m + " --prompt Hi --think off", f),
+            cat(cat(user, gen), byte_ids("<think>\n\n</think>\n\n")));
+  // eval builds the same prompt (its --print-prompts shows it): no system turn, --think off's empty block.
+  ASSERT_EQ(test::run_cli("eval synth --out " + dir + "/sy --n 1 --seed 1 --no-media").code, 0);
+  r = test::run_cli("eval --model " + m + " --bench " + dir + "/sy/bench.jsonl --print-prompts --text-only --think off");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string text = json::parse(r.out.substr(r.out.find('{')))["text"];
+  EXPECT_EQ(text.rfind("<|im_start|>user\n", 0), 0u) << text;
+  const std::string end = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n";
+  EXPECT_EQ(text.substr(text.size() - end.size()), end) << text;
+  info = test::run_cli("info --model " + m);
+  j = json::parse(info.out.substr(info.out.find('{')));
+  EXPECT_EQ(j["chat"]["template"], m + "/chat_template.json");
+  EXPECT_NE(j["chat"]["think_auto"].get<std::string>().find("on:"), std::string::npos) << j["chat"];
+  // Errors: a bad mode; --think on for a Qwen2 checkpoint names its model type.
+  r = test::run_cli("forward --model " + m + " --prompt Hi --think maybe --out " + f);
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--think: expected auto, on or off, found 'maybe'"), std::string::npos) << r.out;
+  r = test::run_cli("generate --model " + test::fixture("models/qwen2_gqa_f32") + " --tokens 1,2 --think on");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("Qwen2ForCausalLM (model_type 'qwen2')"), std::string::npos) << r.out;
+  info = test::run_cli("info --model " + test::fixture("models/qwen2_gqa_f32"));
+  ASSERT_EQ(info.code, 0) << info.out;
+  j = json::parse(info.out.substr(info.out.find('{')));
+  EXPECT_EQ(j["chat"]["default_system"], "You are a helpful assistant.");
+  EXPECT_NE(j["chat"]["think_auto"].get<std::string>().find("n/a"), std::string::npos);
+  fs::remove_all(dir);
+}
+
+// Qwen3-Omni's processor keeps a clip's whole log-mel (padding=True, truncation=False); Qwen2.5-Omni's
+// cuts it at Whisper's 30 s window.
+TEST(Qwen3OmniCli, AudioLongerThan30Seconds) {
+  const std::string dir = test::tmp_dir("q3m_long");
+  const std::string wav = dir + "/long.wav";
+  if (std::system(("ffmpeg -nostdin -v error -y -f lavfi -i sine=frequency=330:sample_rate=16000 -t 35 -ac 1 " + wav +
+                   " >/dev/null 2>&1").c_str()) != 0)
+    GTEST_SKIP() << "ffmpeg could not make the test clip";
+  const std::string m = cli_model(dir, true);
+  {
+    auto model = Model::load(m);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    EXPECT_EQ(mm.config().audio_max_seconds, 0);  // no limit
+    MediaRequest req;
+    req.audio = wav;
+    DecodedMedia d = decode_media(mm, req);
+    ASSERT_EQ(d.audio.size(), 1u);
+    EXPECT_EQ(d.audio[0].n_frames, 3500);  // 35 s at a hop of 10 ms
+    EXPECT_EQ(d.audio[0].n_mels, 128);
+    req.audio_max_seconds = 12.5;
+    EXPECT_EQ(decode_media(mm, req).audio[0].n_frames, 1250);
+    req.audio_max_seconds = 40;  // past the clip: all of it
+    EXPECT_EQ(decode_media(mm, req).audio[0].n_frames, 3500);
+  }
+  // The prompt's audio tokens: 13 per 100 frames (35 chunks of 2 * n_window = 100 frames).
+  auto count_audio = [&](const std::string& extra) {
+    auto r = test::run_cli("forward --model " + m + " --prompt Hi --audio " + wav + extra + " --out " + dir +
+                           "/f.safetensors --device cpu --threads 1");
+    EXPECT_EQ(r.code, 0) << r.out;
+    if (r.code != 0) return -1;
+    int n = 0;
+    for (int64_t k : read_i64(WeightStore::open(dir + "/f.safetensors")->get("token_modality"))) n += k == 3;
+    return n;
+  };
+  EXPECT_EQ(count_audio(""), 455);
+  EXPECT_EQ(count_audio(" --audio-max-seconds 0"), 455);
+  EXPECT_EQ(count_audio(" --audio-max-seconds 10.5"), 130 + 7);  // 1050 frames: 10 chunks and a 50-frame tail
+  EXPECT_EQ(qwen3_audio_tokens(1050, 50), 137);
+  auto r = test::run_cli("forward --model " + m + " --prompt Hi --audio " + wav + " --audio-max-seconds -2 --out " + dir +
+                         "/f.safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--audio-max-seconds: expected 0 (the model's limit) or a length in seconds > 0, found -2"),
+            std::string::npos)
+      << r.out;
+  r = test::run_cli("forward --model " + m + " --prompt Hi --audio-max-seconds 5 --out " + dir + "/f.safetensors");
+  EXPECT_NE(r.code, 0);
+  EXPECT_NE(r.out.find("--audio-max-seconds needs --audio FILE"), std::string::npos) << r.out;
+
+  // Qwen2.5-Omni: cut at 30 s (3000 frames, 750 tokens), and no more than 30 s may be asked for.
+  {
+    const std::string omni = test::fixture("models/omni_thinker_f32");
+    auto model = Model::load(omni);
+    auto be = make_cpu_backend();
+    MultimodalModel mm(*model, *be);
+    EXPECT_EQ(mm.config().audio_max_seconds, 30);
+    MediaRequest req;
+    req.audio = wav;
+    DecodedMedia d = decode_media(mm, req);
+    ASSERT_EQ(d.audio.size(), 1u);
+    EXPECT_EQ(d.audio[0].n_frames, 3000);
+    EXPECT_EQ(media::audio_tokens(d.audio[0].n_frames), 750);
+    req.audio_max_seconds = 20;
+    EXPECT_EQ(decode_media(mm, req).audio[0].n_frames, 2000);
+    req.audio_max_seconds = 31;
+    const std::string e = test::error_of([&] { decode_media(mm, req); });
+    EXPECT_NE(e.find("--audio-max-seconds: 31 s is past the 30 s"), std::string::npos) << e;
+  }
   fs::remove_all(dir);
 }
 

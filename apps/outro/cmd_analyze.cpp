@@ -24,7 +24,7 @@ int cmd_analyze(int argc, char** argv) {
   std::set<std::string> known = {"prompts", "tokens", "out", "tau-abs", "tau-rel", "vlm-tau", "dim-tau", "dsink-top",
                                  "eps", "score-sinks", "metric", "geometry-layer", "geometry-head", "max-points",
                                  "perplexity", "tsne-iters", "prune-step", "prune-max-frac", "seeds", "max-prompts",
-                                 "media-root", "system"};
+                                 "media-root", "system", "think"};
   known.insert(bools.begin(), bools.end());
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   a.check_known(known);
@@ -73,10 +73,12 @@ int cmd_analyze(int argc, char** argv) {
   }
   if (p.geometry_layer >= c.layers) fail("--geometry-layer: ", p.geometry_layer, " is outside [0, ", c.layers, ")");
   if (p.geometry_head >= c.heads) fail("--geometry-head: ", p.geometry_head, " is outside [0, ", c.heads, ")");
+  const ChatPrompt chat = chat_prompt_of(a, c, l.dir);
   std::vector<sink::TaskItem> items;
   if (a.has("prompts")) {
     sink::TaskLoadOptions o;
     o.chat = !a.flag("raw");
+    o.chat_format = chat.text;
     o.max_items = a.integer("max-prompts", 0);
     o.max_positions = c.max_positions;
     o.media_root = a.str("media-root", "");
@@ -86,7 +88,8 @@ int cmd_analyze(int argc, char** argv) {
         fail(a.str("prompts"), ": items with video/audio/image need a Qwen2.5-Omni or Qwen3-Omni thinker or Qwen2.5-VL checkpoint, ",
              l.dir, " is ", arch_name(c.arch));
       MultimodalModel mm(*l.model, *l.backend);
-      sink::attach_media(items, mm, *l.tokenizer, a.str("system", ""), c.max_positions, a.str("prompts"));
+      sink::attach_media(items, mm, *l.tokenizer, a.str("system", ""), chat.media, c.max_positions,
+                         a.str("prompts"));
     }
   } else {
     sink::TaskItem it;

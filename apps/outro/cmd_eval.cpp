@@ -21,6 +21,7 @@
 #include "eval/results.h"
 #include "eval/runner.h"
 #include "eval/synth.h"
+#include "models/chat_prompt.h"
 #include "models/multimodal.h"
 #include "models/multimodal_input.h"
 #include "media/media.h"
@@ -46,6 +47,7 @@ const char* kEvalUsage =
     "                  [--protocol harness|outro] [--answer-rule harness|authors|avhbench|dailyomni|omnibench]\n"
     "                  [--audio-in-video auto|on|off] [--video-second-per-grid S] [--audio-max-seconds S]\n"
     "                  [--video-budget checkpoint|qwen-omni-utils] [--skip-special-tokens] [--print-prompts]\n"
+    "                  [--think auto|on|off]   (Qwen3 checkpoints: open the thinking block, or write it empty)\n"
     "       outro eval convert --format avhbench|dailyomni|worldsense|videoholmes|omnibench --in PATH\n"
     "                  --out FILE.jsonl [--media-template KIND=TEMPLATE[,KIND=TEMPLATE]] [--text-alternative]\n"
     "                  [--tasks all|TASK[,TASK...]] [--qa qa.json]\n"
@@ -63,9 +65,10 @@ struct Protocol {
   eval::AnswerRule rule = eval::AnswerRule::Harness;
   std::string audio_in_video = "auto";  // auto: when the video has a track and the item no audio file
   double video_second_per_grid = 0;     // 0: temporal patch / sampled fps
-  double audio_max_seconds = 30;
+  double audio_max_seconds = 0;         // 0: the model's limit (30 s for Qwen2.5-Omni, none for Qwen3-Omni)
   bool qwen_utils_video_budget = false;
   bool skip_special = false;
+  ThinkMode think = ThinkMode::Auto;
 };
 
 // The authors' scripts (docs/eval.md "The protocol"): Qwen2.5-Omni's system prompt, the video with its
@@ -102,9 +105,11 @@ Protocol protocol_from_args(const Args& a) {
   if (a.has("video-second-per-grid")) p.video_second_per_grid = a.number("video-second-per-grid", 0);
   if (p.video_second_per_grid < 0 || p.video_second_per_grid > 3600)
     fail("--video-second-per-grid: expected 0 (from the sampled fps) or a time step in seconds");
-  if (a.has("audio-max-seconds")) p.audio_max_seconds = a.number("audio-max-seconds", 30);
-  if (!(p.audio_max_seconds > 0 && p.audio_max_seconds <= 30))
-    fail("--audio-max-seconds: expected 0 < S <= 30 (one Whisper window)");
+  if (a.has("audio-max-seconds")) p.audio_max_seconds = a.number("audio-max-seconds", 0);
+  if (!(p.audio_max_seconds >= 0))
+    fail("--audio-max-seconds: expected 0 (the model's limit) or a length in seconds > 0, found ",
+         a.str("audio-max-seconds"));
+  if (a.has("think")) p.think = parse_think_mode(a.str("think"), "--think");
   if (a.has("video-budget")) {
     const std::string b = a.str("video-budget");
     if (b != "checkpoint" && b != "qwen-omni-utils")
@@ -123,7 +128,8 @@ json protocol_json(const Protocol& p) {
           {"answer_rule", eval::answer_rule_name(p.rule)},
           {"audio_in_video", p.audio_in_video},
           {"video_second_per_grid", p.video_second_per_grid > 0 ? json(p.video_second_per_grid) : json("sampled fps")},
-          {"audio_max_seconds", p.audio_max_seconds},
+          {"audio_max_seconds", p.audio_max_seconds > 0 ? json(p.audio_max_seconds) : json("model limit")},
+          {"think", think_mode_name(p.think)},
           {"video_budget", p.qwen_utils_video_budget
                                ? json{{"source", "qwen-omni-utils"},
                                       {"fps", d.fps},
@@ -314,12 +320,13 @@ MediaRequest media_request_for(const eval::Item& it, const std::string& media_ro
 }
 
 // The whole conversation text of a text-only prompt, as it goes to the tokenizer.
-std::string text_conversation(const Tokenizer* tok, const std::string& user, const Protocol& p, bool raw) {
+std::string text_conversation(const Tokenizer* tok, const std::string& user, const Protocol& p, bool raw,
+                              const ChatFormat& format) {
   if (!tok || raw || !tok->token_id("<|im_start|>").has_value()) return user;
   std::vector<ChatMessage> msgs;
   if (!p.system.empty()) msgs.push_back({"system", p.system});
   msgs.push_back({"user", user});
-  return apply_chat_template(msgs, true);
+  return apply_chat_template(msgs, true, format);
 }
 
 // --print-prompts: one JSON line per item with the conversation text the run would tokenize; the
@@ -330,6 +337,7 @@ int print_prompts(const Args& a, const std::vector<eval::Item>& items, const std
   std::unique_ptr<Tokenizer> tok;
   if (fs::exists(fs::path(dir) / "tokenizer.json")) tok = Tokenizer::load(dir);
   const MultimodalConfig mc = load_multimodal_config(dir);
+  const ChatPrompt chat = chat_prompt(load_config(dir), dir, p.think);
   const bool media = (mc.has_vision || mc.has_audio) && tok && !a.flag("text-only");
   for (auto& it : items) {
     const std::string user = eval::render_text_only(eval::build_prompt(it));
@@ -337,7 +345,7 @@ int print_prompts(const Args& a, const std::vector<eval::Item>& items, const std
     if (it.index >= 0) j["index"] = it.index;
     if (media) {
       MediaRequest r = media_request_for(it, media_root, mc.has_vision, mc.has_audio, p, false);
-      j["text"] = multimodal_chat_text(mc, *tok, r, user, p.system);
+      j["text"] = multimodal_chat_text(mc, *tok, r, user, p.system, chat.media);
       json m = json::object();
       if (!r.video.empty()) m["video"] = r.video;
       if (!r.image.empty()) m["image"] = r.image;
@@ -345,7 +353,7 @@ int print_prompts(const Args& a, const std::vector<eval::Item>& items, const std
       j["media"] = m;
       j["use_audio_in_video"] = r.use_audio_in_video;
     } else {
-      j["text"] = text_conversation(tok.get(), user, p, a.flag("raw"));
+      j["text"] = text_conversation(tok.get(), user, p, a.flag("raw"), chat.text);
     }
     std::cout << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
   }
@@ -359,7 +367,7 @@ int cmd_eval_run(int argc, char** argv) {
                                  "limit",          "allow-missing-media", "bootstrap", "out", "merge-timeout",
                                  "no-progress",    "max-context", "outro-config", "stop-after", "text-only",
                                  "protocol", "answer-rule", "audio-in-video", "video-second-per-grid",
-                                 "audio-max-seconds", "video-budget", "skip-special-tokens", "print-prompts"};
+                                 "audio-max-seconds", "video-budget", "skip-special-tokens", "print-prompts", "think"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   a.check_known(known);
   const eval::World w = eval::world_from_env();
@@ -419,6 +427,7 @@ int cmd_eval_run(int argc, char** argv) {
 
   Loaded l = load(a, false);
   const ModelConfig& cfg = l.model->config();
+  const ChatPrompt chat_style = chat_prompt(cfg, l.dir, proto.think);
   go.stop_ids = cfg.eos_tokens;
   if (l.tokenizer)
     for (const char* t : {"<|im_end|>", "<|endoftext|>"})
@@ -456,6 +465,9 @@ int cmd_eval_run(int argc, char** argv) {
                {"raw", a.flag("raw")},
                {"strategies", strategies},
                {"device", l.backend->name()}};
+  meta["chat"] = {{"default_system", chat_style.text.default_system ? json(*chat_style.text.default_system) : json(nullptr)},
+                  {"template", chat_style.template_file.path.empty() ? json(nullptr) : json(chat_style.template_file.path)},
+                  {"thinking", chat_style.thinking}};
   if (a.has("outro-config")) {
     // the OutRo parameters on top of the presets affect the numbers: their text goes with the results
     std::ifstream f(a.str("outro-config"), std::ios::binary);
@@ -517,7 +529,7 @@ int cmd_eval_run(int argc, char** argv) {
       return ids;
     }
     const bool chat = !a.flag("raw") && l.tokenizer->token_id("<|im_start|>").has_value();
-    auto ids = l.tokenizer->encode(text_conversation(l.tokenizer.get(), text, proto, a.flag("raw")), true, !chat);
+    auto ids = l.tokenizer->encode(text_conversation(l.tokenizer.get(), text, proto, a.flag("raw"), chat_style.text), true, !chat);
     return std::vector<int32_t>(ids.begin(), ids.end());
   };
 
@@ -570,7 +582,7 @@ int cmd_eval_run(int argc, char** argv) {
         if (prepared_media) {
           const std::string text = eval::render_text_only(eval::build_prompt(it));
           prepared = encode_media(*mmodel, dm,
-                                  multimodal_chat_ids(mmodel->config(), *l.tokenizer, r, text, proto.system));
+                                  multimodal_chat_ids(mmodel->config(), *l.tokenizer, r, text, proto.system, chat_style.media));
           const int need = int(prepared.prefill.ids.size()) + go.max_new_tokens + 1;
           if (int(prepared.prefill.ids.size()) > cfg.max_positions)
             fail(it.id, ": the prompt with its media is ", prepared.prefill.ids.size(),

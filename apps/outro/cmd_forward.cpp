@@ -9,13 +9,14 @@
 #include "core/error.h"
 #include "frontend/frontend.h"
 #include "io/safetensors.h"
+#include "models/chat_prompt.h"
 #include "kernels/cpu/gemm.h"
 
 namespace outro::cli {
 
 int cmd_forward(int argc, char** argv) {
   Args a(argc, argv, 2, {"raw", "explain", "use-audio-in-video"});
-  std::set<std::string> known = {"tokens", "prompt", "out", "hooks", "raw", "explain", "system"};
+  std::set<std::string> known = {"tokens", "prompt", "out", "hooks", "raw", "explain", "system", "think"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   known.insert(kInterventionFlags.begin(), kInterventionFlags.end());
   known.insert(kMediaFlags.begin(), kMediaFlags.end());
@@ -82,6 +83,22 @@ int cmd_info(int argc, char** argv) {
       if (l.tensors)
         std::fprintf(stderr, "left out %zu %s tensors (%llu bytes): outro runs the thinker only\n", l.tensors,
                      l.prefix.substr(0, l.prefix.size() - 1).c_str(), (unsigned long long)l.bytes);
+  }
+  // The chat prompt a --prompt gets: the default system turn, the folder's chat template and what
+  // --think auto makes of it.
+  {
+    const ChatPrompt chat = chat_prompt(c, m->dir());
+    const ChatTemplateFile tf = chat.thinking_family ? chat.template_file : find_chat_template(m->dir());
+    nlohmann::json cj = {{"default_system", chat.text.default_system ? nlohmann::json(*chat.text.default_system)
+                                                                       : nlohmann::json(nullptr)},
+                         {"template", tf.path.empty() ? nlohmann::json(nullptr) : nlohmann::json(tf.path)}};
+    if (chat.thinking_family)
+      cj["think_auto"] = chat.thinking ? "on: the template's generation prompt opens <think>"
+                                       : (tf.path.empty() ? "off: no chat template in the folder"
+                                                          : "off: the template's generation prompt opens no <think>");
+    else
+      cj["think_auto"] = std::string("n/a: ") + arch_name(c.arch) + " has no thinking block";
+    j["chat"] = cj;
   }
   // The CPU backend's kernels: which path products run on here, and why a better one is not used
   // (no AMX, or the kernel refused tile data).

@@ -15,7 +15,7 @@ namespace outro::cli {
 int cmd_generate(int argc, char** argv) {
   Args a(argc, argv, 2, {"greedy", "json", "raw", "explain", "use-audio-in-video"});
   std::set<std::string> known = {"prompt", "tokens", "max-new-tokens", "greedy", "temperature", "top-k", "top-p",
-                                 "seed", "stop", "raw", "json", "system", "max-context", "explain"};
+                                 "seed", "stop", "raw", "json", "system", "max-context", "explain", "think"};
   known.insert(kLoadFlags.begin(), kLoadFlags.end());
   known.insert(kInterventionFlags.begin(), kInterventionFlags.end());
   known.insert(kMediaFlags.begin(), kMediaFlags.end());

@@ -30,13 +30,19 @@ Loaded load(const Args& a, bool need_tokenizer) {
   return l;
 }
 
+ChatPrompt chat_prompt_of(const Args& a, const ModelConfig& c, const std::string& dir) {
+  return chat_prompt(c, dir, parse_think_mode(a.str("think", "auto"), "--think"));
+}
+
 std::vector<int32_t> prompt_tokens(const Args& a, const Loaded& l) {
+  const ChatPrompt chat = chat_prompt_of(a, l.model->config(), l.dir);
   if (a.has("tokens") && a.has("prompt")) fail("give either --prompt or --tokens, not both");
   if (a.has("tokens")) return parse_token_list(a.str("tokens"));
   if (!a.has("prompt")) fail("one of --prompt TEXT or --tokens 1,2,3 is required");
   if (!l.tokenizer) fail(l.dir, ": no tokenizer.json in the model folder; --prompt needs one (use --tokens)");
   return text_prompt_ids(*l.tokenizer, a.str("prompt"),
-                         a.has("system") ? std::optional<std::string>(a.str("system")) : std::nullopt, a.flag("raw"));
+                         a.has("system") ? std::optional<std::string>(a.str("system")) : std::nullopt, a.flag("raw"),
+                         chat.text);
 }
 
 }  // namespace outro::cli

@@ -7,6 +7,7 @@
 
 #include "args.h"
 #include "kernels/backend.h"
+#include "models/chat_prompt.h"
 #include "models/model.h"
 #include "runtime/intervention.h"
 #include "tokenizer/tokenizer.h"
@@ -27,6 +28,9 @@ Loaded load(const Args& a, bool need_tokenizer);
 // Flags understood by build_interventions(): --strategy --outro-config --ablate-heads --explain
 extern const std::set<std::string> kInterventionFlags;
 std::vector<std::unique_ptr<Intervention>> build_interventions(const Args& a, const Model& m);
+
+// --think auto|on|off resolved for the folder (models/chat_prompt.h): the chat prompt's format.
+ChatPrompt chat_prompt_of(const Args& a, const ModelConfig& c, const std::string& dir);
 
 // The prompt's token ids: --tokens, or --prompt encoded (with the chat template unless --raw).
 std::vector<int32_t> prompt_tokens(const Args& a, const Loaded& l);

@@ -12,6 +12,9 @@ namespace outro::cli {
 
 extern const std::set<std::string> kMediaFlags;
 
+// --audio-max-seconds S: 0 (the default) the model's limit; a negative value is an Error.
+double audio_max_seconds_of(const Args& a);
+
 struct MediaPrompt {
   std::unique_ptr<MultimodalModel> mm;
   PreparedPrompt p;

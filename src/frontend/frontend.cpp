@@ -57,14 +57,14 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 }
 
 std::vector<int32_t> text_prompt_ids(const Tokenizer& tok, const std::string& text,
-                                     const std::optional<std::string>& system, bool raw) {
+                                     const std::optional<std::string>& system, bool raw, const ChatFormat& format) {
   std::string t = text;
   const bool chat = !raw && tok.token_id("<|im_start|>").has_value();
   if (chat) {
     std::vector<ChatMessage> msgs;
     if (system) msgs.push_back({"system", *system});
     msgs.push_back({"user", text});
-    t = apply_chat_template(msgs, true);
+    t = apply_chat_template(msgs, true, format);
   }
   // Outside the chat template the tokenizer's post-processor adds what the reference adds by
   // default (LLaMA's <s>); the chat template already holds every special token it needs.

@@ -14,6 +14,7 @@
 #include "models/model.h"
 #include "runtime/hooks.h"
 #include "runtime/intervention.h"
+#include "tokenizer/chat_template.h"
 
 namespace outro {
 
@@ -28,11 +29,12 @@ std::unique_ptr<Backend> make_backend(const std::string& device, const std::stri
 // -1 outside a launcher.
 int launcher_local_rank();
 
-// A text prompt's ids: through the chat template when the tokenizer
-// has <|im_start|> and not `raw` (a system turn when `system` is given, even empty); else the
-// text as is, with the post-processor's special tokens.
+// A text prompt's ids: through the chat template in `format` (chat_prompt(...).text of
+// models/chat_prompt.h) when the tokenizer has <|im_start|> and not `raw` (a system turn when
+// `system` is given, even empty, else the format's default); else the text as is, with the
+// post-processor's special tokens.
 std::vector<int32_t> text_prompt_ids(const Tokenizer& tok, const std::string& text,
-                                     const std::optional<std::string>& system, bool raw);
+                                     const std::optional<std::string>& system, bool raw, const ChatFormat& format);
 
 // Checks hook point names against a model of `layers` layers; throws Error "ARG: unknown hook
 // point 'NAME'; accepted: ..." for the first unknown one.

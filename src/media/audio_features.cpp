@@ -85,11 +85,15 @@ int audio_tokens(int n_frames) {
 
 MelFeatures whisper_log_mel(const float* samples, size_t n, const MelParams& p) {
   if (n == 0) fail("audio: zero-length clip (no samples)");
-  const size_t L = p.max_samples;  // the padded signal: samples, then zeros, up to L
+  const size_t L = p.max_samples > 0 ? p.max_samples : n;  // the padded signal: samples, then zeros, up to L
   n = std::min(n, L);
   const int nf = p.n_fft / 2 + 1, half = p.n_fft / 2;
+  // The STFT's centred frames reflect the signal at both ends, which needs more than n_fft / 2 samples.
+  if (L <= size_t(half))
+    fail("audio: a clip of ", n, " samples (", 1000.0 * double(n) / p.rate, " ms) is too short for Whisper's features: "
+         "expected more than ", half, " samples (", 1000.0 * half / p.rate, " ms at ", p.rate, " Hz)");
   const int total_frames = int(L / size_t(p.hop));  // 1 + L / hop frames, the last dropped
-  const int valid = int((n + size_t(p.hop) - 1) / size_t(p.hop));
+  const int valid = std::min(total_frames, int((n + size_t(p.hop) - 1) / size_t(p.hop)));
   // Frames past `reach` see only zeros (mel 0 -> log10(1e-10) = -10).
   const int reach = std::min<int>(total_frames, int((n + size_t(half)) / size_t(p.hop)) + 2);
   auto sample = [&](long long t) -> double {  // the padded signal with reflect padding at both ends

@@ -66,6 +66,7 @@ MultimodalConfig parse_multimodal_config(const std::string& text, const std::str
   if (omni3 || arch.rfind("Qwen2_5Omni", 0) == 0 || mt.rfind("qwen2_5_omni", 0) == 0) {
     c.omni = true;
     c.family = omni3 ? MmFamily::Qwen3Omni : MmFamily::Qwen2_5Omni;
+    if (omni3) c.audio_max_seconds = 0;  // its processor: padding=True, truncation=False
     if (top.contains("thinker_config") && top["thinker_config"].is_object()) {
       root = &top["thinker_config"];
       sec = "thinker_config.";

@@ -47,6 +47,11 @@ struct MultimodalConfig {
   // calls it without fps), so 2 s per grid. 0: the rate the frames were sampled at (Qwen2.5).
   double processor_default_fps = 0;
   double seconds_per_chunk = 2.0;
+  // The longest clip the processor passes on, in seconds: Whisper's 30 s window (Qwen2.5-Omni pads
+  // every clip to it and cuts longer ones); 0: no limit, a clip's whole log-mel padded to the longest
+  // clip of the prompt (Qwen3-Omni's processor calls the feature extractor with padding=True,
+  // truncation=False).
+  double audio_max_seconds = 30;
   std::string source;
   std::string section;  // where the towers' configs are: "thinker_config." in a released Omni config.json, else ""
 };

@@ -1,6 +1,8 @@
 #include "models/multimodal_input.h"
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "core/error.h"
 #include "media/media.h"
@@ -14,36 +16,36 @@ double since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-std::string default_multimodal_system(const MultimodalConfig& c) {
-  if (c.family == MmFamily::Qwen3Omni) return "";  // Qwen3-Omni's template adds no system turn of its own
-  return c.omni ? "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
-                  "of perceiving auditory and visual inputs, as well as generating text and speech."
-                : "You are a helpful assistant.";
+namespace {
+// The system turn and the user turn's opening, as text: `system` when non-empty, else the format's
+// default (none for Qwen3-Omni).
+std::string chat_head(const ChatFormat& f, const std::string& system) {
+  const std::optional<std::string> sys = !system.empty() ? std::optional<std::string>(system) : f.default_system;
+  return (sys ? "<|im_start|>system\n" + *sys + "<|im_end|>\n" : std::string()) + "<|im_start|>user\n";
 }
+}  // namespace
 
 std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
-                                 const std::string& text, const std::string& system) {
-  const std::string sys = !system.empty() ? system : default_multimodal_system(c);
-  std::string s = (sys.empty() ? "" : "<|im_start|>system\n" + sys + "<|im_end|>\n") + "<|im_start|>user\n";
+                                 const std::string& text, const std::string& system, const ChatFormat& f) {
+  std::string s = chat_head(f, system);
   auto slot = [&](int a, int b, int z) { s += tok.token_bytes(a) + tok.token_bytes(b) + tok.token_bytes(z); };
   if (!r.video.empty()) slot(c.vision_start, c.video_token, c.vision_end);
   if (!r.image.empty()) slot(c.vision_start, c.image_token, c.vision_end);
   if (!r.audio.empty()) slot(c.audio_start, c.audio_token, c.audio_end);
-  return s + text + "<|im_end|>\n<|im_start|>assistant\n";
+  return s + text + "<|im_end|>\n" + chat_generation_prompt(f);
 }
 
 std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
-                                         const std::string& text, const std::string& system) {
-  const std::string sys = !system.empty() ? system : default_multimodal_system(c);
+                                         const std::string& text, const std::string& system, const ChatFormat& f) {
   std::vector<int32_t> ids;
   auto add_text = [&](const std::string& s) {
     for (int id : tok.encode(s, true)) ids.push_back(id);
   };
-  add_text((sys.empty() ? "" : "<|im_start|>system\n" + sys + "<|im_end|>\n") + "<|im_start|>user\n");
+  add_text(chat_head(f, system));
   if (!r.video.empty()) ids.insert(ids.end(), {c.vision_start, c.video_token, c.vision_end});
   if (!r.image.empty()) ids.insert(ids.end(), {c.vision_start, c.image_token, c.vision_end});
   if (!r.audio.empty()) ids.insert(ids.end(), {c.audio_start, c.audio_token, c.audio_end});
-  add_text(text + "<|im_end|>\n<|im_start|>assistant\n");
+  add_text(text + "<|im_end|>\n" + chat_generation_prompt(f));
   return ids;
 }
 
@@ -72,6 +74,16 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
     vp.video_total_pixels = def.video_total_pixels;
   }
   using clock = std::chrono::steady_clock;
+  // The clips' samples, cut at the request's or the model's limit; their log-mel features are made
+  // once all are decoded (padded to the limit, or without one to the longest clip of the prompt).
+  const double limit = c.audio_max_seconds;  // 0: none
+  if (!(r.audio_max_seconds >= 0)) fail("audio cut: expected 0 (the model's limit) or seconds > 0, found ", r.audio_max_seconds);
+  if (limit > 0 && r.audio_max_seconds > limit)
+    fail("--audio-max-seconds: ", r.audio_max_seconds, " s is past the ", limit, " s this model's processor takes (",
+         c.source, "; its Whisper features cover one ", limit, " s window); expected 0 < S <= ", limit,
+         " or 0 for the model's limit");
+  const double cut = r.audio_max_seconds > 0 ? r.audio_max_seconds : limit;
+  std::vector<std::vector<float>> clips;
   auto audio_of = [&](const std::string& path, bool from_video) {
     auto t0 = clock::now();
     std::vector<float> pcm;
@@ -82,11 +94,21 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
         fail(path, ": the video has no audio track (--use-audio-in-video needs one; give --audio FILE instead)");
       throw;
     }
-    if (r.audio_max_seconds <= 0 || r.audio_max_seconds > 30)
-      fail("audio cut: expected 0 < seconds <= 30 (one Whisper window), found ", r.audio_max_seconds);
-    const size_t keep = size_t(r.audio_max_seconds * 16000.0);
-    if (pcm.size() > keep) pcm.resize(keep);
-    d.audio.push_back(media::whisper_log_mel(pcm.data(), pcm.size()));
+    if (cut > 0) {
+      const size_t keep = size_t(cut * 16000.0);
+      if (pcm.size() > keep) pcm.resize(keep);
+    }
+    clips.push_back(std::move(pcm));
+    d.timings.decode_audio += since(t0);
+  };
+  auto mel_of_clips = [&] {
+    auto t0 = clock::now();
+    media::MelParams mp;
+    if (limit <= 0) {
+      mp.max_samples = 0;
+      for (const auto& p : clips) mp.max_samples = std::max(mp.max_samples, p.size());
+    }
+    for (const auto& p : clips) d.audio.push_back(media::whisper_log_mel(p.data(), p.size(), mp));
     d.timings.decode_audio += since(t0);
   };
   if (!r.video.empty()) {
@@ -108,6 +130,7 @@ DecodedMedia decode_media(const MultimodalModel& mm, const MediaRequest& r) {
     d.has_image = true;
   }
   if (!r.audio.empty()) audio_of(r.audio, false);
+  mel_of_clips();
   return d;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "models/multimodal.h"
+#include "tokenizer/chat_template.h"
 
 namespace outro {
 
@@ -17,10 +18,12 @@ struct MediaRequest {
   // > 0: the time step of a video position group, in seconds, instead of temporal_patch_size / the
   // sampled fps (transformers' Qwen2.5-Omni processor takes its fps argument, default 2, so 1.0 s).
   double video_second_per_grid = 0;
-  double audio_max_seconds = 30;
+  // > 0: audio is cut after this many seconds (at most the model's limit); 0: the model's limit
+  // (MultimodalConfig::audio_max_seconds: 30 s for Qwen2.5-Omni, none for Qwen3-Omni).
+  double audio_max_seconds = 0;
   // true: qwen-omni-utils' video budget (2 fps, 4..768 frames, its pixel budget; media::VisionParams'
   // defaults) whatever the checkpoint's processor files say; false: the checkpoint's settings.
-  bool qwen_utils_video_budget = false;  // audio beyond this is cut (Whisper's 30 s window is the most)
+  bool qwen_utils_video_budget = false;
   bool any() const { return !video.empty() || !audio.empty() || !image.empty(); }
 };
 
@@ -36,18 +39,17 @@ struct PreparedPrompt {
 };
 
 // The chat prompt's token ids with one placeholder per item (video, then image, then audio, then
-// the text), in the checkpoint's chat template (ChatML with the model's default system prompt,
-// or `system` when non-empty). Needs a tokenizer.
+// the text), in the checkpoint's ChatML: a system turn of `system` when non-empty, else of the
+// format's default (none for Qwen3-Omni), and the format's generation prompt (chat_prompt(...).media
+// of models/chat_prompt.h). Needs a tokenizer.
 std::vector<int32_t> multimodal_chat_ids(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
-                                         const std::string& text, const std::string& system);
+                                         const std::string& text, const std::string& system, const ChatFormat& f);
 
 // The same prompt as text, as it goes to the tokenizer: "<|im_start|>system\n{system}<|im_end|>\n
 // <|im_start|>user\n<|vision_bos|><|VIDEO|><|vision_eos|>...{text}<|im_end|>\n<|im_start|>assistant\n"
 // (the placeholders spelled as the tokenizer spells those ids).
 std::string multimodal_chat_text(const MultimodalConfig& c, const Tokenizer& tok, const MediaRequest& r,
-                                 const std::string& text, const std::string& system);
-// The system prompt multimodal_chat_ids uses when `system` is empty.
-std::string default_multimodal_system(const MultimodalConfig& c);
+                                 const std::string& text, const std::string& system, const ChatFormat& f);
 
 // The media of a request decoded and preprocessed on the CPU, before the towers run: video frames
 // as pixel values, the image's, the audio's log-mel features. Making one touches no backend, so

@@ -26,6 +26,7 @@ struct LineCtx {
   int line;
   const Tokenizer* tok;
   int vocab;
+  const ChatFormat* format;
 };
 
 std::vector<int32_t> token_array(const json& j, const LineCtx& c, const std::string& field) {
@@ -46,7 +47,7 @@ std::vector<int32_t> encode_text(const std::string& text, const LineCtx& c, cons
   if (!c.tok)
     fail(c.path, ":", c.line, ": field '", field, "' is text but the model folder has no tokenizer.json (give token ids)");
   std::string t = text;
-  if (prompt && chat && c.tok->token_id("<|im_start|>").has_value()) t = apply_chat_template({{"user", text}}, true);
+  if (prompt && chat && c.tok->token_id("<|im_start|>").has_value()) t = apply_chat_template({{"user", text}}, true, *c.format);
   auto ids = c.tok->encode(t, prompt);
   std::vector<int32_t> out(ids.begin(), ids.end());
   for (int32_t v : out)
@@ -121,7 +122,7 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
   while (std::getline(is, line)) {
     ++ln;
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    LineCtx c{path, ln, tok, vocab};
+    LineCtx c{path, ln, tok, vocab, &o.chat_format};
     json j;
     try {
       j = json::parse(line);
@@ -208,7 +209,7 @@ bool any_media(const std::vector<TaskItem>& items) {
 }
 
 void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Tokenizer& tok, const std::string& system,
-                  int max_positions, const std::string& path) {
+                  const ChatFormat& format, int max_positions, const std::string& path) {
   for (auto& it : items) {
     if (!it.media.any()) continue;
     const std::string where = path + ":" + std::to_string(it.line);
@@ -227,7 +228,7 @@ void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Token
       r.use_audio_in_video = video_audio_by_default(mm, r);
     }
     try {
-      PreparedPrompt p = prepare_multimodal(mm, r, multimodal_chat_ids(mm.config(), tok, r, it.text, system));
+      PreparedPrompt p = prepare_multimodal(mm, r, multimodal_chat_ids(mm.config(), tok, r, it.text, system, format));
       it.prefill = std::make_shared<const MultimodalPrefill>(std::move(p.prefill));
     } catch (const Error& e) {
       fail(where, ": ", e.what());

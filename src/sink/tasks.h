@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "runtime/intervention.h"
+#include "tokenizer/chat_template.h"
 
 namespace outro {
 class Model;
@@ -55,6 +56,7 @@ struct TaskItem {
 
 struct TaskLoadOptions {
   bool chat = true;       // apply the chat template to text prompts when the tokenizer has one
+  ChatFormat chat_format; // the model's (chat_prompt(...).text of models/chat_prompt.h)
   int max_items = 0;      // 0: all
   int max_positions = 0;  // the model's context; 0: unchecked
   std::string media_root; // relative media paths start here; empty: the prompts file's folder
@@ -68,10 +70,10 @@ std::vector<TaskItem> parse_tasks(const std::string& text, const std::string& pa
                                   const TaskLoadOptions& o);
 
 // Decodes and encodes every media item's files and builds its prompt (chat template with the
-// placeholders; `system` when non-empty, else the checkpoint's default). Errors name the item's
+// placeholders; `system` when non-empty, else the format's default). Errors name the item's
 // FILE:LINE and the file. Items without media are left as they are.
 void attach_media(std::vector<TaskItem>& items, MultimodalModel& mm, const Tokenizer& tok, const std::string& system,
-                  int max_positions, const std::string& path);
+                  const ChatFormat& format, int max_positions, const std::string& path);
 bool any_media(const std::vector<TaskItem>& items);
 
 // Feeds an item's prompt into s (its multimodal prefill when it has one).
