@@ -19,6 +19,7 @@
 #include "core/error.h"
 #include "frontend/frontend.h"
 #include "models/chat_prompt.h"
+#include "models/multimodal.h"
 #include "models/multimodal_input.h"
 #include "outro/outro.h"
 #include "report/sink_report.h"
@@ -211,6 +212,16 @@ class PyModel {
   }
 
   const ModelConfig& cfg() const { return model_->config(); }
+  // Media need an architecture with a processor here and, for Qwen3-Omni, the towers' tensors in the
+  // folder (a decoder saved alone is text only), as the command line decides.
+  bool takes_media() const {
+    const Arch a = cfg().arch;
+    return a == Arch::Qwen2_5OmniThinker || a == Arch::Qwen2_5_VL ||
+           (a == Arch::Qwen3OmniMoeThinker && has_media_towers(*model_));
+  }
+  std::string takes_media_why() const {
+    return cfg().arch == Arch::Qwen3OmniMoeThinker ? " without vision or audio tower tensors" : "";
+  }
 
   py::dict config() const {
     py::dict d = json_to_py(config_json(*model_));
@@ -344,9 +355,9 @@ class PyModel {
       EngineLock lock(*this);
       items = sink::load_tasks(file, tok_.get(), cfg().vocab, o);
       if (sink::any_media(items)) {
-        if (cfg().arch != Arch::Qwen2_5OmniThinker && cfg().arch != Arch::Qwen2_5_VL)
-          fail(file, ": items with video/audio/image need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, ", dir_,
-               " is ", arch_name(cfg().arch));
+        if (!takes_media())
+          fail(file, ": items with video/audio/image need a Qwen2.5-Omni thinker, Qwen2.5-VL or Qwen3-Omni checkpoint "
+               "with its towers, ", dir_, " is ", arch_name(cfg().arch), takes_media_why());
         if (!tok_) fail(file, ": items with media need a tokenizer.json in ", dir_);
         sink::attach_media(items, encoders(), *tok_, system, chat_.media, cfg().max_positions, file);
       }
@@ -483,9 +494,9 @@ class PyModel {
       }
       return p;
     }
-    if (cfg().arch != Arch::Qwen2_5OmniThinker && cfg().arch != Arch::Qwen2_5_VL)
-      value_error("video/audio/image: need a Qwen2.5-Omni thinker or Qwen2.5-VL checkpoint, " + dir_ + " is " +
-                  arch_name(cfg().arch));
+    if (!takes_media())
+      value_error("video/audio/image: need a Qwen2.5-Omni thinker, Qwen2.5-VL or Qwen3-Omni checkpoint with its "
+                  "towers, " + dir_ + " is " + arch_name(cfg().arch) + takes_media_why());
     if (use_audio_in_video && r.video.empty()) value_error("use_audio_in_video: needs video='FILE'");
     if (tokens.is_none()) need_tokenizer("prompt");
     const std::string t = tokens.is_none() ? py::cast<std::string>(text) : std::string();

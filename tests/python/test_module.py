@@ -375,3 +375,26 @@ def test_a_callback_calling_its_own_model_is_an_error_not_a_deadlock():
     with pytest.raises(outro.Error, match="already running on this thread"):
         m.forward(TOKENS, edits={"blocks.0.hook_resid_pre": again})
     assert m.forward(TOKENS).logits.shape[0] == len(TOKENS)
+
+
+def test_qwen3_omni_takes_media_when_the_folder_has_its_towers(tmp_path):
+    # A Qwen3-Omni thinker with its towers takes an image as the command line does; the decoder
+    # saved alone says why it cannot.
+    import subprocess
+    imgs = {}
+    for colour in ("red", "blue"):
+        p = tmp_path / f"{colour}.png"
+        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"color={colour}:s=32x32",
+                        "-frames:v", "1", str(p)], check=True)
+        imgs[colour] = str(p)
+    q3 = FIXTURES.parent / "qwen3_omni"
+    cfg = json.loads((q3 / "towers_a" / "config.json").read_text())
+    ids = [10, cfg["vision_start_token_id"], cfg["image_token_id"], cfg["vision_end_token_id"], 20]
+    m = outro.Model(str(q3 / "towers_a"), device="cpu")
+    red = np.asarray(m.forward(tokens=ids, image=imgs["red"]).logits)
+    blue = np.asarray(m.forward(tokens=ids, image=imgs["blue"]).logits)
+    assert red.shape[0] > len(ids)  # the placeholder became the image's rows
+    assert np.isfinite(red).all()
+    assert np.abs(red - blue).max() > 1e-4  # the pixels reach the logits
+    with pytest.raises(ValueError, match="towers"):
+        outro.Model(str(q3 / "e4k2_mha"), device="cpu").forward(tokens=[10, 20], image=imgs["red"])
