@@ -164,7 +164,7 @@ class Qwen3MoeDecoder final : public Decoder {
 
     be_.rmsnorm(s.xn, x, n, w.mlp_norm, c_.rms_eps);
     if (w.sparse) {
-      experts(layers_[size_t(l)], n, s, run);
+      experts(w, n, s, run);
     } else {
       be_.matmul(gate_, s.xn, n, w.gate, nullptr);
       be_.matmul(up_, s.xn, n, w.up, nullptr);

@@ -916,8 +916,7 @@ class CudaBackend final : public Backend {
   // uploaded on first use; null when the set does not suit the kernels of moe.cu.
   const void* const* moe_table(ExpertSet& ex) {
     struct Table {
-      void* dev = nullptr;
-      bool usable = false;
+      void* dev = nullptr;  // null: the set does not suit the kernels
       ~Table() {
         if (dev) cudaFree(dev);
       }
@@ -940,12 +939,10 @@ class CudaBackend final : public Backend {
           for (const Weight& w : *v) ptrs.push_back(w.data);
         t->dev = dmalloc(ptrs.size() * sizeof(void*), "expert pointer table");
         OUTRO_CK(cudaMemcpy(t->dev, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice));
-        t->usable = true;
       }
       ex.state = t;
     }
-    const Table* t = static_cast<const Table*>(ex.state.get());
-    return t->usable ? static_cast<const void* const*>(t->dev) : nullptr;
+    return static_cast<const void* const*>(static_cast<const Table*>(ex.state.get())->dev);
   }
 
   static WType wt(const Weight& w) { return w.dtype == DType::BF16 ? WType::BF16 : WType::F32; }
